@@ -1,0 +1,1 @@
+"""Analysis of recorded runs: significance, roles, diversity, interventions and claims."""

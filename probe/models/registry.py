@@ -1,0 +1,54 @@
+"""A tiny model registry: variants are data (name -> builder + default config)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from torch import nn
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    builder: Callable[..., nn.Module]
+    defaults: dict = field(default_factory=dict)
+    description: str = ""
+
+
+_REGISTRY: dict[str, ModelSpec] = {}
+
+
+def register_model(name: str, builder: Callable[..., nn.Module], description: str = "", **defaults) -> None:
+    """Register ``builder(**config)`` under ``name`` with default ``config`` values."""
+    if name in _REGISTRY:
+        raise ValueError(f"model {name!r} is already registered")
+    _REGISTRY[name] = ModelSpec(name, builder, dict(defaults), description)
+
+
+def list_models() -> list[str]:
+    """Names accepted by :func:`create_model`."""
+    return sorted(_REGISTRY)
+
+
+def model_spec(name: str) -> ModelSpec:
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown model {name!r}; registered models: {', '.join(list_models())}")
+    return _REGISTRY[name]
+
+
+def model_config(name: str, **overrides) -> dict:
+    """The full config of ``name``: its defaults updated by ``overrides`` (unknown keys refused)."""
+    spec = model_spec(name)
+    unknown = set(overrides) - set(spec.defaults)
+    if unknown:
+        raise TypeError(f"model {name!r} has no option(s) {sorted(unknown)}; options: {sorted(spec.defaults)}")
+    return {**spec.defaults, **overrides}
+
+
+def create_model(name: str, **config) -> nn.Module:
+    """Build a registered model with random weights; its config is kept in ``model.config``."""
+    full = model_config(name, **config)
+    model = model_spec(name).builder(**full)
+    model.registry_name = name
+    model.config = full
+    return model

@@ -1,0 +1,257 @@
+"""Recorder: scoped forward hooks feeding streaming accumulators.
+
+Hooks exist only inside ``with Recorder(...)``; ``__exit__`` removes every one of them in a
+``finally`` (also when the model raises) and restores the model's train/eval mode. Forward
+passes run under ``torch.inference_mode()``: recording never builds an autograd graph.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .adapters import Site
+from .context import REGIONS, BatchContext
+from .stats import ConditionedHistogram
+
+VALID_FRACTION_BINS = 101  # per-image valid fraction in bins of 0.01; the last holds exactly 1.0
+COVERAGE_BINS_MAX = 64
+
+
+class GatedLayerStats:
+    """Streaming statistics of one gated layer: gate histograms by region and by label, exact
+    per-group sums, and the channel-by-channel second moments (for gate diversity)."""
+
+    def __init__(self, site: Site, n_labels: int, bins: int, logit_range: float, groups: int):
+        self.site = site
+        self.regions = ConditionedHistogram(site.channels, len(REGIONS), bins, logit_range, groups)
+        self.labels = ConditionedHistogram(site.channels, n_labels, bins, logit_range, groups)
+        self.gram_ = torch.zeros(site.channels, site.channels, dtype=torch.float64)
+        self.size_: tuple[int, int] | None = None
+
+    def add(self, logits: Tensor, gates: Tensor, ctx: BatchContext) -> None:
+        size = tuple(gates.shape[-2:])
+        self.size_ = size
+        region, region_onehot = ctx.regions(size)
+        label, label_onehot = ctx.label_ids(size)
+        self.regions.add(logits, gates, region, region_onehot, ctx.group)
+        self.labels.add(logits, gates, label, label_onehot, ctx.group)
+        flat = gates.flatten(2).float()
+        self.gram_ += torch.bmm(flat, flat.transpose(1, 2)).sum(0).double()
+
+    def merge(self, other: "GatedLayerStats") -> None:
+        self.regions.merge(other.regions)
+        self.labels.merge(other.labels)
+        self.gram_ += other.gram_
+        self.size_ = self.size_ or other.size_
+
+    def state_dict(self) -> dict:
+        return {**{f"regions.{k}": v for k, v in self.regions.state_dict().items()},
+                **{f"labels.{k}": v for k, v in self.labels.state_dict().items()},
+                "gram": self.gram_, "size": torch.tensor(self.size_ or (0, 0))}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.regions = ConditionedHistogram.from_state_dict(_sub(state, "regions."))
+        self.labels = ConditionedHistogram.from_state_dict(_sub(state, "labels."))
+        self.gram_ = state["gram"].clone()
+        self.size_ = tuple(int(v) for v in state["size"]) or None
+
+
+class PartialLayerStats:
+    """Streaming statistics of one partial layer: the valid fraction per image (its sum, square
+    sum, per-group sums and histogram), images whose mask is all valid, the geometric prediction
+    (claim P3), and the coverage of the locations that flipped from hole to valid (claim P2).
+
+    A location *flips* at a layer when its mask is valid after the layer while the input pixel at
+    the centre of its window (all channels averaged for multi-channel masks) was a hole.
+    """
+
+    def __init__(self, site: Site, groups: int):
+        self.site = site
+        self.window = float(site.module.window_size) if hasattr(site.module, "window_size") else None
+        self.coverage_bins = None
+        self.images_ = 0
+        self.all_valid_ = 0
+        self.valid_sum_ = 0.0
+        self.valid_sumsq_ = 0.0
+        self.valid_hist_ = torch.zeros(VALID_FRACTION_BINS, dtype=torch.int64)
+        self.group_valid_ = torch.zeros(groups, dtype=torch.float64)
+        self.group_images_ = torch.zeros(groups, dtype=torch.int64)
+        self.predicted_sum_ = 0.0
+        self.predicted_all_valid_ = 0
+        self.coverage_hist_: Tensor | None = None
+        self.size_: tuple[int, int] | None = None
+        self.input_size_: tuple[int, int] | None = None
+
+    def add(self, valid_in: Tensor, new_valid: Tensor, coverage: Tensor, ctx: BatchContext) -> None:
+        m = self.site
+        new_valid = new_valid[:, :1].float()
+        coverage = coverage[:, :1].float()
+        self.size_, self.input_size_ = tuple(new_valid.shape[-2:]), tuple(valid_in.shape[-2:])
+        fraction = new_valid.mean((1, 2, 3)).double()  # [B]
+        self.images_ += len(fraction)
+        self.all_valid_ += int((fraction == 1).sum())
+        self.valid_sum_ += float(fraction.sum())
+        self.valid_sumsq_ += float((fraction ** 2).sum())
+        self.valid_hist_ += torch.bincount((fraction * 100).floor().long().clamp(0, 100), minlength=VALID_FRACTION_BINS)
+        self.group_valid_.index_add_(0, ctx.group, fraction)
+        self.group_images_.index_add_(0, ctx.group, torch.ones_like(ctx.group))
+
+        predicted_in = F.interpolate(ctx.predicted_valid, size=self.input_size_, mode="nearest")
+        predicted = F.max_pool2d(predicted_in, m.kernel, m.stride, m.padding, m.dilation)
+        if predicted.shape[-2:] != new_valid.shape[-2:]:
+            predicted = F.interpolate(predicted, size=self.size_, mode="nearest")
+        ctx.predicted_valid = predicted
+        predicted_fraction = predicted.mean((1, 2, 3))
+        self.predicted_sum_ += float(predicted_fraction.sum())
+        self.predicted_all_valid_ += int((predicted_fraction == 1).sum())
+
+        centre = valid_in.float().mean(1, keepdim=True)
+        offset = m.dilation * (m.kernel // 2) - m.padding
+        centre = centre[..., offset::m.stride, offset::m.stride][..., :self.size_[0], :self.size_[1]]
+        flipped = (new_valid > 0) & (centre < 1)
+        if self.coverage_hist_ is None:
+            n_bins = int(min(self.window or COVERAGE_BINS_MAX, COVERAGE_BINS_MAX))
+            self.coverage_hist_ = torch.zeros(n_bins, dtype=torch.int64)
+        n_bins = len(self.coverage_hist_)
+        values = coverage[flipped]
+        index = (values * n_bins - 1e-6).ceil().long().sub(1).clamp(0, n_bins - 1)
+        self.coverage_hist_ += torch.bincount(index, minlength=n_bins)
+
+    def merge(self, other: "PartialLayerStats") -> None:
+        for name in ("images_", "all_valid_", "valid_sum_", "valid_sumsq_", "predicted_sum_", "predicted_all_valid_"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.valid_hist_ += other.valid_hist_
+        self.group_valid_ += other.group_valid_
+        self.group_images_ += other.group_images_
+        if other.coverage_hist_ is not None:
+            self.coverage_hist_ = other.coverage_hist_.clone() if self.coverage_hist_ is None \
+                else self.coverage_hist_ + other.coverage_hist_
+        self.size_, self.input_size_ = self.size_ or other.size_, self.input_size_ or other.input_size_
+
+    def state_dict(self) -> dict:
+        scalars = [self.images_, self.all_valid_, self.valid_sum_, self.valid_sumsq_, self.predicted_sum_,
+                   self.predicted_all_valid_]
+        return {"scalars": torch.tensor(scalars, dtype=torch.float64), "valid_hist": self.valid_hist_,
+                "group_valid": self.group_valid_, "group_images": self.group_images_,
+                "coverage_hist": self.coverage_hist_ if self.coverage_hist_ is not None else torch.zeros(0, dtype=torch.int64),
+                "size": torch.tensor((self.size_ or (0, 0)) + (self.input_size_ or (0, 0)))}
+
+    def load_state_dict(self, state: dict) -> None:
+        s = state["scalars"].tolist()
+        self.images_, self.all_valid_ = int(s[0]), int(s[1])
+        self.valid_sum_, self.valid_sumsq_, self.predicted_sum_ = s[2], s[3], s[4]
+        self.predicted_all_valid_ = int(s[5])
+        self.valid_hist_ = state["valid_hist"].clone()
+        self.group_valid_, self.group_images_ = state["group_valid"].clone(), state["group_images"].clone()
+        self.coverage_hist_ = state["coverage_hist"].clone() if len(state["coverage_hist"]) else None
+        size = [int(v) for v in state["size"]]
+        self.size_, self.input_size_ = (tuple(size[:2]) or None), (tuple(size[2:]) or None)
+
+
+def _sub(state: dict, prefix: str) -> dict:
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+class Recorder:
+    """Attach the adapters' hooks of ``sites`` to ``model`` for the duration of a ``with`` block.
+
+    Each forward pass through :meth:`forward` feeds every layer's accumulator (``self.stats``,
+    layer name -> :class:`GatedLayerStats` / :class:`PartialLayerStats`) and, while
+    ``self.capture`` is set, copies the maps of the first ``capture`` images into ``self.captured``.
+    """
+
+    def __init__(self, model: nn.Module, sites: list[Site], n_labels: int, bins: int = 256,
+                 logit_range: float = 12.0, groups: int = 32, border: int = 2):
+        self.model, self.sites, self.n_labels, self.border = model, sites, n_labels, border
+        self.stats = {s.name: GatedLayerStats(s, n_labels, bins, logit_range, groups) if s.kind == "gated"
+                      else PartialLayerStats(s, groups) for s in sites}
+        self.order: list[str] = []  # layer names in execution order (filled by the first batch)
+        self.capture = 0
+        self.captured: dict[str, dict[str, Tensor]] = {}
+        self._handles: list = []
+        self._ctx: BatchContext | None = None
+        self._was_training: bool | None = None
+
+    def __enter__(self) -> "Recorder":
+        self._was_training = self.model.training
+        self.model.eval()
+        try:
+            for site in self.sites:
+                self._handles += site.adapter.attach(site.module, _Sink(self, site.name))
+        except BaseException:
+            self._remove()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._remove()
+
+    def _remove(self) -> None:
+        try:
+            for handle in self._handles:
+                handle.remove()
+        finally:
+            self._handles = []
+            self.model.train(self._was_training)
+
+    def forward(self, image: Tensor, hole: Tensor, sketch: Tensor | None, labels: Tensor, group: Tensor,
+                capture: int = 0) -> Tensor:
+        """Run the model on one batch and accumulate; returns the output ``[B, 3, H, W]``."""
+        if not self._handles:
+            raise RuntimeError("Recorder.forward must be called inside `with Recorder(...)`")
+        self._ctx = BatchContext(hole, sketch, labels, group, self.n_labels, self.border)
+        self.capture = capture
+        self.captured = {}
+        first = not self.order
+        self._first_batch = first
+        try:
+            with torch.inference_mode():
+                out = self.model(image, hole, sketch)
+        finally:
+            self._ctx = None
+        if not torch.isfinite(out).all():
+            raise FloatingPointError("the model produced NaN or inf outputs; check its weights and inputs")
+        return out
+
+    def _on_gated(self, name: str, logits: Tensor, gates: Tensor) -> None:
+        self._note(name)
+        self.stats[name].add(logits, gates, self._ctx)
+        if self.capture:
+            self.captured[name] = {"gate": gates[: self.capture].to(torch.float16)}
+
+    def _on_partial(self, name: str, valid_in: Tensor, new_valid: Tensor, coverage: Tensor) -> None:
+        self._note(name)
+        self.stats[name].add(valid_in, new_valid, coverage, self._ctx)
+        if self.capture:
+            self.captured[name] = {"valid": new_valid[: self.capture, :1].to(torch.float16),
+                                   "coverage": coverage[: self.capture, :1].to(torch.float16)}
+
+    def _note(self, name: str) -> None:
+        if self._first_batch and name not in self.order:
+            self.order.append(name)
+
+
+class _Sink:
+    """What an adapter's hooks call: routes the tensors to the recorder under the layer's name."""
+
+    def __init__(self, recorder: Recorder, name: str):
+        self.recorder, self.name = recorder, name
+
+    def gated(self, logits: Tensor, gates: Tensor) -> None:
+        if not torch.isfinite(logits).all():
+            raise FloatingPointError(f"layer {self.name}: NaN or inf gate values")
+        self.recorder._on_gated(self.name, logits, gates)
+
+    def partial(self, valid_in: Tensor, new_valid: Tensor, coverage: Tensor) -> None:
+        self.recorder._on_partial(self.name, valid_in, new_valid, coverage)
+
+
+def participation_ratio(covariance: np.ndarray) -> float:
+    """Effective number of independent channel maps: ``(sum λ)^2 / sum λ^2`` of the eigenvalues of
+    the channel-by-channel covariance. 1 when all channels carry one map (up to scale); k for k
+    independent maps of equal variance. NaN when there is no variance at all."""
+    eig = np.clip(np.linalg.eigvalsh(covariance), 0, None)
+    total = eig.sum()
+    return float(total ** 2 / (eig ** 2).sum()) if total > 1e-12 else float("nan")

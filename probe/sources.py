@@ -1,0 +1,67 @@
+"""Where a model comes from: a checkpoint folder, a registry name, or ``package.module:function``.
+
+``resolve_model(spec)`` returns an ``nn.Module`` following the calling convention
+``model(image, hole, sketch=None)``, with ``model.source_info`` describing it for the manifest.
+Import paths are resolved with importlib and getattr only: no string is ever evaluated.
+"""
+from __future__ import annotations
+
+import importlib
+import re
+from pathlib import Path
+
+from torch import nn
+
+from .checkpoints import load_model, sha256_file
+from .models import create_model, list_models
+
+IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+LOADERS: dict[str, callable] = {}  # prefix -> loader(path, **options), e.g. third-party architectures
+
+
+def register_loader(prefix: str, loader) -> None:
+    """Make ``--model PREFIX:PATH`` load weights with ``loader(PATH, **options) -> nn.Module``."""
+    LOADERS[prefix] = loader
+
+
+def resolve_model(spec: str, random_init: bool = False, **options) -> nn.Module:
+    """Build the model named by ``spec`` (see module docstring) in eval mode."""
+    prefix, _, rest = spec.partition(":")
+    if prefix in LOADERS and rest:
+        model = LOADERS[prefix](rest, **options)
+        model.source_info = {"name": prefix, "source": spec, "sha256": sha256_file(rest)}
+        return model.eval()
+    path = Path(spec)
+    if path.is_dir():
+        model = load_model(path)
+        model.source_info = {"name": model.card["model"], "source": str(path), "sha256": model.card["sha256"],
+                             "config": model.card["config"], "checkpoint": path.name,
+                             "metrics": model.card.get("metrics")}
+        return model
+    if spec in list_models():
+        if not random_init:
+            raise ValueError(f"{spec!r} is a registry name, which has no trained weights; pass --random-init "
+                             "to probe a randomly initialised model, or give a checkpoint folder")
+        model = create_model(spec)
+        model.source_info = {"name": spec, "source": "random-init", "sha256": None, "config": model.config}
+        return model.eval()
+    if IMPORT_PATH.match(spec):
+        return _from_import_path(spec).eval()
+    raise ValueError(f"--model {spec!r}: not a checkpoint folder, a registry name ({', '.join(list_models())}), "
+                     f"a loader prefix ({', '.join(sorted(LOADERS)) or 'none'}) or package.module:function")
+
+
+def _from_import_path(spec: str) -> nn.Module:
+    module_name, function_name = spec.split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ValueError(f"--model {spec!r}: cannot import {module_name!r} ({err}); check the module is on PYTHONPATH")
+    factory = getattr(module, function_name, None)
+    if not callable(factory):
+        raise ValueError(f"--model {spec!r}: {module_name} has no callable {function_name!r}")
+    model = factory()
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"--model {spec!r}: {function_name}() returned {type(model).__name__}, not an nn.Module")
+    model.source_info = {"name": spec, "source": spec, "sha256": None}
+    return model

@@ -1,0 +1,169 @@
+"""Tidy tables from the recorder's accumulators: ``layers``, ``channels``, ``labels``, ``evolution``.
+
+Column meanings (gate statistics are over pixels at the layer's own resolution; see
+:mod:`probe.context` for how holes, sketches and labels are brought there):
+
+channels: ``mean``, ``std``; ``mean_hole``, ``mean_valid``, ``mean_border``, ``mean_far``,
+``mean_sketch`` (hole cells on a sketch stroke), ``mean_hole_plain`` (hole cells off it);
+``auc_hole`` (gate separates hole from valid; 0.5 = not at all, 1 = higher in the hole),
+``auc_sketch`` (inside the hole, sketch vs no sketch); ``threshold`` (gate value exceeded by the top
+``quantile`` of all pixels); ``p_hole``/``q_hole``, ``p_sketch``/``q_sketch`` (image-group t-tests,
+BH across all channels of the run); ``role``.
+
+labels: ``auc`` (label vs the rest), ``iou`` (Network Dissection: gate above ``threshold`` vs the
+label), ``threshold``, ``mean_in``, ``mean_out``, ``pixels`` (label pixels at that resolution),
+``p_value``, ``q_value`` (BH across all (layer, channel, label) tests).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .analysis.roles import assign_roles
+from .analysis.significance import bh_qvalues, difference_effects, group_t_test, label_effects
+from .context import BORDER, FAR, HOLE_PLAIN, HOLE_SKETCH
+from .recorder import GatedLayerStats, PartialLayerStats, participation_ratio
+from .stats.readouts import auc_from_histograms, iou_above, sigmoid, top_quantile_threshold
+
+
+def _ratio(a, b):
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.asarray(a, dtype=np.float64) / np.asarray(b, dtype=np.float64)
+
+
+def layer_table(stats: dict, order: list[str], image_size: tuple[int, int]) -> pd.DataFrame:
+    """One row per recorded layer, in execution order, with geometry and receptive field.
+
+    The receptive field follows the execution order as a chain: each layer adds
+    ``(kernel - 1) * dilation`` input steps of its input's pixel spacing in image pixels."""
+    rows, rf = [], 1.0
+    for depth, name in enumerate(order):
+        s = stats[name]
+        site = s.site
+        h, w = s.size_
+        in_h = s.input_size_[0] if isinstance(s, PartialLayerStats) else h * site.stride
+        rf += (site.kernel - 1) * site.dilation * image_size[0] / in_h
+        rows.append({"layer": name, "kind": site.kind, "depth": depth, "channels": site.channels,
+                     "height": h, "width": w, "kernel": site.kernel, "stride": site.stride,
+                     "dilation": site.dilation, "receptive_field": int(round(rf)),
+                     "effective_channels": _effective_channels(s)})
+    return pd.DataFrame(rows)
+
+
+def gate_covariance(s: GatedLayerStats) -> np.ndarray:
+    """Channel-by-channel covariance ``[C, C]`` of the gate maps over all recorded pixels."""
+    n = s.regions.pixels_.sum().item()
+    mean = s.regions.sums_.sum((0, 1)).numpy() / n
+    return s.gram_.numpy() / n - np.outer(mean, mean)
+
+
+def _effective_channels(s) -> float:
+    if isinstance(s, GatedLayerStats):
+        return participation_ratio(gate_covariance(s))
+    # a partial layer applies one mask to every channel: its C channel maps are copies, so the
+    # covariance is var * ones((C, C)); measured from the mask's variance over images and pixels
+    if s.images_ == 0 or s.all_valid_ == s.images_:
+        return float("nan")
+    return participation_ratio(np.full((s.site.channels, s.site.channels), 1.0))
+
+
+def channel_and_label_tables(stats: dict, order: list[str], classes: list[str], quantile: float,
+                             ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The ``channels`` and ``labels`` tables of every gated layer (see the module docstring)."""
+    channel_frames, label_frames = [], []
+    for name in order:
+        s = stats[name]
+        if not isinstance(s, GatedLayerStats):
+            continue
+        channel_frames.append(_channels_of_layer(name, s, quantile))
+        label_frames.append(_labels_of_layer(name, s, classes, channel_frames[-1].threshold_logit.to_numpy()))
+    if not channel_frames:
+        return pd.DataFrame(), pd.DataFrame()
+    channels = pd.concat(channel_frames, ignore_index=True)
+    labels = pd.concat(label_frames, ignore_index=True)
+    channels["q_hole"] = bh_qvalues(channels.p_hole.to_numpy())
+    channels["q_sketch"] = bh_qvalues(channels.p_sketch.to_numpy())
+    labels["q_value"] = bh_qvalues(labels.p_value.to_numpy())
+    channels["role"] = assign_roles(channels, labels)
+    return channels.drop(columns="threshold_logit"), labels
+
+
+def _channels_of_layer(name: str, s: GatedLayerStats, quantile: float) -> pd.DataFrame:
+    r = s.regions
+    counts = r.counts_.numpy()
+    sums, sumsq, pixels = r.sums_.sum(0).numpy(), r.sumsq_.sum(0).numpy(), r.pixels_.sum(0).numpy()
+    n = pixels.sum()
+    mean = sums.sum(0) / n
+    hole, valid = [HOLE_SKETCH, HOLE_PLAIN], [BORDER, FAR]
+    edges = r.bin_edges().numpy()
+    threshold_logit = top_quantile_threshold(counts.sum(0), edges, quantile)
+    group_sums, group_pixels = r.sums_.numpy(), r.pixels_.numpy().astype(np.float64)
+    frame = pd.DataFrame({
+        "layer": name, "channel": np.arange(r.channels),
+        "mean": mean, "std": np.sqrt(np.clip(sumsq.sum(0) / n - mean ** 2, 0, None)),
+        "mean_hole": _ratio(sums[hole].sum(0), pixels[hole].sum()),
+        "mean_valid": _ratio(sums[valid].sum(0), pixels[valid].sum()),
+        "mean_border": _ratio(sums[BORDER], pixels[BORDER]),
+        "mean_far": _ratio(sums[FAR], pixels[FAR]),
+        "mean_sketch": _ratio(sums[HOLE_SKETCH], pixels[HOLE_SKETCH]),
+        "mean_hole_plain": _ratio(sums[HOLE_PLAIN], pixels[HOLE_PLAIN]),
+        "auc_hole": auc_from_histograms(counts[hole].sum(0), counts[valid].sum(0)),
+        "auc_sketch": auc_from_histograms(counts[HOLE_SKETCH], counts[HOLE_PLAIN]),
+        "threshold": sigmoid(threshold_logit),
+        "threshold_logit": threshold_logit,
+        "p_hole": group_t_test(difference_effects(group_sums, group_pixels, hole, valid)),
+        "p_sketch": group_t_test(difference_effects(group_sums, group_pixels, [HOLE_SKETCH], [HOLE_PLAIN])),
+    })
+    return frame
+
+
+def _labels_of_layer(name: str, s: GatedLayerStats, classes: list[str], threshold_logit: np.ndarray) -> pd.DataFrame:
+    lab = s.labels
+    counts = lab.counts_.numpy()  # [L, C, bins]
+    total = counts.sum(0)
+    edges = lab.bin_edges().numpy()
+    sums, pixels = lab.sums_.sum(0).numpy(), lab.pixels_.sum(0).numpy()  # [L, C], [L]
+    n_labels, n_channels = counts.shape[:2]
+    auc = auc_from_histograms(counts, total[None] - counts)
+    iou = iou_above(counts, total, edges, threshold_logit)
+    mean_in = _ratio(sums, pixels[:, None])
+    mean_out = _ratio(sums.sum(0)[None] - sums, (pixels.sum() - pixels)[:, None])
+    p = group_t_test(label_effects(lab.sums_.numpy(), lab.pixels_.numpy().astype(np.float64)))
+    grid_label, grid_channel = np.meshgrid(np.arange(n_labels), np.arange(n_channels), indexing="ij")
+    return pd.DataFrame({
+        "layer": name, "channel": grid_channel.ravel(), "label_id": grid_label.ravel(),
+        "label": np.asarray(classes, dtype=object)[grid_label.ravel()],
+        "auc": auc.ravel(), "iou": iou.ravel(), "threshold": np.repeat(sigmoid(threshold_logit)[None], n_labels, 0).ravel(),
+        "mean_in": mean_in.ravel(), "mean_out": mean_out.ravel(),
+        "pixels": np.repeat(pixels[:, None], n_channels, 1).ravel(), "p_value": p.ravel(),
+    })
+
+
+def evolution_table(stats: dict, order: list[str]) -> pd.DataFrame:
+    """One row per partial layer in execution order: measured and predicted valid fractions,
+    images whose mask is all valid, and the coverage histogram of flipped locations (claim P2)."""
+    rows = []
+    for depth, name in enumerate(order):
+        s = stats[name]
+        if not isinstance(s, PartialLayerStats):
+            continue
+        n = max(s.images_, 1)
+        mean = s.valid_sum_ / n
+        cov = s.coverage_hist_.numpy() if s.coverage_hist_ is not None else np.zeros(0, np.int64)
+        rows.append({
+            "layer": name, "depth": depth, "height": s.size_[0], "width": s.size_[1],
+            "images": s.images_,
+            "valid_fraction": mean,
+            "valid_fraction_std": float(np.sqrt(max(s.valid_sumsq_ / n - mean ** 2, 0.0))),
+            "valid_fraction_predicted": s.predicted_sum_ / n,
+            "all_valid_images": s.all_valid_ / n,
+            "all_valid_images_predicted": s.predicted_all_valid_ / n,
+            "valid_fraction_hist": s.valid_hist_.numpy().tolist(),
+            "group_valid_fraction": _ratio(s.group_valid_.numpy(), s.group_images_.numpy()).tolist(),
+            "group_images": s.group_images_.numpy().tolist(),
+            "flipped": int(cov.sum()),
+            "coverage_hist": cov.tolist(),
+            "coverage_edges": np.linspace(0, 1, len(cov) + 1).tolist(),
+            "window": s.window,
+        })
+    return pd.DataFrame(rows)
