@@ -48,7 +48,9 @@ class PartialAdapter:
     kind = "partial"
 
     def geometry(self, module: nn.Module) -> dict:
-        return conv_geometry(module)
+        """Geometry plus ``window``: the number of mask values under one window (k*k, times the
+        input channels for multi-channel masks)."""
+        raise NotImplementedError
 
     def attach(self, module: nn.Module, sink) -> list:
         """Register hooks that call ``sink.partial(valid_in, new_valid, coverage)``."""
@@ -75,6 +77,9 @@ class OwnGatedAdapter(GatedAdapter):
 
 class OwnPartialAdapter(PartialAdapter):
     """:class:`probe.layers.PartialConv2d`: input mask from the call, the rest from its hook points."""
+
+    def geometry(self, module: PartialConv2d) -> dict:
+        return conv_geometry(module) | {"window": module.window_size}
 
     def attach(self, module: PartialConv2d, sink) -> list:
         seen = {}
@@ -124,6 +129,7 @@ class Site:
     stride: int = 1
     dilation: int = 1
     padding: int = 0
+    window: float = 0.0
 
 
 def find_sites(model: nn.Module, pattern: str | None = None) -> list[Site]:

@@ -18,7 +18,7 @@ USER_ERRORS = (CheckpointError, DataError, FileExistsError, FileNotFoundError, K
 def _cmd_train(args) -> int:
     from .train import train
 
-    command = "gateprobe " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    command = _command_line()
     card = train(args.model, args.out, steps=args.steps, minutes=args.minutes, batch_size=args.batch_size,
                  lr=args.lr, size=args.size, width=args.width, seed=args.seed, resume=args.resume,
                  checkpoint_every=args.checkpoint_every, threads=args.threads, eval_items=args.eval_items,
@@ -36,6 +36,62 @@ def _cmd_evaluate(args) -> int:
     items = heldout_items(args.n, size=model.config["image_size"])
     print(f"{args.checkpoint}: held-out Scenes seed 1, {args.n} images")
     print(format_table(metrics_table(model, items, progress=True)))
+    return 0
+
+
+def _command_line() -> str:
+    return "gateprobe " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+def _cmd_record(args) -> int:
+    from .record import record
+    from .sources import resolve_model
+
+    model = resolve_model(args.model, random_init=args.random_init)
+    sketch = {"auto": None, "on": True, "off": False}[args.sketch]
+    run = record(model, args.data, args.out, n=args.n, batch_size=args.batch_size, samples=args.samples,
+                 seed=args.seed, layers=args.layers, sketch=sketch, quantile=args.quantile,
+                 shard=args.shard, overwrite=args.overwrite, command=_command_line())
+    print(f"wrote {run.path} ({run.manifest['n_images']} images, {len(run.layers)} layers)")
+    return 0
+
+
+def _cmd_merge(args) -> int:
+    from .merge import merge_runs
+
+    run = merge_runs(args.runs, args.out, overwrite=args.overwrite)
+    print(f"wrote {run.path} ({run.manifest['n_images']} images from {len(args.runs)} runs)")
+    return 0
+
+
+def _shard(text: str) -> tuple[int, int]:
+    i, sep, n = text.partition("/")
+    if not sep or not i.isdigit() or not n.isdigit() or not 0 <= int(i) < int(n):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected I/N with 0 <= I < N, e.g. 0/4")
+    return int(i), int(n)
+
+
+def _cmd_layers(args) -> int:
+    import torch
+
+    from .adapters import find_sites
+    from .recorder import Recorder
+    from .tables import layer_table
+
+    from .sources import resolve_model
+
+    model = resolve_model(args.model, random_init=args.random_init)
+    sites = find_sites(model, args.layers)
+    size = args.size
+    image = torch.rand(1, 3, size, size)
+    hole = torch.zeros(1, 1, size, size)
+    hole[..., size // 4: size // 2, size // 4: size // 2] = 1
+    with Recorder(model, sites, n_labels=1, groups=1) as recorder:
+        recorder.forward(image, hole, None, torch.zeros(1, size, size, dtype=torch.long), torch.zeros(1, dtype=torch.long))
+    table = layer_table(recorder.stats, recorder.order, (size, size))
+    columns = ["layer", "kind", "channels", "height", "width", "kernel", "stride", "dilation", "receptive_field"]
+    print(f"{len(table)} layers of {args.model} at {size}x{size}:")
+    print(table[columns].to_string(index=False))
     return 0
 
 
@@ -65,6 +121,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="checkpoint folder (model.safetensors + card.json)")
     p.add_argument("--n", type=int, default=256, help="held-out images")
     p.set_defaults(func=_cmd_evaluate)
+
+    model_help = ("checkpoint folder, registry name (with --random-init), a loader prefix such as "
+                  "deepfillv2:PATH.pth, or package.module:function returning an nn.Module")
+    p = sub.add_parser("record", help="record gate maps and mask evolution into a run directory",
+                       description="Run a model over data with forward hooks on every gated and partial "
+                                   "layer and write the run directory (tables + samples).")
+    p.add_argument("--model", required=True, help=model_help)
+    p.add_argument("--random-init", action="store_true", help="allow a registry name (random weights)")
+    p.add_argument("--data", default="scenes:64", help="scenes, scenes:SIZE or folder:PATH (default scenes:64)")
+    p.add_argument("--n", type=int, default=None, help="images to record (default: 1024 Scenes / the whole folder)")
+    p.add_argument("--out", required=True, help="run directory to write")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--samples", type=int, default=8, help="first K images whose maps are stored")
+    p.add_argument("--seed", type=int, default=None, help="data seed (Scenes default: held-out seed 1)")
+    p.add_argument("--layers", default=None, help="comma-separated shell patterns of layer names")
+    p.add_argument("--sketch", choices=["auto", "on", "off"], default="auto",
+                   help="feed the sketch (auto: when the model takes one)")
+    p.add_argument("--quantile", type=float, default=0.005, help="top quantile for the IoU threshold")
+    p.add_argument("--shard", type=_shard, default=None, metavar="I/N",
+                   help="record only the I-th of N contiguous slices of the images (merge them with `merge`)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
+    p.set_defaults(func=_cmd_record)
+
+    p = sub.add_parser("merge", help="merge shard runs into one run (exact)")
+    p.add_argument("runs", nargs="+", help="shard run directories")
+    p.add_argument("--out", required=True, help="merged run directory to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
+    p.set_defaults(func=_cmd_merge)
+
+    p = sub.add_parser("layers", help="list the layers that record would hook")
+    p.add_argument("--model", required=True, help=model_help)
+    p.add_argument("--random-init", action="store_true", help="allow a registry name (random weights)")
+    p.add_argument("--layers", default=None, help="comma-separated shell patterns of layer names")
+    p.add_argument("--size", type=int, default=64, help="input size used to measure resolutions")
+    p.set_defaults(func=_cmd_layers)
     return parser
 
 

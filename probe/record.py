@@ -30,10 +30,21 @@ def _model_info(model: nn.Module) -> dict:
     return info
 
 
+def shard_range(n: int, shard: tuple[int, int] | None) -> range:
+    """Positions ``[0, n)`` of shard ``(i, N)``: the i-th of N contiguous, disjoint slices."""
+    if shard is None:
+        return range(n)
+    i, count = shard
+    if not 0 <= i < count:
+        raise ValueError(f"--shard {i}/{count}: I must satisfy 0 <= I < N")
+    return range(i * n // count, (i + 1) * n // count)
+
+
 def record(model: nn.Module, data, out: str | Path, n: int | None = None, batch_size: int = 16,
            samples: int = 8, seed: int | None = None, layers: str | None = None, sketch: bool | None = None,
            quantile: float = 0.005, bins: int = 256, logit_range: float = 12.0, groups: int = 32,
-           border: int = 2, overwrite: bool = False, progress: bool = True, command: str = "") -> Run:
+           border: int = 2, shard: tuple[int, int] | None = None, overwrite: bool = False,
+           progress: bool = True, command: str = "") -> Run:
     """Record ``model`` over ``n`` images of ``data`` into the run directory ``out``.
 
     Args:
@@ -47,8 +58,10 @@ def record(model: nn.Module, data, out: str | Path, n: int | None = None, batch_
         sketch: feed the sketch (default: whenever the model accepts one).
         quantile: the top quantile whose threshold defines the IoU (Network Dissection: 0.005).
         bins, logit_range: gate histogram binning (see :mod:`probe.stats.histograms`).
-        groups: image groups for image-level tests and bootstrap intervals.
+        groups: image groups (image position modulo ``groups``) for image-level tests and intervals.
         border: width, in cells of each layer, of the valid band around the hole.
+        shard: ``(i, N)`` records only the i-th of N contiguous slices of the ``n`` images
+            (merge the shard runs with :func:`probe.merge.merge_runs`).
 
     Returns the :class:`~probe.run.Run`.
     """
@@ -64,61 +77,69 @@ def record(model: nn.Module, data, out: str | Path, n: int | None = None, batch_
     use_sketch = bool(getattr(model, "accepts_sketch", False)) if sketch is None else sketch
     if use_sketch and not getattr(model, "accepts_sketch", False):
         raise ValueError(f"{type(model).__name__} takes no sketch; record it without --sketch")
+    positions = shard_range(n, shard)
     sites = find_sites(model, layers)
-    classes = list(data.classes)
     out = prepare_run_dir(out, overwrite)
-    settings = {"batch_size": batch_size, "samples": min(samples, n), "quantile": quantile, "bins": bins,
-                "logit_range": logit_range, "groups": groups, "border": border, "sketch": use_sketch,
-                "layers": layers}
+    settings = {"batch_size": batch_size, "samples": samples, "quantile": quantile,
+                "bins": bins, "logit_range": logit_range, "groups": groups, "border": border,
+                "sketch": use_sketch, "layers": layers}
     manifest = {
         "schema_version": SCHEMA_VERSION, "gateprobe_version": _version(), "complete": False,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "model": _model_info(model), "data": data.spec() | {"n": n}, "n_images": 0,
-        "settings": settings, "layers": [s.name for s in sites], "samples": settings["samples"],
+        "shards": [{"shard": list(shard) if shard else [0, 1], "start": positions.start, "stop": positions.stop}],
+        "settings": settings, "layers": [s.name for s in sites], "samples": min(samples, len(positions)),
         "environment": {"torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version()},
         "command": command,
     }
     write_manifest(out, manifest)
-
-    recorder = Recorder(model, sites, len(classes), bins=bins, logit_range=logit_range, groups=groups, border=border)
-    kept = _SampleStore(settings["samples"])
-    image_size = None
-    with recorder, tqdm(total=n, desc=f"record {out.name}", unit="img", disable=not progress) as bar:
-        for start in range(0, n, batch_size):
-            positions = range(start, min(start + batch_size, n))
-            batch = collate([data[i] for i in positions])
-            image_size = tuple(batch["image"].shape[-2:])
-            group = torch.tensor([p % groups for p in positions], dtype=torch.int64)
+    recorder = Recorder(model, sites, len(data.classes), bins=bins, logit_range=logit_range, groups=groups,
+                        border=border)
+    kept = SampleStore(manifest["samples"])
+    with recorder, tqdm(total=len(positions), desc=f"record {out.name}", unit="img", disable=not progress) as bar:
+        for start in range(positions.start, positions.stop, batch_size):
+            batch_positions = range(start, min(start + batch_size, positions.stop))
+            batch = collate([data[i] for i in batch_positions])
+            manifest["image_size"] = list(batch["image"].shape[-2:])
+            group = torch.tensor([p % groups for p in batch_positions], dtype=torch.int64)
             want = max(0, kept.k - kept.taken)
             output = recorder.forward(batch["image"], batch["hole"], batch["sketch"] if use_sketch else None,
-                                      batch["labels"], group, capture=min(want, len(positions)))
+                                      batch["labels"], group, capture=min(want, len(batch_positions)))
             if want:
                 kept.add(batch, output, recorder.captured, use_sketch)
-            bar.update(len(positions))
+            bar.update(len(batch_positions))
+    manifest.update(n_images=len(positions), layers=recorder.order)
+    return write_run(out, manifest, recorder.stats, kept)
 
-    frames = {"layers": layer_table(recorder.stats, recorder.order, image_size)}
-    frames["channels"], frames["labels"] = channel_and_label_tables(recorder.stats, recorder.order, classes, quantile)
-    frames["evolution"] = evolution_table(recorder.stats, recorder.order)
+
+def write_run(out: Path, manifest: dict, stats: dict, kept: "SampleStore") -> Run:
+    """Write the tables, accumulator state and samples of ``stats`` (layer name -> layer stats, in
+    ``manifest["layers"]`` order), then mark the manifest complete."""
+    order, classes = manifest["layers"], manifest["data"]["classes"]
+    frames = {"layers": layer_table(stats, order, tuple(manifest["image_size"]))}
+    frames["channels"], frames["labels"] = channel_and_label_tables(stats, order, classes,
+                                                                    manifest["settings"]["quantile"])
+    frames["evolution"] = evolution_table(stats, order)
     for name, frame in frames.items():
         write_table(out / f"{name}.parquet", frame)
-    _write_state(out, recorder)
+    write_state(out / "state.safetensors", stats)
     kept.write(out / "samples")
-    manifest.update(n_images=n, complete=True, layers=recorder.order)
+    manifest["complete"] = True
     write_manifest(out, manifest)
     return Run(out)
 
 
-def _write_state(out: Path, recorder: Recorder) -> None:
+def write_state(path: Path, stats: dict) -> None:
+    """Save every layer's accumulators (``LAYER/key`` tensors) with safetensors."""
     from safetensors.torch import save
 
     from .checkpoints import write_atomic
 
-    flat = {f"{name}/{key}": value.contiguous() for name, s in recorder.stats.items()
-            for key, value in s.state_dict().items()}
-    write_atomic(out / "state.safetensors", save(flat))
+    flat = {f"{name}/{key}": value.contiguous() for name, s in stats.items() for key, value in s.state_dict().items()}
+    write_atomic(path, save(flat))
 
 
-class _SampleStore:
+class SampleStore:
     """The first ``k`` images of a run with every recorded map, kept in memory as float16."""
 
     def __init__(self, k: int):
@@ -128,16 +149,26 @@ class _SampleStore:
 
     def add(self, batch: dict, output: torch.Tensor, captured: dict, use_sketch: bool) -> None:
         m = min(self.k - self.taken, len(batch["index"]))
-        self.inputs["image"].append(batch["image"][:m].half().numpy())
-        self.inputs["hole"].append(batch["hole"][:m].half().numpy())
         sketch = batch["sketch"][:m] if use_sketch else torch.zeros_like(batch["hole"][:m])
-        self.inputs["sketch"].append(sketch.half().numpy())
-        self.inputs["labels"].append(batch["labels"][:m].short().numpy())
-        self.inputs["output"].append(output[:m].clamp(0, 1).half().numpy())
-        self.inputs["index"].append(batch["index"][:m].numpy())
+        arrays = {"image": batch["image"][:m].half(), "hole": batch["hole"][:m].half(), "sketch": sketch.half(),
+                  "labels": batch["labels"][:m].short(), "output": output[:m].clamp(0, 1).half(),
+                  "index": batch["index"][:m]}
+        for name, tensor in arrays.items():
+            self.inputs[name].append(tensor.numpy())
         for layer, maps in captured.items():
             for kind, tensor in maps.items():
                 self.maps.setdefault((kind, layer), []).append(tensor[:m].numpy())
+        self.taken += m
+
+    def add_arrays(self, inputs: dict, maps: dict) -> None:
+        """Append stored samples (``inputs`` name -> ``[k, ...]``, ``maps`` (kind, layer) -> array)."""
+        m = min(self.k - self.taken, len(inputs["index"]))
+        if m <= 0:
+            return
+        for name in INPUTS:
+            self.inputs[name].append(np.asarray(inputs[name][:m]))
+        for key, array in maps.items():
+            self.maps.setdefault(key, []).append(np.asarray(array[:m]))
         self.taken += m
 
     def write(self, folder: Path) -> None:

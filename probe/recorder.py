@@ -21,14 +21,25 @@ COVERAGE_BINS_MAX = 64
 
 class GatedLayerStats:
     """Streaming statistics of one gated layer: gate histograms by region and by label, exact
-    per-group sums, and the channel-by-channel second moments (for gate diversity)."""
+    per-group sums, and the channel-by-channel covariance of the gate maps (for gate diversity),
+    kept as a count, a mean ``[C]`` and a co-moment ``[C, C]`` merged with Chan et al.'s stable
+    pairwise formula (each batch is centred on its own mean before its products are summed)."""
 
     def __init__(self, site: Site, n_labels: int, bins: int, logit_range: float, groups: int):
         self.site = site
         self.regions = ConditionedHistogram(site.channels, len(REGIONS), bins, logit_range, groups)
         self.labels = ConditionedHistogram(site.channels, n_labels, bins, logit_range, groups)
-        self.gram_ = torch.zeros(site.channels, site.channels, dtype=torch.float64)
+        self.n_ = 0
+        self.mean_ = torch.zeros(site.channels, dtype=torch.float64)
+        self.comoment_ = torch.zeros(site.channels, site.channels, dtype=torch.float64)
         self.size_: tuple[int, int] | None = None
+
+    def _merge_moments(self, n: int, mean: Tensor, comoment: Tensor) -> None:
+        total = self.n_ + n
+        delta = mean - self.mean_
+        self.comoment_ += comoment + torch.outer(delta, delta) * (self.n_ * n / total)
+        self.mean_ += delta * (n / total)
+        self.n_ = total
 
     def add(self, logits: Tensor, gates: Tensor, ctx: BatchContext) -> None:
         size = tuple(gates.shape[-2:])
@@ -37,24 +48,28 @@ class GatedLayerStats:
         label, label_onehot = ctx.label_ids(size)
         self.regions.add(logits, gates, region, region_onehot, ctx.group)
         self.labels.add(logits, gates, label, label_onehot, ctx.group)
-        flat = gates.flatten(2).float()
-        self.gram_ += torch.bmm(flat, flat.transpose(1, 2)).sum(0).double()
+        flat = gates.transpose(0, 1).reshape(gates.shape[1], -1).float()  # [C, B*h*w]
+        mean = flat.mean(1, keepdim=True)
+        centred = flat - mean
+        self._merge_moments(flat.shape[1], mean[:, 0].double(), (centred @ centred.T).double())
 
     def merge(self, other: "GatedLayerStats") -> None:
         self.regions.merge(other.regions)
         self.labels.merge(other.labels)
-        self.gram_ += other.gram_
+        self._merge_moments(other.n_, other.mean_, other.comoment_)
         self.size_ = self.size_ or other.size_
 
     def state_dict(self) -> dict:
         return {**{f"regions.{k}": v for k, v in self.regions.state_dict().items()},
                 **{f"labels.{k}": v for k, v in self.labels.state_dict().items()},
-                "gram": self.gram_, "size": torch.tensor(self.size_ or (0, 0))}
+                "moments_n": torch.tensor([self.n_]), "moments_mean": self.mean_, "comoment": self.comoment_,
+                "size": torch.tensor(self.size_ or (0, 0))}
 
     def load_state_dict(self, state: dict) -> None:
         self.regions = ConditionedHistogram.from_state_dict(_sub(state, "regions."))
         self.labels = ConditionedHistogram.from_state_dict(_sub(state, "labels."))
-        self.gram_ = state["gram"].clone()
+        self.n_, self.mean_ = int(state["moments_n"][0]), state["moments_mean"].clone()
+        self.comoment_ = state["comoment"].clone()
         self.size_ = tuple(int(v) for v in state["size"]) or None
 
 
@@ -69,7 +84,7 @@ class PartialLayerStats:
 
     def __init__(self, site: Site, groups: int):
         self.site = site
-        self.window = float(site.module.window_size) if hasattr(site.module, "window_size") else None
+        self.window = float(site.window)
         self.coverage_bins = None
         self.images_ = 0
         self.all_valid_ = 0
@@ -112,7 +127,7 @@ class PartialLayerStats:
         centre = centre[..., offset::m.stride, offset::m.stride][..., :self.size_[0], :self.size_[1]]
         flipped = (new_valid > 0) & (centre < 1)
         if self.coverage_hist_ is None:
-            n_bins = int(min(self.window or COVERAGE_BINS_MAX, COVERAGE_BINS_MAX))
+            n_bins = int(min(self.window, COVERAGE_BINS_MAX))
             self.coverage_hist_ = torch.zeros(n_bins, dtype=torch.int64)
         n_bins = len(self.coverage_hist_)
         values = coverage[flipped]
@@ -132,7 +147,7 @@ class PartialLayerStats:
 
     def state_dict(self) -> dict:
         scalars = [self.images_, self.all_valid_, self.valid_sum_, self.valid_sumsq_, self.predicted_sum_,
-                   self.predicted_all_valid_]
+                   self.predicted_all_valid_, self.window]
         return {"scalars": torch.tensor(scalars, dtype=torch.float64), "valid_hist": self.valid_hist_,
                 "group_valid": self.group_valid_, "group_images": self.group_images_,
                 "coverage_hist": self.coverage_hist_ if self.coverage_hist_ is not None else torch.zeros(0, dtype=torch.int64),
@@ -142,7 +157,7 @@ class PartialLayerStats:
         s = state["scalars"].tolist()
         self.images_, self.all_valid_ = int(s[0]), int(s[1])
         self.valid_sum_, self.valid_sumsq_, self.predicted_sum_ = s[2], s[3], s[4]
-        self.predicted_all_valid_ = int(s[5])
+        self.predicted_all_valid_, self.window = int(s[5]), s[6]
         self.valid_hist_ = state["valid_hist"].clone()
         self.group_valid_, self.group_images_ = state["group_valid"].clone(), state["group_images"].clone()
         self.coverage_hist_ = state["coverage_hist"].clone() if len(state["coverage_hist"]) else None

@@ -52,9 +52,7 @@ def layer_table(stats: dict, order: list[str], image_size: tuple[int, int]) -> p
 
 def gate_covariance(s: GatedLayerStats) -> np.ndarray:
     """Channel-by-channel covariance ``[C, C]`` of the gate maps over all recorded pixels."""
-    n = s.regions.pixels_.sum().item()
-    mean = s.regions.sums_.sum((0, 1)).numpy() / n
-    return s.gram_.numpy() / n - np.outer(mean, mean)
+    return s.comoment_.numpy() / max(s.n_, 1)
 
 
 def _effective_channels(s) -> float:
