@@ -7,7 +7,8 @@ recorder what it needs:
   both ``[B, C, h, w]``;
 * partial layers call ``sink.partial(valid_in, new_valid, coverage)`` with the input valid mask
   ``[B, 1 or C_in, H, W]``, the updated mask ``[B, 1 or C, h, w]`` and the window coverage
-  ``count / window`` ``[B, 1 or C, h, w]``.
+  ``count / window`` ``[B, 1 or C, h, w]``, and optionally ``out=`` the layer output ``[B, C, h, w]``
+  (used to check that nothing leaks outside the updated mask, claim P1).
 
 The lookup is a small table (:data:`ADAPTERS`, class -> adapter); :func:`register_adapter` adds
 third-party classes. Adding one is a few lines: subclass :class:`GatedAdapter` or
@@ -91,10 +92,13 @@ class OwnPartialAdapter(PartialAdapter):
             seen["coverage"] = coverage
 
         def on_valid(_m, _inputs, new_valid):
-            sink.partial(seen.pop("valid_in"), new_valid, seen.pop("coverage"))
+            seen["new_valid"] = new_valid
+
+        def on_out(_m, _inputs, out):
+            sink.partial(seen.pop("valid_in"), seen.pop("new_valid"), seen.pop("coverage"), out=out)
 
         return [module.register_forward_pre_hook(on_call), module.hook_coverage.register_forward_hook(on_coverage),
-                module.hook_valid.register_forward_hook(on_valid)]
+                module.hook_valid.register_forward_hook(on_valid), module.hook_out.register_forward_hook(on_out)]
 
 
 ADAPTERS: dict[type, GatedAdapter | PartialAdapter] = {

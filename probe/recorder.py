@@ -98,9 +98,15 @@ class PartialLayerStats:
         self.coverage_hist_: Tensor | None = None
         self.size_: tuple[int, int] | None = None
         self.input_size_: tuple[int, int] | None = None
+        self.leak_ = float("nan")  # max |output| where the updated mask is 0 (NaN: output not seen)
 
-    def add(self, valid_in: Tensor, new_valid: Tensor, coverage: Tensor, ctx: BatchContext) -> None:
+    def add(self, valid_in: Tensor, new_valid: Tensor, coverage: Tensor, ctx: BatchContext,
+            out: Tensor | None = None) -> None:
         m = self.site
+        if out is not None:
+            outside = (new_valid[:, :1] == 0).expand_as(out)
+            leak = float(out[outside].abs().max()) if bool(outside.any()) else 0.0
+            self.leak_ = leak if self.leak_ != self.leak_ else max(self.leak_, leak)
         new_valid = new_valid[:, :1].float()
         coverage = coverage[:, :1].float()
         self.size_, self.input_size_ = tuple(new_valid.shape[-2:]), tuple(valid_in.shape[-2:])
@@ -137,6 +143,8 @@ class PartialLayerStats:
     def merge(self, other: "PartialLayerStats") -> None:
         for name in ("images_", "all_valid_", "valid_sum_", "valid_sumsq_", "predicted_sum_", "predicted_all_valid_"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.leak_ = float(np.nanmax([self.leak_, other.leak_])) if not (
+            np.isnan(self.leak_) and np.isnan(other.leak_)) else float("nan")
         self.valid_hist_ += other.valid_hist_
         self.group_valid_ += other.group_valid_
         self.group_images_ += other.group_images_
@@ -147,7 +155,7 @@ class PartialLayerStats:
 
     def state_dict(self) -> dict:
         scalars = [self.images_, self.all_valid_, self.valid_sum_, self.valid_sumsq_, self.predicted_sum_,
-                   self.predicted_all_valid_, self.window]
+                   self.predicted_all_valid_, self.window, self.leak_]
         return {"scalars": torch.tensor(scalars, dtype=torch.float64), "valid_hist": self.valid_hist_,
                 "group_valid": self.group_valid_, "group_images": self.group_images_,
                 "coverage_hist": self.coverage_hist_ if self.coverage_hist_ is not None else torch.zeros(0, dtype=torch.int64),
@@ -157,7 +165,7 @@ class PartialLayerStats:
         s = state["scalars"].tolist()
         self.images_, self.all_valid_ = int(s[0]), int(s[1])
         self.valid_sum_, self.valid_sumsq_, self.predicted_sum_ = s[2], s[3], s[4]
-        self.predicted_all_valid_, self.window = int(s[5]), s[6]
+        self.predicted_all_valid_, self.window, self.leak_ = int(s[5]), s[6], s[7]
         self.valid_hist_ = state["valid_hist"].clone()
         self.group_valid_, self.group_images_ = state["group_valid"].clone(), state["group_images"].clone()
         self.coverage_hist_ = state["coverage_hist"].clone() if len(state["coverage_hist"]) else None
@@ -236,9 +244,10 @@ class Recorder:
         if self.capture:
             self.captured[name] = {"gate": gates[: self.capture].to(torch.float16)}
 
-    def _on_partial(self, name: str, valid_in: Tensor, new_valid: Tensor, coverage: Tensor) -> None:
+    def _on_partial(self, name: str, valid_in: Tensor, new_valid: Tensor, coverage: Tensor,
+                    out: Tensor | None = None) -> None:
         self._note(name)
-        self.stats[name].add(valid_in, new_valid, coverage, self._ctx)
+        self.stats[name].add(valid_in, new_valid, coverage, self._ctx, out)
         if self.capture:
             self.captured[name] = {"valid": new_valid[: self.capture, :1].to(torch.float16),
                                    "coverage": coverage[: self.capture, :1].to(torch.float16)}
@@ -259,8 +268,8 @@ class _Sink:
             raise FloatingPointError(f"layer {self.name}: NaN or inf gate values")
         self.recorder._on_gated(self.name, logits, gates)
 
-    def partial(self, valid_in: Tensor, new_valid: Tensor, coverage: Tensor) -> None:
-        self.recorder._on_partial(self.name, valid_in, new_valid, coverage)
+    def partial(self, valid_in: Tensor, new_valid: Tensor, coverage: Tensor, out: Tensor | None = None) -> None:
+        self.recorder._on_partial(self.name, valid_in, new_valid, coverage, out)
 
 
 def participation_ratio(covariance: np.ndarray) -> float:

@@ -6,7 +6,8 @@ Column meanings (gate statistics are over pixels at the layer's own resolution; 
 channels: ``mean``, ``std``; ``mean_hole``, ``mean_valid``, ``mean_border``, ``mean_far``,
 ``mean_sketch`` (hole cells on a sketch stroke), ``mean_hole_plain`` (hole cells off it);
 ``auc_hole`` (gate separates hole from valid; 0.5 = not at all, 1 = higher in the hole),
-``auc_sketch`` (inside the hole, sketch vs no sketch); ``threshold`` (gate value exceeded by the top
+``auc_sketch`` (inside the hole, sketch vs no sketch); ``soft_fraction`` (share of pixels whose gate
+is in (0.05, 0.95)); ``threshold`` (gate value exceeded by the top
 ``quantile`` of all pixels); ``p_hole``/``q_hole``, ``p_sketch``/``q_sketch`` (image-group t-tests,
 BH across all channels of the run); ``role``.
 
@@ -23,7 +24,7 @@ from .analysis.roles import assign_roles
 from .analysis.significance import bh_qvalues, difference_effects, group_t_test, label_effects
 from .context import BORDER, FAR, HOLE_PLAIN, HOLE_SKETCH
 from .recorder import GatedLayerStats, PartialLayerStats, participation_ratio
-from .stats.readouts import auc_from_histograms, iou_above, sigmoid, top_quantile_threshold
+from .stats.readouts import auc_from_histograms, iou_above, mass_above, sigmoid, top_quantile_threshold
 
 
 def _ratio(a, b):
@@ -107,12 +108,24 @@ def _channels_of_layer(name: str, s: GatedLayerStats, quantile: float) -> pd.Dat
         "mean_hole_plain": _ratio(sums[HOLE_PLAIN], pixels[HOLE_PLAIN]),
         "auc_hole": auc_from_histograms(counts[hole].sum(0), counts[valid].sum(0)),
         "auc_sketch": auc_from_histograms(counts[HOLE_SKETCH], counts[HOLE_PLAIN]),
+        "soft_fraction": _soft_fraction(counts.sum(0), edges),
         "threshold": sigmoid(threshold_logit),
         "threshold_logit": threshold_logit,
         "p_hole": group_t_test(difference_effects(group_sums, group_pixels, hole, valid)),
         "p_sketch": group_t_test(difference_effects(group_sums, group_pixels, [HOLE_SKETCH], [HOLE_PLAIN])),
     })
     return frame
+
+
+SOFT_LOGIT = float(np.log(0.95 / 0.05))  # gates in (0.05, 0.95) count as soft
+
+
+def _soft_fraction(counts: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Share of pixels whose gate lies in (0.05, 0.95), per channel, from ``counts`` ``[C, bins]``."""
+    lo = np.full(counts.shape[0], -SOFT_LOGIT)
+    hi = np.full(counts.shape[0], SOFT_LOGIT)
+    inside = mass_above(counts, edges, lo) - mass_above(counts, edges, hi)
+    return inside / counts.sum(-1)
 
 
 def _labels_of_layer(name: str, s: GatedLayerStats, classes: list[str], threshold_logit: np.ndarray) -> pd.DataFrame:
@@ -163,5 +176,6 @@ def evolution_table(stats: dict, order: list[str]) -> pd.DataFrame:
             "coverage_hist": cov.tolist(),
             "coverage_edges": np.linspace(0, 1, len(cov) + 1).tolist(),
             "window": s.window,
+            "leak": s.leak_,
         })
     return pd.DataFrame(rows)
