@@ -44,6 +44,11 @@ class GatedAdapter:
         """Register hooks on ``module`` that call ``sink.gated(logits, gates)``; return the handles."""
         raise NotImplementedError
 
+    def ablate(self, module: nn.Module, channel: int, value: float) -> list:
+        """Register hooks that force gate ``channel`` to ``value``; return the handles (optional:
+        adapters without it cannot run ablations)."""
+        raise NotImplementedError(f"{type(module).__name__}: this adapter cannot ablate gate channels")
+
 
 class PartialAdapter:
     kind = "partial"
@@ -74,6 +79,14 @@ class OwnGatedAdapter(GatedAdapter):
             sink.gated(seen.pop("logits"), gates)
 
         return [module.gate.register_forward_hook(on_logits), module.hook_gate.register_forward_hook(on_gate)]
+
+    def ablate(self, module: GatedConv2d, channel: int, value: float) -> list:
+        def force(_m, _inputs, gates):
+            gates = gates.clone()
+            gates[:, channel] = value
+            return gates
+
+        return [module.hook_gate.register_forward_hook(force)]
 
 
 class OwnPartialAdapter(PartialAdapter):

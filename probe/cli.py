@@ -9,6 +9,8 @@ import argparse
 import shlex
 import sys
 
+import numpy as np
+
 from .checkpoints import CheckpointError
 from .data import DataError
 
@@ -61,6 +63,29 @@ def _cmd_merge(args) -> int:
 
     run = merge_runs(args.runs, args.out, overwrite=args.overwrite)
     print(f"wrote {run.path} ({run.manifest['n_images']} images from {len(args.runs)} runs)")
+    return 0
+
+
+def _cmd_analyze(args) -> int:
+    from .analysis import analyze
+
+    run = analyze(args.run, n=args.n, batch_size=args.batch_size, per_role=args.per_role,
+                  sketch=not args.no_sketch, ablate=not args.no_ablation, attribute=not args.no_attribution,
+                  attribution_images=args.attribution_images)
+    print(f"{run.path}: wrote {', '.join(run.manifest.get('analyses', {})) or 'nothing (no gated layers)'}")
+    return 0
+
+
+def _cmd_claims(args) -> int:
+    from .analysis import claims
+    from .run import load_run
+
+    table = claims(load_run(args.run_a), load_run(args.run_b))
+    if args.csv:
+        table.to_csv(args.csv, index=False)
+    for row in table.itertuples():
+        ci = f" [{row.ci_low:.3g}, {row.ci_high:.3g}]" if np.isfinite(row.ci_low) else ""
+        print(f"{row.claim}  {row.verdict:<15} {row.value:.4g}{ci}  {row.measurement}\n      evidence: {row.evidence}")
     return 0
 
 
@@ -143,6 +168,26 @@ def build_parser() -> argparse.ArgumentParser:
                    help="record only the I-th of N contiguous slices of the images (merge them with `merge`)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
     p.set_defaults(func=_cmd_record)
+
+    p = sub.add_parser("analyze", help="add interventions, ablation, attribution and embedding tables to a run",
+                       description="Re-runs the run's model (from its manifest) for the sketch on/off "
+                                   "intervention (2 passes per batch), channel ablation ((1 + k) passes per batch "
+                                   "for k channels) and captum attribution (k x steps x images passes).")
+    p.add_argument("run", help="run directory")
+    p.add_argument("--n", type=int, default=64, help="images for the interventions")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--per-role", type=int, default=3, help="strongest channels per role to ablate/attribute")
+    p.add_argument("--attribution-images", type=int, default=8)
+    p.add_argument("--no-sketch", action="store_true", help="skip the sketch on/off intervention")
+    p.add_argument("--no-ablation", action="store_true", help="skip channel ablation")
+    p.add_argument("--no-attribution", action="store_true", help="skip captum attribution")
+    p.set_defaults(func=_cmd_analyze)
+
+    p = sub.add_parser("claims", help="print the claims table (P1-P5, G1-G5) for a partial and a gated run")
+    p.add_argument("run_a", help="run directory (partial or gated)")
+    p.add_argument("run_b", help="the other run directory")
+    p.add_argument("--csv", default=None, help="also write the table as CSV")
+    p.set_defaults(func=_cmd_claims)
 
     p = sub.add_parser("merge", help="merge shard runs into one run (exact)")
     p.add_argument("runs", nargs="+", help="shard run directories")

@@ -65,3 +65,16 @@ def _from_import_path(spec: str) -> nn.Module:
         raise ValueError(f"--model {spec!r}: {function_name}() returned {type(model).__name__}, not an nn.Module")
     model.source_info = {"name": spec, "source": spec, "sha256": None}
     return model
+
+
+def _register_public_loaders() -> None:
+    """``--model deepfillv2:PATH.pth`` (nipponjo/deepfillv2-pytorch, both key layouts) and
+    ``--model pconv-unet:PATH.pth`` (naoto0804/pytorch-inpainting-with-partial-conv)."""
+    from .models.deepfillv2 import load_deepfillv2
+    from .models.pconv_unet import load_pconv_unet
+
+    register_loader("deepfillv2", load_deepfillv2)
+    register_loader("pconv-unet", load_pconv_unet)
+
+
+_register_public_loaders()

@@ -1,1 +1,5 @@
-"""Analysis of recorded runs: significance, roles, diversity, interventions and claims."""
+"""Analysis of recorded runs: significance, roles, diversity, interventions, attribution, claims."""
+from .analyze import analyze
+from .claims import claims
+
+__all__ = ["analyze", "claims"]
