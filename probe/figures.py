@@ -5,13 +5,15 @@ Every builder takes tables (the tidy frames of :mod:`probe.tables`) or arrays (t
 state or imports Dash, so tests and reports call them directly.
 
 Names that come from data (run, layer and class names, roles) are escaped with :func:`esc` before
-they reach any plotly text (titles, tick labels, hover text, annotations): plotly renders a subset
-of HTML in those, and a class called ``<b>sky</b>`` must show as typed, not as markup. Values used
-for navigation (``customdata`` read back by click callbacks) keep the raw names.
+they reach any plotly text (titles, tick labels, hover text, legend names): plotly renders a subset
+of HTML there, and a class called ``<b>sky</b>`` must show as typed, not as markup. Values read
+back by click callbacks (``customdata``) keep the raw names next to their escaped copies.
 
 Conventions: gate maps are in (0, 1) and drawn on a fixed 0-1 colour scale unless a builder is
 asked to normalise; masks are drawn valid = light, hole = dark; images are ``[3, H, W]`` floats in
-[0, 1] and are embedded as PNG data URIs (compact, pixel-exact).
+[0, 1], embedded as PNG data URIs (compact and pixel-exact). Figures are assembled from plain
+layout dicts with a small built-in template (no ``make_subplots``, no global plotly settings),
+which keeps a dashboard callback well under the time a user notices.
 """
 from __future__ import annotations
 
@@ -24,7 +26,6 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
-from plotly.subplots import make_subplots
 
 ROLE_COLORS = {"hole": "#d62728", "valid": "#1f77b4", "sketch": "#2ca02c", "semantic": "#9467bd",
                "none": "#9e9e9e"}
@@ -35,7 +36,16 @@ LABEL_PALETTE = ("#8ecae6", "#57a773", "#b5523b", "#9c8f7a", "#2a6f97", "#f4a261
                  "#ff70a6", "#70d6ff", "#ffd670", "#c0c0c0")
 HOLE_TINT = np.array([0.55, 0.55, 0.55], dtype=np.float32)
 SKETCH_TINT = np.array([1.0, 1.0, 1.0], dtype=np.float32)
-FONT = dict(family="Inter, Segoe UI, Helvetica, Arial, sans-serif", size=12)
+HIGHLIGHT = "#ffb300"
+_GRID = "#e8ecf2"
+_TEMPLATE = {"layout": {
+    "font": {"family": "Inter, Segoe UI, Helvetica, Arial, sans-serif", "size": 12, "color": "#2a3f5f"},
+    "paper_bgcolor": "white", "plot_bgcolor": "white", "hovermode": "closest",
+    "xaxis": {"gridcolor": _GRID, "zerolinecolor": _GRID, "linecolor": "#c8d0dc", "automargin": True},
+    "yaxis": {"gridcolor": _GRID, "zerolinecolor": _GRID, "linecolor": "#c8d0dc", "automargin": True},
+    "colorway": ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"],
+    "hoverlabel": {"font": {"size": 12}},
+}}
 
 
 # ---------------------------------------------------------------- helpers
@@ -57,21 +67,70 @@ def role_color(role: str | None) -> str:
     return ROLE_COLORS[role_category(role)]
 
 
-def _base_layout(fig: go.Figure, title: str | None = None, height: int | None = None, **extra) -> go.Figure:
-    fig.update_layout(template="plotly_white", font=FONT, margin=dict(l=50, r=20, t=40 if title else 16, b=40),
-                      title=dict(text=title, x=0.01, xanchor="left", font=dict(size=14)) if title else None,
-                      height=height, **extra)
-    return fig
+def _figure(data: list, title: str | None = None, height: int | None = None, margin: dict | None = None,
+            **layout) -> go.Figure:
+    """A figure from traces and a layout dict, with the module's template."""
+    base = {"template": _TEMPLATE, "height": height,
+            "margin": margin or {"l": 50, "r": 20, "t": 40 if title else 16, "b": 40}}
+    if title:
+        base["title"] = {"text": title, "x": 0.01, "xanchor": "left", "font": {"size": 14}}
+    base.update(layout)
+    return go.Figure(data=data, layout=base)
+
+
+def _legend_top() -> dict:
+    return {"orientation": "h", "y": 1.02, "yanchor": "bottom", "x": 1, "xanchor": "right"}
+
+
+def _vline(x: float, color: str = "#999", dash: str = "dot", xref: str = "x", yref: str = "y domain") -> dict:
+    return {"type": "line", "x0": x, "x1": x, "y0": 0, "y1": 1, "xref": xref, "yref": yref,
+            "line": {"color": color, "dash": dash, "width": 1.5}}
+
+
+def _hline(y: float, color: str = "#999", dash: str = "dot", xref: str = "x domain", yref: str = "y") -> dict:
+    return {"type": "line", "x0": 0, "x1": 1, "y0": y, "y1": y, "xref": xref, "yref": yref,
+            "line": {"color": color, "dash": dash, "width": 1.5}}
+
+
+def _band(i: int) -> dict:
+    """A highlight band behind category ``i`` of the x axis."""
+    return {"type": "rect", "x0": i - 0.45, "x1": i + 0.45, "y0": 0, "y1": 1, "xref": "x", "yref": "y domain",
+            "fillcolor": "#ffd54f", "opacity": 0.35, "line": {"width": 0}, "layer": "below"}
+
+
+def _note(text: str, x: float, y: float, xref: str = "x", yref: str = "y domain", **kw) -> dict:
+    return {"text": text, "x": x, "y": y, "xref": xref, "yref": yref, "showarrow": False,
+            "font": {"size": 11, "color": "#555"}, **kw}
+
+
+def _columns(n: int, spacing: float = 0.02, titles: Sequence[str] | None = None, widths: Sequence[float] | None = None,
+             ) -> tuple[dict, list]:
+    """Layout axes for ``n`` side-by-side panels (``x``/``y``, ``x2``/``y2``...) and title annotations."""
+    widths = np.asarray(widths if widths is not None else [1.0] * n, dtype=np.float64)
+    widths = widths / widths.sum() * (1 - spacing * (n - 1))
+    layout, notes, x0 = {}, [], 0.0
+    for i in range(n):
+        k = "" if i == 0 else str(i + 1)
+        layout[f"xaxis{k}"] = {"domain": [x0, x0 + widths[i]], "anchor": f"y{k}"}
+        layout[f"yaxis{k}"] = {"domain": [0, 1], "anchor": f"x{k}"}
+        if titles:
+            notes.append({"text": titles[i], "x": x0 + widths[i] / 2, "y": 1, "xref": "paper", "yref": "paper",
+                          "xanchor": "center", "yanchor": "bottom", "showarrow": False, "font": {"size": 11}})
+        x0 += widths[i] + spacing
+    return layout, notes
+
+
+def _axis_ref(i: int) -> tuple[str, str]:
+    k = "" if i == 0 else str(i + 1)
+    return "x" + k, "y" + k
 
 
 def message_figure(text: str, height: int = 220) -> go.Figure:
     """An empty figure that says ``text`` (escaped): what a view shows when it has nothing to draw."""
-    fig = go.Figure()
-    fig.add_annotation(text=esc(text), x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False,
-                       font=dict(size=13, color="#666"))
-    fig.update_xaxes(visible=False)
-    fig.update_yaxes(visible=False)
-    return _base_layout(fig, height=height, meta={"message": str(text)})
+    return _figure([], height=height, meta={"message": str(text)},
+                   xaxis={"visible": False}, yaxis={"visible": False},
+                   annotations=[{"text": esc(text), "x": 0.5, "y": 0.5, "xref": "paper", "yref": "paper",
+                                 "showarrow": False, "font": {"size": 13, "color": "#666"}}])
 
 
 def to_rgb8(image: np.ndarray) -> np.ndarray:
@@ -104,7 +163,7 @@ def _plane(a) -> np.ndarray:
 def masked_input(image: np.ndarray, hole: np.ndarray, sketch: np.ndarray | None = None) -> np.ndarray:
     """What the model sees, for display: ``image`` ``[3,H,W]`` with the hole grey and the sketch
     strokes (inside the hole) white; returns ``[3, H, W]`` float32."""
-    img = np.asarray(image, dtype=np.float32).copy()
+    img = np.array(image, dtype=np.float32)
     h = _plane(hole) > 0.5
     img[:, h] = HOLE_TINT[:, None]
     if sketch is not None:
@@ -114,7 +173,7 @@ def masked_input(image: np.ndarray, hole: np.ndarray, sketch: np.ndarray | None 
 
 
 def upsample(plane: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Nearest-neighbour upsampling of ``[h, w]`` to ``size`` (integer factors, else index lookup)."""
+    """Nearest-neighbour resize of ``[h, w]`` to ``size`` (each output pixel takes the cell it lies in)."""
     plane = np.asarray(plane, dtype=np.float32)
     h, w = plane.shape
     H, W = size
@@ -127,21 +186,20 @@ def upsample(plane: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 def _grid_shape(n: int, tile_h: int, tile_w: int, columns: int | None) -> tuple[int, int]:
     if columns is None:
-        columns = max(1, math.ceil(math.sqrt(n * 1.6 * tile_h / max(tile_w, 1))))
+        columns = max(1, math.ceil(math.sqrt(n * 1.8 * tile_h / max(tile_w, 1))))
     columns = max(1, min(columns, n))
     return math.ceil(n / columns), columns
 
 
 def mosaic(tiles: np.ndarray, columns: int | None = None, gap: int = 1) -> tuple[np.ndarray, np.ndarray, tuple]:
     """Lay ``tiles`` ``[N, h, w]`` out on a grid: returns ``z`` (NaN between tiles), ``index`` (the
-    tile position of every cell, -1 between tiles) and ``(rows, columns, gap)``."""
+    tile position of every cell, -1 between tiles, int32) and ``(rows, columns, gap)``."""
     n, h, w = tiles.shape
     rows, cols = _grid_shape(n, h, w, columns)
     z = np.full((rows * (h + gap) - gap, cols * (w + gap) - gap), np.nan, dtype=np.float32)
     index = np.full(z.shape, -1, dtype=np.int32)
     for i in range(n):
-        r, c = divmod(i, cols)
-        y, x = r * (h + gap), c * (w + gap)
+        y, x = _tile_origin(i, h, w, cols, gap)
         z[y:y + h, x:x + w] = tiles[i]
         index[y:y + h, x:x + w] = i
     return z, index, (rows, cols, gap)
@@ -161,10 +219,18 @@ def _box_path(boxes: list[tuple[float, float, float, float]]) -> tuple[list, lis
     return xs, ys
 
 
-def _image_axes(fig: go.Figure, row=None, col=None) -> None:
-    kw = {} if row is None else dict(row=row, col=col)
-    fig.update_xaxes(visible=False, constrain="domain", **kw)
-    fig.update_yaxes(visible=False, autorange="reversed", scaleanchor=None, **kw)
+def _outline(mask: np.ndarray, dx: float = 0.0) -> tuple[list, list]:
+    """Line segments along the boundary of a boolean ``[H, W]`` mask (pixel-centre coordinates)."""
+    xs, ys = [], []
+    ry, rx = np.nonzero(mask[:, 1:] != mask[:, :-1])
+    for y, x in zip(ry.tolist(), rx.tolist()):
+        xs += [dx + x + 0.5, dx + x + 0.5, None]
+        ys += [y - 0.5, y + 0.5, None]
+    cy, cx = np.nonzero(mask[1:, :] != mask[:-1, :])
+    for y, x in zip(cy.tolist(), cx.tolist()):
+        xs += [dx + x - 0.5, dx + x + 0.5, None]
+        ys += [y + 0.5, y + 0.5, None]
+    return xs, ys
 
 
 # ---------------------------------------------------------------- run-level figures
@@ -176,45 +242,46 @@ def _layer_order(layers: pd.DataFrame, kind: str | None = None) -> list[str]:
     return list(frame.sort_values("depth").layer)
 
 
+def _has_role(roles: pd.Series, name: str) -> pd.Series:
+    return roles.fillna("none").astype(str).str.split("+").apply(lambda parts: name in parts)
+
+
 def layer_summary(channels: pd.DataFrame, layers: pd.DataFrame, highlight: str | None = None,
                   title: str | None = "Mean gate in the hole vs on valid pixels, per gated layer") -> go.Figure:
     """Per gated layer (depth order): the mean over channels of ``mean_hole`` and ``mean_valid``
-    (lines, +- the spread across channels), and the share of channels whose role includes
-    ``hole`` / ``sketch`` (bars, right axis; claims G4, G5)."""
+    (lines, +- their standard deviation across channels), and the share of channels whose role
+    includes ``hole`` / ``sketch`` (faint bars, right axis; claims G4, G5)."""
     order = _layer_order(layers, "gated")
     if channels is None or channels.empty or not order:
         return message_figure("No gated layers in this run: the layer summary applies to gated convolutions.")
     by = channels.groupby("layer", sort=False)
     mean = by[["mean_hole", "mean_valid"]].mean().reindex(order)
     spread = by[["mean_hole", "mean_valid"]].std().reindex(order)
-    roles = channels.role.fillna("none").astype(str) if "role" in channels else pd.Series("none", channels.index)
-    share = pd.DataFrame({"layer": channels.layer,
-                          "hole": roles.str.split("+").apply(lambda p: "hole" in p),
-                          "sketch": roles.str.split("+").apply(lambda p: "sketch" in p)})
+    roles = channels.role if "role" in channels else pd.Series("none", index=channels.index)
+    share = pd.DataFrame({"layer": channels.layer, "hole": _has_role(roles, "hole"),
+                          "sketch": _has_role(roles, "sketch")})
     share = share.groupby("layer", sort=False)[["hole", "sketch"]].mean().reindex(order)
     x = [esc(name) for name in order]
-    fig = make_subplots(specs=[[{"secondary_y": True}]])
+    data = []
     for col, name, color in (("hole", "share of channels with role hole", ROLE_COLORS["hole"]),
                              ("sketch", "share of channels with role sketch", ROLE_COLORS["sketch"])):
-        fig.add_trace(go.Bar(x=x, y=share[col].to_numpy(), name=name, marker_color=color, opacity=0.22,
-                             hovertemplate="%{x}: %{y:.0%}<extra>" + esc(name) + "</extra>"), secondary_y=True)
+        data.append(go.Bar(x=x, y=share[col].to_numpy(dtype=np.float64), name=name, marker_color=color,
+                           opacity=0.22, yaxis="y2",
+                           hovertemplate="%{x}: %{y:.0%}<extra>" + esc(name) + "</extra>"))
     for col, name, color in (("mean_hole", "mean gate in hole", ROLE_COLORS["hole"]),
                              ("mean_valid", "mean gate on valid pixels", ROLE_COLORS["valid"])):
-        fig.add_trace(go.Scatter(x=x, y=mean[col].to_numpy(), name=name, mode="lines+markers",
-                                 line=dict(color=color, width=2),
-                                 error_y=dict(type="data", array=spread[col].fillna(0).to_numpy(), thickness=1,
-                                              width=3, color=color),
-                                 hovertemplate="%{x}: %{y:.3f}<extra>" + esc(name) + "</extra>"),
-                      secondary_y=False)
-    if highlight in order:
-        fig.add_vrect(x0=order.index(highlight) - 0.45, x1=order.index(highlight) + 0.45,
-                      fillcolor="#ffd54f", opacity=0.3, line_width=0, layer="below")
-    fig.update_yaxes(title_text="mean gate", range=[0, 1], secondary_y=False)
-    fig.update_yaxes(title_text="share of channels", range=[0, 1], showgrid=False, tickformat=".0%",
-                     secondary_y=True)
-    fig.update_xaxes(type="category", tickangle=-40)
-    return _base_layout(fig, title, height=330, barmode="group",
-                        legend=dict(orientation="h", y=1.02, yanchor="bottom", x=1, xanchor="right"))
+        data.append(go.Scatter(x=x, y=mean[col].to_numpy(dtype=np.float64), name=name, mode="lines+markers",
+                               line={"color": color, "width": 2},
+                               error_y={"type": "data", "array": spread[col].fillna(0).to_numpy(dtype=np.float64),
+                                        "thickness": 1, "width": 3, "color": color},
+                               hovertemplate="%{x}: %{y:.3f}<extra>" + esc(name) + "</extra>"))
+    shapes = [_band(order.index(highlight))] if highlight in order else []
+    return _figure(data, title, height=330, barmode="group", legend=_legend_top(), shapes=shapes,
+                   xaxis={"type": "category", "tickangle": -40},
+                   yaxis={"title": {"text": "mean gate"}, "range": [0, 1]},
+                   yaxis2={"title": {"text": "share of channels"}, "range": [0, 1], "overlaying": "y",
+                           "side": "right", "showgrid": False, "tickformat": ".0%"},
+                   meta={"layers": order})
 
 
 def valid_fraction_curve(evolution: pd.DataFrame, highlight: str | None = None,
@@ -223,39 +290,41 @@ def valid_fraction_curve(evolution: pd.DataFrame, highlight: str | None = None,
     ``valid_fraction_predicted`` from kernel/stride/dilation, and the share of images whose mask
     is all valid; the first layer where every image is all valid is marked (claim P3)."""
     if evolution is None or evolution.empty:
-        return message_figure("No partial-convolution layers in this run: mask evolution applies to partial convolutions.")
+        return message_figure("No partial-convolution layers in this run: mask evolution applies to "
+                              "partial convolutions.")
     ev = evolution.sort_values("depth")
-    x = [esc(name) for name in ev.layer]
-    fig = go.Figure()
-    fig.add_trace(go.Scatter(x=x, y=ev.valid_fraction.to_numpy(), name="valid fraction (measured)",
-                             mode="lines+markers", line=dict(color="#1f77b4", width=2),
-                             error_y=dict(type="data", array=ev.get("valid_fraction_std", 0 * ev.valid_fraction)
-                                          .to_numpy(), thickness=1, width=3),
-                             hovertemplate="%{x}: %{y:.4f}<extra>measured</extra>"))
-    fig.add_trace(go.Scatter(x=x, y=ev.valid_fraction_predicted.to_numpy(), name="valid fraction (predicted)",
-                             mode="lines+markers", line=dict(color="#ff7f0e", dash="dash"),
-                             marker=dict(symbol="x"), hovertemplate="%{x}: %{y:.4f}<extra>predicted</extra>"))
+    order = list(ev.layer)
+    x = [esc(name) for name in order]
+    std = ev.valid_fraction_std.to_numpy(dtype=np.float64) if "valid_fraction_std" in ev else None
+    data = [go.Scatter(x=x, y=ev.valid_fraction.to_numpy(dtype=np.float64), name="valid fraction (measured)",
+                       mode="lines+markers", line={"color": "#1f77b4", "width": 2},
+                       error_y={"type": "data", "array": std, "thickness": 1, "width": 3} if std is not None else None,
+                       hovertemplate="%{x}: %{y:.4f}<extra>measured</extra>"),
+            go.Scatter(x=x, y=ev.valid_fraction_predicted.to_numpy(dtype=np.float64),
+                       name="valid fraction (predicted)", mode="lines+markers",
+                       line={"color": "#ff7f0e", "dash": "dash"}, marker={"symbol": "x"},
+                       hovertemplate="%{x}: %{y:.4f}<extra>predicted</extra>")]
+    notes = []
     if "all_valid_images" in ev:
-        fig.add_trace(go.Scatter(x=x, y=ev.all_valid_images.to_numpy(), name="images entirely valid",
-                                 mode="lines", line=dict(color="#2ca02c", dash="dot"),
-                                 hovertemplate="%{x}: %{y:.0%}<extra>images all valid</extra>"))
+        data.append(go.Scatter(x=x, y=ev.all_valid_images.to_numpy(dtype=np.float64), name="images entirely valid",
+                               mode="lines", line={"color": "#2ca02c", "dash": "dot"},
+                               hovertemplate="%{x}: %{y:.0%}<extra>images all valid</extra>"))
         full = ev[ev.all_valid_images >= 1.0]
         if len(full):
             first = full.iloc[0].layer
-            fig.add_annotation(x=esc(first), y=1.0, text="first all-valid layer: " + esc(first), showarrow=True,
-                               arrowhead=2, ay=-30, font=dict(size=11))
-    if highlight in list(ev.layer):
-        i = list(ev.layer).index(highlight)
-        fig.add_vrect(x0=i - 0.45, x1=i + 0.45, fillcolor="#ffd54f", opacity=0.3, line_width=0, layer="below")
-    fig.update_yaxes(title_text="fraction of valid locations", range=[0, 1.08])
-    fig.update_xaxes(type="category", tickangle=-40)
-    return _base_layout(fig, title, height=330,
-                        legend=dict(orientation="h", y=1.02, yanchor="bottom", x=1, xanchor="right"))
+            notes.append({"x": esc(first), "y": 1.0, "text": "first all-valid layer: " + esc(first),
+                          "showarrow": True, "arrowhead": 2, "ax": 0, "ay": -28, "font": {"size": 11}})
+    shapes = [_band(order.index(highlight))] if highlight in order else []
+    return _figure(data, title, height=330, legend=_legend_top(), shapes=shapes, annotations=notes,
+                   xaxis={"type": "category", "tickangle": -40},
+                   yaxis={"title": {"text": "fraction of valid locations"}, "range": [0, 1.1]},
+                   meta={"layers": order})
 
 
 def coverage_histogram(evolution: pd.DataFrame, layer: str, title: str | None = None) -> go.Figure:
     """Window coverage (share of valid inputs under the window) at the locations of ``layer`` that
-    flipped from hole to valid: the information the binary mask update throws away (claim P2)."""
+    flipped from hole to valid: what the binary mask update throws away (claim P2). Bars are the
+    ``coverage_hist`` counts over ``coverage_edges``."""
     if evolution is None or evolution.empty or layer not in set(evolution.layer):
         return message_figure(f"No coverage histogram for layer {layer!s}.")
     row = evolution[evolution.layer == layer].iloc[0]
@@ -265,46 +334,46 @@ def coverage_histogram(evolution: pd.DataFrame, layer: str, title: str | None = 
         return message_figure(f"Layer {layer}: no location flipped from hole to valid.")
     centres = (edges[:-1] + edges[1:]) / 2
     share = counts / counts.sum()
-    fig = go.Figure(go.Bar(x=centres, y=counts, width=np.diff(edges), marker_color="#5c6bc0",
-                           customdata=np.stack([edges[:-1], edges[1:], share], axis=1), name="flipped locations",
-                           hovertemplate="coverage %{customdata[0]:.3f}-%{customdata[1]:.3f}: %{y:,.0f} "
-                                         "(%{customdata[2]:.1%})<extra></extra>"))
+    data = [go.Bar(x=centres, y=counts, width=np.diff(edges) * 0.92, marker_color="#5c6bc0", name="flipped locations",
+                   customdata=np.stack([edges[:-1], edges[1:], share], axis=1),
+                   hovertemplate="coverage %{customdata[0]:.3f}-%{customdata[1]:.3f}: %{y:,.0f} "
+                                 "(%{customdata[2]:.1%})<extra></extra>")]
     mean = float((centres * share).sum())
+    shapes = [_vline(mean, "#333", "dash")]
+    notes = [_note(f"mean {mean:.2f}", mean, 1.0, xanchor="left", yanchor="bottom")]
     window = float(row.get("window", 0) or 0)
     if window > 0:
-        fig.add_vline(x=1.0 / window, line_dash="dot", line_color="#d62728",
-                      annotation_text="one valid input", annotation_position="top right")
-    fig.add_vline(x=mean, line_dash="dash", line_color="#333", annotation_text=f"mean {mean:.2f}",
-                  annotation_position="top left")
-    fig.update_xaxes(title_text="window coverage (valid inputs / window)", range=[0, 1])
-    fig.update_yaxes(title_text="flipped locations")
-    title = title if title is not None else (f"{esc(layer)}: coverage of the {int(counts.sum()):,} locations "
-                                             "that flipped hole → valid")
-    return _base_layout(fig, title, height=300, showlegend=False, bargap=0.05)
+        shapes.append(_vline(1.0 / window, ROLE_COLORS["hole"], "dot"))
+        notes.append(_note("1 valid input", 1.0 / window, 0.92, xanchor="left", font={"size": 10, "color": "#d62728"}))
+    if title is None:
+        title = f"{esc(layer)}: window coverage of the {int(counts.sum()):,} locations that flipped hole → valid"
+    return _figure(data, title, height=300, showlegend=False, bargap=0.02, shapes=shapes, annotations=notes,
+                   xaxis={"title": {"text": "window coverage (valid inputs / window size)"}, "range": [0, 1.0]},
+                   yaxis={"title": {"text": "flipped locations"}})
 
 
 def diversity_bars(layers_by_run: Mapping[str, pd.DataFrame],
                    title: str | None = "Effective number of distinct channel maps per layer") -> go.Figure:
     """``effective_channels`` (participation ratio of the channel covariance: 1 = one shared mask,
-    claim P4; many = diverse soft gates, claim G3) per layer, one bar group per run, by depth."""
-    fig = go.Figure()
-    for i, (run, layers) in enumerate(layers_by_run.items()):
+    claim P4; many = diverse soft gates, claim G3) per layer by depth, one bar series per run."""
+    data = []
+    for run, layers in layers_by_run.items():
         if layers is None or layers.empty:
             continue
         frame = layers.sort_values("depth")
-        fig.add_trace(go.Bar(x=frame.depth.to_numpy(), y=frame.effective_channels.to_numpy(dtype=np.float64),
-                             name=esc(run), customdata=np.stack([[esc(v) for v in frame.layer],
-                                                                 [esc(v) for v in frame.kind]], axis=1),
-                             hovertemplate="%{customdata[0]} (%{customdata[1]}): %{y:.2f}<extra>" + esc(run)
-                                           + "</extra>"))
-    if not fig.data:
+        custom = np.stack([np.asarray([esc(v) for v in frame.layer], dtype=object),
+                           np.asarray([esc(v) for v in frame.kind], dtype=object)], axis=1)
+        data.append(go.Bar(x=frame.depth.to_numpy(), y=frame.effective_channels.to_numpy(dtype=np.float64),
+                           name=esc(run), customdata=custom,
+                           hovertemplate="%{customdata[0]} (%{customdata[1]}): %{y:.2f}<extra>" + esc(run)
+                                         + "</extra>"))
+    if not data:
         return message_figure("No layers to compare.")
-    fig.add_hline(y=1, line_dash="dot", line_color="#999", annotation_text="1 = one shared mask",
-                  annotation_position="bottom right")
-    fig.update_xaxes(title_text="layer depth (execution order)", dtick=1)
-    fig.update_yaxes(title_text="effective channels", rangemode="tozero")
-    return _base_layout(fig, title, height=320, barmode="group",
-                        legend=dict(orientation="h", y=1.02, yanchor="bottom", x=1, xanchor="right"))
+    return _figure(data, title, height=320, barmode="group", legend=_legend_top(),
+                   shapes=[_hline(1.0)], annotations=[_note("1 = one shared mask", 1, 1.0, xref="x domain", yref="y",
+                                                            xanchor="right", yanchor="bottom")],
+                   xaxis={"title": {"text": "layer depth (execution order)"}, "dtick": 1},
+                   yaxis={"title": {"text": "effective channels"}, "rangemode": "tozero"})
 
 
 # ---------------------------------------------------------------- maps
@@ -312,13 +381,15 @@ def diversity_bars(layers_by_run: Mapping[str, pd.DataFrame],
 def channel_grid(maps: np.ndarray, order: Sequence[int] | None = None, roles: Sequence[str] | None = None,
                  tile_labels: Sequence[str] | None = None, columns: int | None = None, normalize: bool = False,
                  zrange: tuple[float, float] = (0.0, 1.0), colorscale=GATE_SCALE, unit: str = "channel",
-                 title: str | None = None, tile_px: int = 44, value_name: str = "gate") -> go.Figure:
+                 value_name: str = "gate", title: str | None = None, tile_px: int = 46,
+                 highlight: int | None = None) -> go.Figure:
     """Small multiples of ``maps`` ``[C, h, w]`` (one tile per channel) as one heatmap.
 
     ``order`` lists the channels in display order (default 0..C-1); ``roles`` (one per channel)
-    outlines each tile in its role colour (``none`` gets no outline); ``tile_labels`` name the tiles
-    (default: the channel number). Each cell's ``customdata`` is its channel (-1 between tiles), so a
-    click tells which channel was hit. ``normalize`` stretches each tile to its own min-max range.
+    outlines each tile in its role colour (``none``: no outline); ``tile_labels`` (one per channel)
+    name the tiles (default: the channel number). Every cell's ``customdata`` is its channel (-1
+    between tiles), so a click tells which channel was hit. ``normalize`` stretches each tile to
+    its own min-max range; ``layout.meta`` records ``order``, ``columns``, ``gap`` and ``tile``.
     """
     maps = np.asarray(maps, dtype=np.float32)
     if maps.ndim != 3 or maps.shape[0] == 0:
@@ -331,203 +402,218 @@ def channel_grid(maps: np.ndarray, order: Sequence[int] | None = None, roles: Se
         hi = np.nanmax(tiles, axis=(1, 2), keepdims=True)
         tiles = (tiles - lo) / np.where(hi - lo > 1e-6, hi - lo, 1.0)
         zrange = (0.0, 1.0)
-    gap = max(1, round(max(h, w) / 12))
+    gap = max(1, round(max(h, w) / 10))
     z, index, (rows, cols, gap) = mosaic(tiles, columns, gap)
-    channel_of_cell = np.where(index >= 0, np.asarray(order + [-1], dtype=np.int32)[index], -1)
-    fig = go.Figure(go.Heatmap(z=z, customdata=channel_of_cell, zmin=zrange[0], zmax=zrange[1], colorscale=colorscale,
-                               hoverongaps=False, xgap=0, ygap=0, name="maps",
-                               colorbar=dict(thickness=10, len=0.8, title=dict(text=esc(value_name) +
-                                             (" (per-tile min-max)" if normalize else ""), side="right")),
-                               hovertemplate=esc(unit) + " %{customdata}<br>" + esc(value_name)
-                               + " %{z:.3f}<extra></extra>"))
+    lookup = np.asarray(order + [-1], dtype=np.int16 if C < 32000 else np.int32)
+    channel_of_cell = lookup[index]
+    data = [go.Heatmap(z=z, customdata=channel_of_cell, zmin=zrange[0], zmax=zrange[1], colorscale=colorscale,
+                       hoverongaps=False, name="maps",
+                       colorbar={"thickness": 10, "len": 0.7, "title": {
+                           "text": esc(value_name) + (" (min-max)" if normalize else ""), "side": "right"}},
+                       hovertemplate=esc(unit) + " %{customdata}<br>" + esc(value_name)
+                                     + " %{z:.3f}<extra></extra>")]
     labels = [str(c) for c in order] if tile_labels is None else [str(tile_labels[c]) for c in order]
     origins = [_tile_origin(i, h, w, cols, gap) for i in range(len(order))]
-    # tile names as one text trace (cheaper than one annotation per tile)
-    fig.add_trace(go.Scatter(x=[x + w / 2 - 0.5 for _, x in origins], y=[y - 0.5 - gap * 0.15 for y, _ in origins],
-                             text=[esc(t) for t in labels], mode="text", textposition="top center",
-                             textfont=dict(size=9 if len(order) > 40 else 10, color="#444"),
-                             hoverinfo="skip", showlegend=False, name="tile labels"))
+    label_room = max(2.0, h * 0.28)
+    data.append(go.Scatter(x=[x + w / 2 - 0.5 for _, x in origins], y=[y - 0.5 for y, _ in origins],
+                           text=[esc(t) for t in labels], mode="text", textposition="top center",
+                           textfont={"size": 9 if len(order) > 40 else 10, "color": "#444"},
+                           hoverinfo="skip", showlegend=False, name="tile labels"))
     if roles is not None:
         by_cat: dict[str, list] = {}
         for (y, x), c in zip(origins, order):
             cat = role_category(roles[c])
             if cat != "none":
                 by_cat.setdefault(cat, []).append((x - 0.5, y - 0.5, x + w - 0.5, y + h - 0.5))
-        for cat in ROLE_ORDER:
-            if cat == "none":
-                continue
+        for cat in ROLE_ORDER[:-1]:
             xs, ys = _box_path(by_cat.get(cat, []))
-            fig.add_trace(go.Scatter(x=xs or [None], y=ys or [None], mode="lines", name=f"role: {cat}",
-                                     line=dict(color=ROLE_COLORS[cat], width=2.5), hoverinfo="skip",
-                                     showlegend=True))
-    label_room = gap + 6
-    fig.update_xaxes(visible=False, range=[-0.5, z.shape[1] - 0.5], constrain="domain")
-    fig.update_yaxes(visible=False, range=[z.shape[0] - 0.5, -0.5 - label_room], scaleanchor="x", constrain="domain")
-    px = max(tile_px, 0)
-    height = int(min(1400, max(220, rows * px * (h + gap) / max(h, 1) + 90)))
-    _base_layout(fig, title, height=height, meta={"order": order, "columns": cols, "rows": rows, "gap": gap,
-                                                  "tile": [h, w]},
-                 legend=dict(orientation="h", y=-0.02, yanchor="top", x=0, font=dict(size=11)),
-                 hovermode="closest", plot_bgcolor="white")
-    fig.update_layout(margin=dict(l=10, r=10, t=40 if title else 10, b=30))
-    return fig
+            data.append(go.Scatter(x=xs or [None], y=ys or [None], mode="lines", name=f"role {cat}",
+                                   line={"color": ROLE_COLORS[cat], "width": 2.5}, hoverinfo="skip"))
+    if highlight is not None and highlight in order:
+        y, x = origins[order.index(highlight)]
+        xs, ys = _box_path([(x - 1, y - 1, x + w, y + h)])
+        data.append(go.Scatter(x=xs, y=ys, mode="lines", line={"color": HIGHLIGHT, "width": 3}, hoverinfo="skip",
+                               showlegend=False, name="selected"))
+    rows_px = rows * tile_px * (h + gap + label_room) / max(h, 1)
+    height = int(min(1500, max(200, rows_px + (70 if roles is not None else 40) + (30 if title else 0))))
+    return _figure(data, title, height=height, margin={"l": 6, "r": 6, "t": 36 if title else 6, "b": 6},
+                   meta={"order": order, "columns": cols, "rows": rows, "gap": gap, "tile": [h, w]},
+                   legend={"orientation": "h", "y": 0, "yanchor": "top", "x": 0, "font": {"size": 11}},
+                   xaxis={"visible": False, "range": [-0.5, z.shape[1] - 0.5], "constrain": "domain"},
+                   yaxis={"visible": False, "range": [z.shape[0] - 0.5, -0.5 - label_room], "scaleanchor": "x",
+                          "constrain": "domain"})
 
 
-def grid_tile(fig: go.Figure, maps_shape: tuple[int, int, int], position: int) -> np.ndarray:
-    """The ``z`` block of tile ``position`` in a :func:`channel_grid` figure (for tests and readers)."""
+def grid_tile(fig: go.Figure, position: int) -> np.ndarray:
+    """The ``z`` block of display position ``position`` in a :func:`channel_grid` figure."""
     meta = fig.layout.meta
     h, w = meta["tile"]
     y, x = _tile_origin(position, h, w, meta["columns"], meta["gap"])
     return np.asarray(fig.data[0].z, dtype=np.float32)[y:y + h, x:x + w]
 
 
+def _label_scale(n: int) -> list:
+    scale = []
+    for i in range(n):
+        color = LABEL_PALETTE[i % len(LABEL_PALETTE)]
+        scale += [[i / n, color], [(i + 1) / n, color]]
+    return scale
+
+
 def image_panel(image: np.ndarray, hole: np.ndarray, sketch: np.ndarray | None, labels: np.ndarray | None,
                 classes: Sequence[str], output: np.ndarray | None = None, title: str | None = None,
-                height: int = 230) -> go.Figure:
+                height: int = 220) -> go.Figure:
     """One sample side by side: the image, the model input (hole grey, sketch strokes white), the
     label map (hover names the class) and, when given, the model output."""
-    panels = ["image", "input: hole + sketch", "labels"] + (["output"] if output is not None else [])
-    fig = make_subplots(rows=1, cols=len(panels), subplot_titles=panels, horizontal_spacing=0.02)
+    panels = ["image", "input: hole + sketch"] + (["labels"] if labels is not None else []) + \
+             (["output"] if output is not None else [])
+    layout, notes = _columns(len(panels), 0.015, panels)
     H, W = np.asarray(image).shape[-2:]
-    fig.add_trace(go.Image(source=png_uri(to_rgb8(image)), name="image", hoverinfo="skip"), 1, 1)
-    fig.add_trace(go.Image(source=png_uri(to_rgb8(masked_input(image, hole, sketch))), name="input",
-                           hoverinfo="skip"), 1, 2)
-    if labels is not None:
-        lab = np.asarray(labels).astype(np.int32)
-        n = max(len(classes), 1)
-        palette = [LABEL_PALETTE[i % len(LABEL_PALETTE)] for i in range(n)]
-        scale = []
-        for i, color in enumerate(palette):
-            scale += [[i / n, color], [(i + 1) / n, color]]
-        names = np.asarray([esc(c) for c in classes] + ["?"], dtype=object)
-        fig.add_trace(go.Heatmap(z=lab, zmin=-0.5, zmax=n - 0.5, colorscale=scale, showscale=False, name="labels",
-                                 customdata=names[np.clip(lab, 0, len(classes))],
-                                 hovertemplate="%{customdata}<extra></extra>"), 1, 3)
-    if output is not None:
-        fig.add_trace(go.Image(source=png_uri(to_rgb8(output)), name="output", hoverinfo="skip"), 1, 4)
-    for c in range(1, len(panels) + 1):
-        fig.update_xaxes(visible=False, range=[-0.5, W - 0.5], row=1, col=c)
-        fig.update_yaxes(visible=False, range=[H - 0.5, -0.5], scaleanchor=f"x{'' if c == 1 else c}", row=1, col=c)
-    fig.update_annotations(font=dict(size=11))
-    return _base_layout(fig, title, height=height, margin=dict(l=4, r=4, t=28 if not title else 50, b=4))
+    data = []
+    sources = {"image": image, "input: hole + sketch": masked_input(image, hole, sketch), "output": output}
+    for i, panel in enumerate(panels):
+        xa, ya = _axis_ref(i)
+        if panel == "labels":
+            lab = np.asarray(labels).astype(np.int32)
+            n = max(len(classes), 1)
+            names = np.asarray([esc(c) for c in classes] + ["?"], dtype=object)
+            data.append(go.Heatmap(z=lab, zmin=-0.5, zmax=n - 0.5, colorscale=_label_scale(n), showscale=False,
+                                   name="labels", customdata=names[np.clip(lab, 0, len(classes))],
+                                   hovertemplate="%{customdata}<extra></extra>", xaxis=xa, yaxis=ya))
+        else:
+            data.append(go.Image(source=png_uri(to_rgb8(sources[panel])), name=panel, hoverinfo="skip",
+                                 xaxis=xa, yaxis=ya))
+        k = "" if i == 0 else str(i + 1)
+        layout[f"xaxis{k}"].update(visible=False, range=[-0.5, W - 0.5])
+        layout[f"yaxis{k}"].update(visible=False, range=[H - 0.5, -0.5], scaleanchor=xa)
+    return _figure(data, title, height=height, margin={"l": 2, "r": 2, "t": 46 if title else 22, "b": 2},
+                   annotations=notes, meta={"panels": panels}, **layout)
 
 
 def label_legend(classes: Sequence[str]) -> list[tuple[str, str]]:
-    """``(class name, colour)`` pairs of :func:`image_panel`'s label map, for an HTML legend."""
+    """``(class name, colour)`` pairs of the label maps, for an HTML legend."""
     return [(str(c), LABEL_PALETTE[i % len(LABEL_PALETTE)]) for i, c in enumerate(classes)]
 
 
 def channel_samples(images: np.ndarray, holes: np.ndarray, maps: np.ndarray, sample_ids: Sequence[int] | None = None,
-                    sketches: np.ndarray | None = None, title: str | None = None, normalize: bool = False) -> go.Figure:
-    """One channel across the stored samples: the inputs (top row) above the channel's gate map
-    upsampled to the image size (bottom row), with the hole outlined on the maps."""
+                    sketches: np.ndarray | None = None, title: str | None = None, normalize: bool = False,
+                    ) -> go.Figure:
+    """One channel across the stored samples: the inputs (top) above the channel's map ``[K, h, w]``
+    upsampled to the image size (bottom heatmap, hole outlined in red)."""
     images = np.asarray(images, dtype=np.float32)
     K, _, H, W = images.shape
     maps = np.asarray(maps, dtype=np.float32)
     ids = list(range(K)) if sample_ids is None else [int(s) for s in sample_ids]
     gap = max(2, W // 16)
-    strip = np.ones((H, K * (W + gap) - gap, 3), dtype=np.float32)
-    big = np.full((H, K * (W + gap) - gap), np.nan, dtype=np.float32)
+    width = K * (W + gap) - gap
+    strip = np.ones((H, width, 3), dtype=np.float32)
+    big = np.full((H, width), np.nan, dtype=np.float32)
     which = np.full(big.shape, -1, dtype=np.int32)
     outline_x, outline_y = [], []
     for k in range(K):
         x0 = k * (W + gap)
-        sk = None if sketches is None else sketches[k]
-        strip[:, x0:x0 + W] = np.moveaxis(masked_input(images[k], holes[k], sk), 0, -1)
+        strip[:, x0:x0 + W] = np.moveaxis(masked_input(images[k], holes[k], None if sketches is None else sketches[k]),
+                                          0, -1)
         m = maps[k]
         if normalize:
             lo, hi = np.nanmin(m), np.nanmax(m)
             m = (m - lo) / (hi - lo if hi - lo > 1e-6 else 1.0)
         big[:, x0:x0 + W] = upsample(m, (H, W))
         which[:, x0:x0 + W] = ids[k]
-        # hole outline: the cell edges where the hole changes
-        hole = _plane(holes[k]) > 0.5
-        ys, xs = np.nonzero(hole[:, 1:] != hole[:, :-1])
-        for y, x in zip(ys, xs):
-            outline_x += [x0 + x + 0.5, x0 + x + 0.5, None]
-            outline_y += [y - 0.5, y + 0.5, None]
-        ys, xs = np.nonzero(hole[1:, :] != hole[:-1, :])
-        for y, x in zip(ys, xs):
-            outline_x += [x0 + x - 0.5, x0 + x + 0.5, None]
-            outline_y += [y + 0.5, y + 0.5, None]
-    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.04)
-    fig.add_trace(go.Image(source=png_uri(to_rgb8(strip)), name="inputs", hoverinfo="skip"), 1, 1)
-    fig.add_trace(go.Heatmap(z=big, customdata=which, zmin=0, zmax=1, colorscale=GATE_SCALE, hoverongaps=False,
-                             name="gate", colorbar=dict(thickness=10, len=0.5, y=0.25,
-                                                        title=dict(text="gate" + (" (min-max)" if normalize else ""),
-                                                                   side="right")),
-                             hovertemplate="sample %{customdata}<br>gate %{z:.3f}<extra></extra>"), 2, 1)
-    fig.add_trace(go.Scatter(x=outline_x or [None], y=outline_y or [None], mode="lines", name="hole outline",
-                             line=dict(color="#ff4d4d", width=1), hoverinfo="skip", showlegend=False), 2, 1)
-    fig.add_trace(go.Scatter(x=[k * (W + gap) + W / 2 for k in range(K)], y=[-1] * K, mode="text",
-                             text=[f"sample {s}" for s in ids], textposition="top center", hoverinfo="skip",
-                             showlegend=False, textfont=dict(size=10)), 1, 1)
-    for r in (1, 2):
-        fig.update_xaxes(visible=False, range=[-0.5, big.shape[1] - 0.5], row=r, col=1)
-        fig.update_yaxes(visible=False, range=[H - 0.5, -0.5 - (H * 0.18 if r == 1 else 0)], row=r, col=1)
-    width_ratio = big.shape[1] / H
-    height = int(max(220, min(520, 2 * 1100 / width_ratio + 60)))
-    return _base_layout(fig, title, height=height, margin=dict(l=4, r=4, t=30 if title else 6, b=4),
-                        meta={"gap": gap, "size": [H, W]})
+        xs, ys = _outline(_plane(holes[k]) > 0.5, dx=x0)
+        outline_x += xs
+        outline_y += ys
+    room = H * 0.2
+    data = [go.Image(source=png_uri(to_rgb8(strip)), name="inputs", hoverinfo="skip", xaxis="x", yaxis="y"),
+            go.Scatter(x=[k * (W + gap) + W / 2 - 0.5 for k in range(K)], y=[-0.5] * K, mode="text",
+                       text=[f"sample {s}" for s in ids], textposition="top center", hoverinfo="skip",
+                       showlegend=False, textfont={"size": 10}, xaxis="x", yaxis="y"),
+            go.Heatmap(z=big, customdata=which, zmin=0, zmax=1, colorscale=GATE_SCALE, hoverongaps=False, name="gate",
+                       colorbar={"thickness": 10, "len": 0.45, "y": 0.22,
+                                 "title": {"text": "gate" + (" (min-max)" if normalize else ""), "side": "right"}},
+                       hovertemplate="sample %{customdata}<br>gate %{z:.3f}<extra></extra>", xaxis="x2", yaxis="y2"),
+            go.Scatter(x=outline_x or [None], y=outline_y or [None], mode="lines", name="hole outline",
+                       line={"color": "#ff4d4d", "width": 1}, hoverinfo="skip", showlegend=False,
+                       xaxis="x2", yaxis="y2")]
+    split = (H + room) / (2 * H + room + 4)
+    ratio = width / (2 * H + room)
+    height = int(max(200, min(560, 1050 / ratio + 40)))
+    return _figure(data, title, height=height, margin={"l": 2, "r": 2, "t": 30 if title else 4, "b": 2},
+                   meta={"gap": gap, "size": [H, W], "samples": ids},
+                   xaxis={"visible": False, "range": [-0.5, width - 0.5], "domain": [0, 0.94]},
+                   yaxis={"visible": False, "range": [H - 0.5, -0.5 - room], "domain": [1 - split, 1],
+                          "scaleanchor": "x"},
+                   xaxis2={"visible": False, "range": [-0.5, width - 0.5], "domain": [0, 0.94], "matches": "x",
+                           "anchor": "y2"},
+                   yaxis2={"visible": False, "range": [H - 0.5, -0.5], "domain": [0, 1 - split - 0.02],
+                           "anchor": "x2", "scaleanchor": "x2"})
 
 
 def gate_histograms(hole_values: np.ndarray, valid_values: np.ndarray, mean_hole: float | None = None,
                     mean_valid: float | None = None, bins: int = 40, title: str | None = None) -> go.Figure:
-    """Distribution of a channel's gate over hole cells vs valid cells (probability per bin), with
-    the run-wide ``mean_hole`` / ``mean_valid`` of the channels table as dashed lines."""
+    """Distribution of a channel's gate over hole cells vs valid cells (share per bin), with the
+    run-wide ``mean_hole`` / ``mean_valid`` of the channels table as dashed lines."""
     hole_values = np.asarray(hole_values, dtype=np.float32).ravel()
     valid_values = np.asarray(valid_values, dtype=np.float32).ravel()
     if hole_values.size == 0 and valid_values.size == 0:
         return message_figure("No gate values to histogram.")
-    fig = go.Figure()
-    size = 1.0 / bins
-    for values, name, color in ((valid_values, "valid", ROLE_COLORS["valid"]), (hole_values, "hole", ROLE_COLORS["hole"])):
-        fig.add_trace(go.Histogram(x=values, name=f"{name} ({values.size:,} cells)", histnorm="probability",
-                                   xbins=dict(start=0, end=1, size=size), marker_color=color, opacity=0.6,
-                                   hovertemplate="gate %{x}: %{y:.1%}<extra>" + name + "</extra>"))
-    for value, name, color in ((mean_hole, "run mean in hole", ROLE_COLORS["hole"]),
-                               (mean_valid, "run mean valid", ROLE_COLORS["valid"])):
+    edges = np.linspace(0, 1, bins + 1)
+    centres = (edges[:-1] + edges[1:]) / 2
+    data = []
+    for values, name, color in ((valid_values, "valid", ROLE_COLORS["valid"]),
+                                (hole_values, "hole", ROLE_COLORS["hole"])):
+        counts, _ = np.histogram(np.clip(values, 0, 1), edges)
+        share = counts / max(counts.sum(), 1)
+        data.append(go.Bar(x=centres, y=share, width=1.0 / bins, name=f"{name} ({values.size:,} cells)",
+                           marker_color=color, opacity=0.55,
+                           hovertemplate="gate %{x:.3f}: %{y:.1%}<extra>" + name + "</extra>"))
+    shapes, notes = [], []
+    for value, name, color in ((mean_hole, "run mean (hole)", ROLE_COLORS["hole"]),
+                               (mean_valid, "run mean (valid)", ROLE_COLORS["valid"])):
         if value is not None and np.isfinite(value):
-            fig.add_vline(x=float(value), line_dash="dash", line_color=color)
-    fig.update_xaxes(title_text="gate value", range=[0, 1])
-    fig.update_yaxes(title_text="share of cells", tickformat=".0%")
-    return _base_layout(fig, title, height=280, barmode="overlay",
-                        legend=dict(orientation="h", y=1.02, yanchor="bottom", x=1, xanchor="right"))
+            shapes.append(_vline(float(value), color, "dash"))
+            notes.append(_note(name, float(value), 0.98, xanchor="left", font={"size": 10, "color": color}))
+    return _figure(data, title, height=280, barmode="overlay", legend=_legend_top(), shapes=shapes,
+                   annotations=notes, meta={"bins": bins},
+                   xaxis={"title": {"text": "gate value (cells at the layer's resolution)"}, "range": [0, 1]},
+                   yaxis={"title": {"text": "share of cells"}, "tickformat": ".0%", "rangemode": "tozero"})
 
 
 def label_bars(rows: pd.DataFrame, classes: Sequence[str] | None = None, alpha: float = 0.05,
                title: str | None = None) -> go.Figure:
     """Per-label AUC (label vs the rest; 0.5 = no separation) and IoU (Network Dissection) of one
-    channel; faint bars are not significant (``q_value >= alpha``)."""
+    channel, in class order; faint bars are not significant (``q_value >= alpha``)."""
     if rows is None or rows.empty:
         return message_figure("No label statistics for this channel.")
-    rows = rows.sort_values("label_id") if "label_id" in rows else rows
     if classes is not None:
         rank = {c: i for i, c in enumerate(classes)}
-        rows = rows.assign(_rank=rows.label.map(rank)).sort_values("_rank", kind="stable")
+        rows = rows.assign(_rank=rows.label.map(rank).fillna(len(rank))).sort_values("_rank", kind="stable")
+    elif "label_id" in rows:
+        rows = rows.sort_values("label_id")
     x = [esc(v) for v in rows.label]
-    significant = (rows.q_value < alpha).to_numpy() if "q_value" in rows else np.ones(len(rows), bool)
-    opacity = np.where(significant, 1.0, 0.35)
-    q = rows.q_value.to_numpy() if "q_value" in rows else np.full(len(rows), np.nan)
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("AUC (label vs rest)", "IoU above threshold"),
-                        horizontal_spacing=0.1)
-    fig.add_trace(go.Bar(x=x, y=rows.auc.to_numpy(), name="AUC", marker=dict(color="#5c6bc0", opacity=opacity),
-                         customdata=q, hovertemplate="%{x}: AUC %{y:.3f} (q %{customdata:.2g})<extra></extra>"), 1, 1)
-    fig.add_trace(go.Bar(x=x, y=rows.iou.to_numpy(), name="IoU", marker=dict(color="#26a69a", opacity=opacity),
-                         customdata=q, hovertemplate="%{x}: IoU %{y:.3f} (q %{customdata:.2g})<extra></extra>"), 1, 2)
-    fig.add_hline(y=0.5, line_dash="dot", line_color="#999", row=1, col=1)
-    fig.update_yaxes(range=[0, 1], row=1, col=1)
-    fig.update_yaxes(rangemode="tozero", row=1, col=2)
-    fig.update_xaxes(tickangle=-35, type="category")
-    fig.update_annotations(font=dict(size=12))
-    return _base_layout(fig, title, height=280, showlegend=False)
+    q = rows.q_value.to_numpy(dtype=np.float64) if "q_value" in rows else np.full(len(rows), np.nan)
+    opacity = np.where(q < alpha, 1.0, 0.35)
+    layout, notes = _columns(2, 0.1, ["AUC (label vs rest)", "IoU above the channel threshold"])
+    data = [go.Bar(x=x, y=rows.auc.to_numpy(dtype=np.float64), name="AUC", customdata=q,
+                   marker={"color": "#5c6bc0", "opacity": opacity},
+                   hovertemplate="%{x}: AUC %{y:.3f} (q %{customdata:.2g})<extra></extra>"),
+            go.Bar(x=x, y=rows.iou.to_numpy(dtype=np.float64), name="IoU", customdata=q, xaxis="x2", yaxis="y2",
+                   marker={"color": "#26a69a", "opacity": opacity},
+                   hovertemplate="%{x}: IoU %{y:.3f} (q %{customdata:.2g})<extra></extra>")]
+    layout["xaxis"].update(type="category", tickangle=-35)
+    layout["xaxis2"].update(type="category", tickangle=-35)
+    layout["yaxis"].update(range=[0, 1])
+    layout["yaxis2"].update(rangemode="tozero")
+    return _figure(data, title, height=280, showlegend=False, annotations=notes,
+                   shapes=[_hline(0.5, xref="x domain", yref="y")],
+                   margin={"l": 40, "r": 10, "t": 46 if title else 24, "b": 10}, **layout)
 
 
 def label_heatmap(labels: pd.DataFrame, layer: str, value: str = "auc", classes: Sequence[str] | None = None,
                   title: str | None = None) -> go.Figure:
     """Label x channel heatmap of ``value`` (``auc`` or ``iou``) for ``layer``:
-    ``labels[labels.layer == layer].pivot_table(index="label", columns="channel", values=value)``,
-    rows in class order. Clicking a cell gives the channel as ``x``."""
+    ``z = labels[labels.layer == layer].pivot_table(index="label", columns="channel", values=value)``,
+    rows in class order. A click gives the channel as ``x``."""
     if value not in ("auc", "iou"):
         raise ValueError(f"value must be 'auc' or 'iou', not {value!r}")
     frame = labels[labels.layer == layer] if labels is not None and not labels.empty else None
@@ -538,112 +624,113 @@ def label_heatmap(labels: pd.DataFrame, layer: str, value: str = "auc", classes:
         pivot = pivot.reindex([c for c in classes if c in pivot.index])
     z = pivot.to_numpy(dtype=np.float64)
     auc = value == "auc"
-    fig = go.Figure(go.Heatmap(z=z, x=pivot.columns.to_numpy(), y=[esc(v) for v in pivot.index],
-                               colorscale="RdBu_r" if auc else "Viridis", zmin=0 if auc else 0,
-                               zmax=1 if auc else max(float(np.nanmax(z)) if np.isfinite(z).any() else 1.0, 1e-3),
-                               zmid=0.5 if auc else None, name=value,
-                               colorbar=dict(thickness=10, title=dict(text=value.upper(), side="right")),
-                               hovertemplate="channel %{x}<br>%{y}<br>" + value.upper() + " %{z:.3f}<extra></extra>"))
-    fig.update_xaxes(title_text="channel (click to open)", type="category" if z.shape[1] <= 64 else "linear",
-                     showgrid=False)
-    fig.update_yaxes(autorange="reversed", showgrid=False)
-    return _base_layout(fig, title, height=max(260, 26 * z.shape[0] + 110), meta={"value": value})
+    top = float(np.nanmax(z)) if np.isfinite(z).any() else 1.0
+    data = [go.Heatmap(z=z, x=pivot.columns.to_numpy(), y=[esc(v) for v in pivot.index],
+                       colorscale="RdBu_r" if auc else "Viridis", zmin=0, zmax=1 if auc else max(top, 1e-3),
+                       zmid=0.5 if auc else None, name=value, xgap=1, ygap=1,
+                       colorbar={"thickness": 10, "title": {"text": value.upper(), "side": "right"}},
+                       hovertemplate="channel %{x}<br>%{y}<br>" + value.upper() + " %{z:.3f}<extra></extra>")]
+    return _figure(data, title, height=max(240, 24 * z.shape[0] + 110), meta={"value": value, "layer": str(layer)},
+                   xaxis={"title": {"text": "channel (click a cell to open it)"}, "showgrid": False,
+                          "dtick": 4 if z.shape[1] > 32 else 1},
+                   yaxis={"autorange": "reversed", "showgrid": False},
+                   margin={"l": 90, "r": 10, "t": 40 if title else 10, "b": 40})
 
 
 def best_labels(labels: pd.DataFrame) -> pd.DataFrame:
     """Per (layer, channel): the label with the highest AUC (``best_label``, ``best_auc``)."""
     if labels is None or labels.empty:
         return pd.DataFrame(columns=["layer", "channel", "best_label", "best_auc"])
-    idx = labels.groupby(["layer", "channel"], sort=False).auc.idxmax()
-    best = labels.loc[idx.dropna().astype(int), ["layer", "channel", "label", "auc"]]
+    idx = labels.auc.fillna(-1).groupby([labels.layer, labels.channel], sort=False).idxmax()
+    best = labels.loc[idx.to_numpy(), ["layer", "channel", "label", "auc"]]
     return best.rename(columns={"label": "best_label", "auc": "best_auc"}).reset_index(drop=True)
 
 
 def channel_scatter(channels: pd.DataFrame, labels: pd.DataFrame, highlight_layer: str | None = None,
-                    title: str | None = "Every gated channel: hole selectivity vs best label") -> go.Figure:
+                    title: str | None = "Every gated channel: hole selectivity vs its best label") -> go.Figure:
     """All channels: ``auc_hole`` (x) vs the AUC of their best label (y), one trace per role
-    category; ``customdata`` rows are ``(layer, channel, ...)`` so a click opens that channel.
-    With ``highlight_layer``, the other layers' channels are drawn faint."""
+    category; ``customdata`` rows are ``(layer, channel, layer escaped, role escaped, best label
+    escaped)`` so a click opens that channel. With ``highlight_layer`` the other layers are faint."""
     if channels is None or channels.empty:
         return message_figure("No gated channels in this run.")
     frame = channels.merge(best_labels(labels), on=["layer", "channel"], how="left")
-    frame["category"] = frame.role.map(role_category) if "role" in frame else "none"
-    fig = go.Figure()
+    roles = frame.role.fillna("none").astype(str) if "role" in frame else pd.Series("none", index=frame.index)
+    frame = frame.assign(category=roles.map(role_category), role_text=roles)
+    data = []
     for cat in ROLE_ORDER:
         part = frame[frame.category == cat]
         if part.empty:
             continue
-        roles = part.role.astype(str) if "role" in part else pd.Series("none", part.index)
-        custom = np.stack([part.layer.astype(str).to_numpy(), part.channel.to_numpy().astype(object),
-                           np.asarray([esc(v) for v in part.layer], dtype=object),
-                           np.asarray([esc(v) for v in roles], dtype=object),
-                           np.asarray([esc(v) for v in part.best_label.fillna("-")], dtype=object)], axis=1)
-        opacity = (np.where(part.layer == highlight_layer, 0.95, 0.18) if highlight_layer is not None
-                   else np.full(len(part), 0.75))
-        size = np.where(part.layer == highlight_layer, 9, 6) if highlight_layer is not None else 7
-        fig.add_trace(go.Scattergl(x=part.auc_hole.to_numpy(), y=part.best_auc.to_numpy(), mode="markers",
-                                   name=cat, customdata=custom,
-                                   marker=dict(color=ROLE_COLORS[cat], opacity=opacity, size=size,
-                                               line=dict(width=0)),
-                                   hovertemplate="%{customdata[2]} · channel %{customdata[1]}<br>role %{customdata[3]}"
-                                                 "<br>AUC hole %{x:.3f}<br>best label %{customdata[4]}: "
-                                                 "%{y:.3f}<extra></extra>"))
-    for v in (0.3, 0.7):
-        fig.add_vline(x=v, line_dash="dot", line_color="#bbb")
-    fig.add_hline(y=0.7, line_dash="dot", line_color="#bbb")
-    fig.update_xaxes(title_text="AUC hole vs valid (1: gate higher in hole; 0: higher on valid)", range=[0, 1])
-    fig.update_yaxes(title_text="AUC of best label", range=[0.3, 1])
-    return _base_layout(fig, title, height=420, legend=dict(title=dict(text="role")), hovermode="closest",
-                        clickmode="event")
+        custom = np.empty((len(part), 5), dtype=object)
+        custom[:, 0] = part.layer.astype(str).to_numpy()
+        custom[:, 1] = part.channel.astype(int).to_numpy()
+        custom[:, 2] = [esc(v) for v in part.layer]
+        custom[:, 3] = [esc(v) for v in part.role_text]
+        custom[:, 4] = [esc(v) for v in part.best_label.fillna("-")]
+        mine = (part.layer == highlight_layer).to_numpy()
+        opacity = np.where(mine, 0.95, 0.2) if highlight_layer is not None else np.full(len(part), 0.75)
+        size = np.where(mine, 9, 6) if highlight_layer is not None else np.full(len(part), 7)
+        data.append(go.Scatter(x=part.auc_hole.to_numpy(dtype=np.float64), y=part.best_auc.to_numpy(dtype=np.float64),
+                               mode="markers", name=cat, customdata=custom,
+                               marker={"color": ROLE_COLORS[cat], "opacity": opacity, "size": size,
+                                       "line": {"width": 0}},
+                               hovertemplate="%{customdata[2]} · channel %{customdata[1]}<br>role %{customdata[3]}"
+                                             "<br>AUC hole %{x:.3f}<br>best label %{customdata[4]}: %{y:.3f}"
+                                             "<extra></extra>"))
+    shapes = [_vline(0.3, "#bbb"), _vline(0.7, "#bbb"), _hline(0.7, "#bbb")]
+    return _figure(data, title, height=420, legend={"title": {"text": "role"}}, clickmode="event", shapes=shapes,
+                   xaxis={"title": {"text": "AUC hole vs valid (1: gate higher in the hole, 0: on valid pixels)"},
+                          "range": [0, 1]},
+                   yaxis={"title": {"text": "AUC of the best label"}, "range": [0.3, 1.0]})
 
 
 def mask_evolution(valid_maps: Sequence[np.ndarray], layer_names: Sequence[str], size: tuple[int, int],
                    highlight: str | None = None, columns: int | None = None,
                    title: str | None = None) -> go.Figure:
     """The valid mask of one sample at every partial layer (each ``[h, w]`` or ``[1, h, w]``,
-    upsampled to ``size`` for display), in execution order; the highlighted layer is outlined.
-    ``customdata`` of each cell is the layer's position, so a click selects it."""
+    upsampled to ``size`` for display), in execution order, the highlighted layer outlined.
+    Each cell's ``customdata`` is its layer's position, so a click selects that layer."""
     if not len(valid_maps):
         return message_figure("No partial-convolution layers in this run.")
-    tiles = np.stack([upsample(_plane(m), size) for m in valid_maps])
     H, W = size
+    tiles = np.stack([upsample(_plane(m), size) for m in valid_maps])
     n = len(tiles)
-    columns = columns or min(n, 5)
-    gap = max(2, W // 12)
-    z, index, (rows, cols, gap) = mosaic(tiles, columns, gap)
-    fig = go.Figure(go.Heatmap(z=z, customdata=index, zmin=0, zmax=1, colorscale=MASK_SCALE, hoverongaps=False,
-                               showscale=False, name="valid",
-                               hovertemplate="layer #%{customdata}<br>valid %{z:.0f}<extra></extra>"))
+    gap = max(2, W // 10)
+    z, index, (rows, cols, gap) = mosaic(tiles, columns or min(n, 5), gap)
     origins = [_tile_origin(i, H, W, cols, gap) for i in range(n)]
     fractions = [float(np.mean(_plane(m))) for m in valid_maps]
-    shapes = [f"{_plane(m).shape[0]}×{_plane(m).shape[1]}" for m in valid_maps]
-    fig.add_trace(go.Scatter(x=[x + W / 2 for _, x in origins], y=[y - 1 for y, _ in origins], mode="text",
-                             text=[f"{esc(name)} · {s} · {f:.0%} valid" for name, s, f in
-                                   zip(layer_names, shapes, fractions)],
-                             textposition="top center", textfont=dict(size=10), hoverinfo="skip", showlegend=False))
+    dims = [f"{_plane(m).shape[0]}×{_plane(m).shape[1]}" for m in valid_maps]
+    room = H * 0.22
+    data = [go.Heatmap(z=z, customdata=index, zmin=0, zmax=1, colorscale=MASK_SCALE, hoverongaps=False,
+                       showscale=False, name="valid",
+                       hovertemplate="layer #%{customdata}<br>valid %{z:.0f}<extra></extra>"),
+            go.Scatter(x=[x + W / 2 - 0.5 for _, x in origins], y=[y - 0.5 for y, _ in origins], mode="text",
+                       text=[f"{esc(name)} · {d} · {f:.0%} valid" for name, d, f in zip(layer_names, dims, fractions)],
+                       textposition="top center", textfont={"size": 10}, hoverinfo="skip", showlegend=False,
+                       name="layer names")]
     if highlight in list(layer_names):
         y, x = origins[list(layer_names).index(highlight)]
-        xs, ys = _box_path([(x - 1, y - 1, x + W, y + H)])
-        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", line=dict(color="#ffb300", width=3), hoverinfo="skip",
-                                 showlegend=False, name="selected"))
-    fig.update_xaxes(visible=False, range=[-1.5, z.shape[1] + 0.5])
-    fig.update_yaxes(visible=False, range=[z.shape[0] + 0.5, -0.5 - H * 0.22], scaleanchor="x")
-    height = int(max(200, rows * 190 + 30))
-    return _base_layout(fig, title, height=height, margin=dict(l=4, r=4, t=36 if title else 4, b=4),
-                        meta={"columns": cols, "gap": gap, "fractions": fractions})
+        xs, ys = _box_path([(x - 1.5, y - 1.5, x + W + 0.5, y + H + 0.5)])
+        data.append(go.Scatter(x=xs, y=ys, mode="lines", line={"color": HIGHLIGHT, "width": 3}, hoverinfo="skip",
+                               showlegend=False, name="selected"))
+    height = int(max(180, rows * 175 + 20))
+    return _figure(data, title, height=height, margin={"l": 4, "r": 4, "t": 36 if title else 4, "b": 4},
+                   meta={"columns": cols, "gap": gap, "fractions": fractions, "layers": [str(v) for v in layer_names]},
+                   xaxis={"visible": False, "range": [-2, z.shape[1] + 1]},
+                   yaxis={"visible": False, "range": [z.shape[0] + 1, -0.5 - room], "scaleanchor": "x"})
 
 
 def drawing_canvas(image: np.ndarray, hole: np.ndarray | None = None, sketch: np.ndarray | None = None,
-                   shapes: Sequence[dict] | None = None, height: int = 420) -> go.Figure:
-    """The live page's canvas: the image (with the current hole and sketch drawn in) in pixel
-    coordinates, ready for plotly's drawing tools (rectangle and closed path: hole; open path:
-    sketch stroke)."""
+                   height: int = 420) -> go.Figure:
+    """The live page's canvas: the image (with the current hole grey and sketch white) in pixel
+    coordinates, in rectangle-drawing mode; rectangles and closed paths add hole, open paths are
+    sketch strokes (see ``dashboards.pages.live``)."""
     shown = image if hole is None else masked_input(image, hole, sketch)
     H, W = np.asarray(image).shape[-2:]
-    fig = go.Figure(go.Image(source=png_uri(to_rgb8(shown)), name="canvas", hoverinfo="skip"))
-    fig.update_xaxes(visible=False, range=[-0.5, W - 0.5], fixedrange=True)
-    fig.update_yaxes(visible=False, range=[H - 0.5, -0.5], scaleanchor="x", fixedrange=True)
-    _base_layout(fig, None, height=height, dragmode="drawrect",
-                 newshape=dict(line=dict(color="#ff1744", width=2), fillcolor="rgba(255,23,68,0.25)", opacity=1),
-                 shapes=list(shapes or []), margin=dict(l=4, r=4, t=4, b=4), uirevision="canvas")
-    return fig
+    return _figure([go.Image(source=png_uri(to_rgb8(shown)), name="canvas", hoverinfo="skip")], None, height=height,
+                   margin={"l": 2, "r": 2, "t": 2, "b": 2}, dragmode="drawrect",
+                   newshape={"line": {"color": "#ff1744", "width": 2}, "fillcolor": "rgba(255,23,68,0.25)",
+                             "opacity": 1},
+                   xaxis={"visible": False, "range": [-0.5, W - 0.5], "fixedrange": True},
+                   yaxis={"visible": False, "range": [H - 0.5, -0.5], "scaleanchor": "x", "fixedrange": True},
+                   meta={"size": [int(H), int(W)]})
