@@ -89,11 +89,49 @@ def _cmd_claims(args) -> int:
     return 0
 
 
+def _cmd_report(args) -> int:
+    from .report import build_report
+
+    html, md = build_report(args.runs, args.out, title=args.title)
+    print(f"wrote {html} and {md}")
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    run_demo(args.out, n=args.n, analysis_images=args.analysis_images, serve=not args.no_serve,
+             host=args.host, port=args.port)
+    return 0
+
+
 def _shard(text: str) -> tuple[int, int]:
     i, sep, n = text.partition("/")
     if not sep or not i.isdigit() or not n.isdigit() or not 0 <= int(i) < int(n):
         raise argparse.ArgumentTypeError(f"{text!r}: expected I/N with 0 <= I < N, e.g. 0/4")
     return int(i), int(n)
+
+
+def _cmd_serve(args) -> int:
+    from pathlib import Path
+
+    if not Path(args.runs_dir).is_dir():
+        raise FileNotFoundError(f"{args.runs_dir}: no such folder; record runs into it with `gateprobe record --out "
+                                f"{args.runs_dir}/NAME ...`")
+    try:
+        from dashboards.app import create_app, describe
+    except ImportError as err:
+        raise ValueError(f"the dashboard needs Dash ({err}); install gateprobe with its dependencies") from None
+
+    app = create_app(args.runs_dir, allow_import_models=args.allow_import_models)
+    for line in describe(app.run_store):
+        print(line)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: serving on {args.host}: anyone who can reach this address can browse these runs and run "
+              "their models", file=sys.stderr)
+    print(f"explorer at http://{args.host}:{args.port}/  (Ctrl+C to stop)", flush=True)
+    app.run(host=args.host, port=args.port, debug=False)
+    return 0
 
 
 def _cmd_layers(args) -> int:
@@ -189,6 +227,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", default=None, help="also write the table as CSV")
     p.set_defaults(func=_cmd_claims)
 
+    p = sub.add_parser("demo", help="record both shipped checkpoints, analyse, report and serve the dashboard",
+                       description="The main job on the embedded default: records checkpoints/scenes-pconv and "
+                                   "checkpoints/scenes-gated on Scenes (held-out seed), reusing runs already "
+                                   "recorded with the same settings, analyses the gated run, writes the "
+                                   "comparison report and serves the dashboard on 127.0.0.1.")
+    p.add_argument("--out", default="runs/demo", help="folder for the runs and the report (default runs/demo)")
+    p.add_argument("--n", type=int, default=512, help="images per run")
+    p.add_argument("--analysis-images", type=int, default=64, help="images for interventions")
+    p.add_argument("--no-serve", action="store_true", help="stop after writing the report")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8050)
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("report", help="write a self-contained HTML comparison report and a Markdown summary")
+    p.add_argument("runs", nargs="+", help="run directories (e.g. a partial and a gated run)")
+    p.add_argument("--out", required=True, help="HTML file to write (the .md summary goes beside it)")
+    p.add_argument("--title", default=None)
+    p.set_defaults(func=_cmd_report)
+
     p = sub.add_parser("merge", help="merge shard runs into one run (exact)")
     p.add_argument("runs", nargs="+", help="shard run directories")
     p.add_argument("--out", required=True, help="merged run directory to write")
@@ -201,6 +258,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", default=None, help="comma-separated shell patterns of layer names")
     p.add_argument("--size", type=int, default=64, help="input size used to measure resolutions")
     p.set_defaults(func=_cmd_layers)
+
+    p = sub.add_parser("serve", help="explore the runs of a folder in the browser (Dash)",
+                       description="Serve the complete runs directly under RUNS_DIR (or RUNS_DIR itself when it is "
+                                   "a run) in an interactive explorer; incomplete or invalid runs are listed with "
+                                   "the reason they are skipped.")
+    p.add_argument("runs_dir", metavar="RUNS_DIR", help="folder holding run directories")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8050)
+    p.add_argument("--allow-import-models", action="store_true",
+                   help="let the live page import package.module:function models named in run manifests")
+    p.set_defaults(func=_cmd_serve)
     return parser
 
 

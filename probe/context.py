@@ -62,6 +62,19 @@ class BatchContext:
         return self._cache[key]
 
 
+    def layer_inputs(self, size: tuple[int, int], regions, labels) -> tuple[Tensor, Tensor, Tensor]:
+        """For a gated layer at ``size`` with histograms ``regions``/``labels``: the int32 region
+        and label offsets ``[B, C, h, w]`` and the joint one-hot ``[B, h*w, 4 + L]``, cached per
+        (size, channels) so layers of the same shape share them."""
+        key = ("layer", size, regions.channels, regions.bins)
+        if key not in self._cache:
+            region, region_onehot = self.regions(size)
+            label, label_onehot = self.label_ids(size)
+            self._cache[key] = (regions.offsets(region), labels.offsets(label),
+                                torch.cat([region_onehot, label_onehot], dim=2))
+        return self._cache[key]
+
+
 def _onehot(ids: Tensor, n: int) -> Tensor:
     """``[B,1,h,w]`` ids -> ``[B, h*w, n]`` float32."""
     return F.one_hot(ids.flatten(1), n).float()

@@ -21,6 +21,7 @@ import base64
 import html
 import io
 import math
+import re
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -95,7 +96,7 @@ def _hline(y: float, color: str = "#999", dash: str = "dot", xref: str = "x doma
 def _band(i: int) -> dict:
     """A highlight band behind category ``i`` of the x axis."""
     return {"type": "rect", "x0": i - 0.45, "x1": i + 0.45, "y0": 0, "y1": 1, "xref": "x", "yref": "y domain",
-            "fillcolor": "#ffd54f", "opacity": 0.35, "line": {"width": 0}, "layer": "below"}
+            "fillcolor": "#ffe082", "opacity": 0.3, "line": {"width": 0}, "layer": "below"}
 
 
 def _note(text: str, x: float, y: float, xref: str = "x", yref: str = "y domain", **kw) -> dict:
@@ -243,7 +244,8 @@ def _layer_order(layers: pd.DataFrame, kind: str | None = None) -> list[str]:
 
 
 def _has_role(roles: pd.Series, name: str) -> pd.Series:
-    return roles.fillna("none").astype(str).str.split("+").apply(lambda parts: name in parts)
+    """Whether each ``+``-joined role string contains the role ``name`` exactly."""
+    return roles.fillna("none").astype(str).str.contains(r"(?:^|\+)" + re.escape(name) + r"(?:\+|$)", regex=True)
 
 
 def layer_summary(channels: pd.DataFrame, layers: pd.DataFrame, highlight: str | None = None,
@@ -428,14 +430,14 @@ def channel_grid(maps: np.ndarray, order: Sequence[int] | None = None, roles: Se
         for cat in ROLE_ORDER[:-1]:
             xs, ys = _box_path(by_cat.get(cat, []))
             data.append(go.Scatter(x=xs or [None], y=ys or [None], mode="lines", name=f"role {cat}",
-                                   line={"color": ROLE_COLORS[cat], "width": 2.5}, hoverinfo="skip"))
+                                   line={"color": ROLE_COLORS[cat], "width": 2.5}, hoverinfo="skip", showlegend=False))
     if highlight is not None and highlight in order:
         y, x = origins[order.index(highlight)]
         xs, ys = _box_path([(x - 1, y - 1, x + w, y + h)])
         data.append(go.Scatter(x=xs, y=ys, mode="lines", line={"color": HIGHLIGHT, "width": 3}, hoverinfo="skip",
                                showlegend=False, name="selected"))
     rows_px = rows * tile_px * (h + gap + label_room) / max(h, 1)
-    height = int(min(1500, max(200, rows_px + (70 if roles is not None else 40) + (30 if title else 0))))
+    height = int(min(1500, max(200, rows_px + 24 + (30 if title else 0))))
     return _figure(data, title, height=height, margin={"l": 6, "r": 6, "t": 36 if title else 6, "b": 6},
                    meta={"order": order, "columns": cols, "rows": rows, "gap": gap, "tile": [h, w]},
                    legend={"orientation": "h", "y": 0, "yanchor": "top", "x": 0, "font": {"size": 11}},
@@ -537,7 +539,7 @@ def channel_samples(images: np.ndarray, holes: np.ndarray, maps: np.ndarray, sam
                        xaxis="x2", yaxis="y2")]
     split = (H + room) / (2 * H + room + 4)
     ratio = width / (2 * H + room)
-    height = int(max(200, min(560, 1050 / ratio + 40)))
+    height = int(max(200, min(600, 1300 / ratio + 40)))
     return _figure(data, title, height=height, margin={"l": 2, "r": 2, "t": 30 if title else 4, "b": 2},
                    meta={"gap": gap, "size": [H, W], "samples": ids},
                    xaxis={"visible": False, "range": [-0.5, width - 0.5], "domain": [0, 0.94]},
@@ -568,11 +570,12 @@ def gate_histograms(hole_values: np.ndarray, valid_values: np.ndarray, mean_hole
                            marker_color=color, opacity=0.55,
                            hovertemplate="gate %{x:.3f}: %{y:.1%}<extra>" + name + "</extra>"))
     shapes, notes = [], []
-    for value, name, color in ((mean_hole, "run mean (hole)", ROLE_COLORS["hole"]),
-                               (mean_valid, "run mean (valid)", ROLE_COLORS["valid"])):
+    for value, name, color, y in ((mean_hole, "run mean, hole", ROLE_COLORS["hole"], 0.98),
+                                  (mean_valid, "run mean, valid", ROLE_COLORS["valid"], 0.86)):
         if value is not None and np.isfinite(value):
             shapes.append(_vline(float(value), color, "dash"))
-            notes.append(_note(name, float(value), 0.98, xanchor="left", font={"size": 10, "color": color}))
+            notes.append(_note(name, float(value), y, xanchor="left", bgcolor="rgba(255,255,255,0.8)",
+                               font={"size": 10, "color": color}))
     return _figure(data, title, height=280, barmode="overlay", legend=_legend_top(), shapes=shapes,
                    annotations=notes, meta={"bins": bins},
                    xaxis={"title": {"text": "gate value (cells at the layer's resolution)"}, "range": [0, 1]},
@@ -696,7 +699,7 @@ def mask_evolution(valid_maps: Sequence[np.ndarray], layer_names: Sequence[str],
     tiles = np.stack([upsample(_plane(m), size) for m in valid_maps])
     n = len(tiles)
     gap = max(2, W // 10)
-    z, index, (rows, cols, gap) = mosaic(tiles, columns or min(n, 5), gap)
+    z, index, (rows, cols, gap) = mosaic(tiles, columns or min(n, 6), gap)
     origins = [_tile_origin(i, H, W, cols, gap) for i in range(n)]
     fractions = [float(np.mean(_plane(m))) for m in valid_maps]
     dims = [f"{_plane(m).shape[0]}×{_plane(m).shape[1]}" for m in valid_maps]
@@ -734,3 +737,48 @@ def drawing_canvas(image: np.ndarray, hole: np.ndarray | None = None, sketch: np
                    xaxis={"visible": False, "range": [-0.5, W - 0.5], "fixedrange": True},
                    yaxis={"visible": False, "range": [H - 0.5, -0.5], "scaleanchor": "x", "fixedrange": True},
                    meta={"size": [int(H), int(W)]})
+
+
+def mask_detail(image: np.ndarray, hole: np.ndarray, valid: np.ndarray, coverage: np.ndarray,
+                title: str | None = None, height: int = 260) -> go.Figure:
+    """One partial layer for one sample: the input (hole grey), the layer's valid mask and its
+    window coverage (share of valid inputs under each window), both ``[h, w]`` shown at the image
+    size with the input hole outlined in red."""
+    H, W = np.asarray(image).shape[-2:]
+    valid, coverage = _plane(valid), _plane(coverage)
+    dims = f"{valid.shape[0]}×{valid.shape[1]}"
+    layout, notes = _columns(3, 0.03, ["input (grey = hole)", f"valid mask ({dims})", f"window coverage ({dims})"])
+    xs, ys = _outline(_plane(hole) > 0.5)
+    data = [go.Image(source=png_uri(to_rgb8(masked_input(image, hole))), name="input", hoverinfo="skip"),
+            go.Heatmap(z=upsample(valid, (H, W)), zmin=0, zmax=1, colorscale=MASK_SCALE, showscale=False, name="valid",
+                       hovertemplate="valid %{z:.0f}<extra></extra>", xaxis="x2", yaxis="y2"),
+            go.Heatmap(z=upsample(coverage, (H, W)), zmin=0, zmax=1, colorscale=GATE_SCALE, name="coverage",
+                       colorbar={"thickness": 10, "len": 0.9, "title": {"text": "coverage", "side": "right"}},
+                       hovertemplate="coverage %{z:.3f}<extra></extra>", xaxis="x3", yaxis="y3")]
+    for i in (1, 2):
+        xa, ya = _axis_ref(i)
+        data.append(go.Scatter(x=xs or [None], y=ys or [None], mode="lines", line={"color": "#ff4d4d", "width": 1},
+                               hoverinfo="skip", showlegend=False, name="hole outline", xaxis=xa, yaxis=ya))
+    for i in range(3):
+        k = "" if i == 0 else str(i + 1)
+        layout[f"xaxis{k}"].update(visible=False, range=[-0.5, W - 0.5])
+        layout[f"yaxis{k}"].update(visible=False, range=[H - 0.5, -0.5], scaleanchor=_axis_ref(i)[0])
+    return _figure(data, title, height=height, margin={"l": 2, "r": 2, "t": 46 if title else 22, "b": 2},
+                   annotations=notes, **layout)
+
+
+def image_row(images: Sequence[np.ndarray], titles: Sequence[str], title: str | None = None,
+              height: int = 240) -> go.Figure:
+    """Images ``[3, H, W]`` (floats in [0, 1]) side by side under their (escaped) ``titles``."""
+    layout, notes = _columns(len(images), 0.015, [esc(t) for t in titles])
+    data = []
+    for i, image in enumerate(images):
+        xa, ya = _axis_ref(i)
+        H, W = np.asarray(image).shape[-2:]
+        data.append(go.Image(source=png_uri(to_rgb8(image)), name=str(titles[i]), hoverinfo="skip", xaxis=xa,
+                             yaxis=ya))
+        k = "" if i == 0 else str(i + 1)
+        layout[f"xaxis{k}"].update(visible=False, range=[-0.5, W - 0.5])
+        layout[f"yaxis{k}"].update(visible=False, range=[H - 0.5, -0.5], scaleanchor=xa)
+    return _figure(data, title, height=height, margin={"l": 2, "r": 2, "t": 46 if title else 22, "b": 2},
+                   annotations=notes, meta={"titles": [str(t) for t in titles]}, **layout)

@@ -41,7 +41,8 @@ def load_stats(run: Run) -> dict:
 
 def _comparable(manifest: dict) -> dict:
     keep = {k: manifest.get(k) for k in MUST_MATCH}
-    keep["model"] = {k: v for k, v in manifest["model"].items() if k in ("name", "sha256", "config", "class")}
+    keep["model"] = {k: v for k, v in manifest["model"].items() if k in ("name", "sha256", "config", "class",
+                                                                       "weights_sha256")}
     return keep
 
 

@@ -25,9 +25,22 @@ def _model_info(model: nn.Module) -> dict:
     info = dict(getattr(model, "source_info", {"name": type(model).__name__, "source": "python object",
                                                 "sha256": None}))
     info["class"] = type(model).__name__
+    info["weights_sha256"] = weights_sha256(model)
     info["parameters"] = sum(p.numel() for p in model.parameters())
     info["accepts_sketch"] = bool(getattr(model, "accepts_sketch", False))
     return info
+
+
+def weights_sha256(model: nn.Module) -> str:
+    """SHA-256 of the model's state_dict (names, dtypes, shapes and bytes): two runs of the same
+    class and config with different weights (e.g. two random initialisations) never merge."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def shard_range(n: int, shard: tuple[int, int] | None) -> range:
@@ -78,6 +91,9 @@ def record(model: nn.Module, data, out: str | Path, n: int | None = None, batch_
     if use_sketch and not getattr(model, "accepts_sketch", False):
         raise ValueError(f"{type(model).__name__} takes no sketch; record it without --sketch")
     positions = shard_range(n, shard)
+    if not len(positions):
+        raise ValueError(f"--shard {shard[0]}/{shard[1]} holds no images: {n} images split into {shard[1]} shards; "
+                         f"use at most {n} shards")
     sites = find_sites(model, layers)
     out = prepare_run_dir(out, overwrite)
     settings = {"batch_size": batch_size, "samples": samples, "quantile": quantile,

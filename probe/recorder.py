@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from .adapters import Site
 from .context import REGIONS, BatchContext
 from .stats import ConditionedHistogram
+from .stats.histograms import logit_bins
 
 VALID_FRACTION_BINS = 101  # per-image valid fraction in bins of 0.01; the last holds exactly 1.0
 COVERAGE_BINS_MAX = 64
@@ -42,16 +43,23 @@ class GatedLayerStats:
         self.n_ = total
 
     def add(self, logits: Tensor, gates: Tensor, ctx: BatchContext) -> None:
-        size = tuple(gates.shape[-2:])
+        """Accumulate one batch of a layer: ``logits``/``gates`` ``[B, C, h, w]``."""
+        b, c, h, w = gates.shape
+        size = (h, w)
         self.size_ = size
-        region, region_onehot = ctx.regions(size)
-        label, label_onehot = ctx.label_ids(size)
-        self.regions.add(logits, gates, region, region_onehot, ctx.group)
-        self.labels.add(logits, gates, label, label_onehot, ctx.group)
-        flat = gates.transpose(0, 1).reshape(gates.shape[1], -1).float()  # [C, B*h*w]
-        mean = flat.mean(1, keepdim=True)
-        centred = flat - mean
-        self._merge_moments(flat.shape[1], mean[:, 0].double(), (centred @ centred.T).double())
+        region_offsets, label_offsets, onehot = ctx.layer_inputs(size, self.regions, self.labels)
+        bins = logit_bins(logits, self.regions.bins, self.regions.logit_range)
+        flat = gates.reshape(b, c, h * w)
+        sums = torch.bmm(flat, onehot).transpose(1, 2)  # [B, 4 + L, C]: one product for both partitions
+        pixels = onehot.sum(1)
+        n_regions = len(REGIONS)
+        self.regions.add_binned(bins, region_offsets, sums[:, :n_regions], pixels[:, :n_regions], ctx.group)
+        self.labels.add_binned(bins, label_offsets, sums[:, n_regions:], pixels[:, n_regions:], ctx.group)
+        channel_sum = sums[:, :n_regions].sum((0, 1)).double()  # every pixel is in exactly one region
+        n = b * h * w
+        mean = channel_sum / n
+        centred = flat - mean.float().view(1, c, 1)
+        self._merge_moments(n, mean, torch.bmm(centred, centred.transpose(1, 2)).sum(0).double())
 
     def merge(self, other: "GatedLayerStats") -> None:
         self.regions.merge(other.regions)
@@ -195,10 +203,11 @@ class Recorder:
         self.captured: dict[str, dict[str, Tensor]] = {}
         self._handles: list = []
         self._ctx: BatchContext | None = None
-        self._was_training: bool | None = None
+        self._modes: dict[nn.Module, bool] = {}
 
     def __enter__(self) -> "Recorder":
-        self._was_training = self.model.training
+        # every module's own mode: model.train(mode) would overwrite a submodule kept in eval on purpose
+        self._modes = {module: module.training for module in self.model.modules()}
         self.model.eval()
         try:
             for site in self.sites:
@@ -217,7 +226,9 @@ class Recorder:
                 handle.remove()
         finally:
             self._handles = []
-            self.model.train(self._was_training)
+            for module, training in self._modes.items():
+                module.training = training
+            self._modes = {}
 
     def forward(self, image: Tensor, hole: Tensor, sketch: Tensor | None, labels: Tensor, group: Tensor,
                 capture: int = 0) -> Tensor:
@@ -240,7 +251,13 @@ class Recorder:
 
     def _on_gated(self, name: str, logits: Tensor, gates: Tensor) -> None:
         self._note(name)
-        self.stats[name].add(logits, gates, self._ctx)
+        try:
+            self.stats[name].add(logits, gates, self._ctx)
+        except RuntimeError as err:  # NaN logits make bincount indices negative; say which layer
+            if not torch.isfinite(logits).all():
+                raise FloatingPointError(f"layer {name}: NaN or inf gate values; check the model's weights "
+                                         "and inputs") from None
+            raise err
         if self.capture:
             self.captured[name] = {"gate": gates[: self.capture].to(torch.float16)}
 
@@ -264,8 +281,6 @@ class _Sink:
         self.recorder, self.name = recorder, name
 
     def gated(self, logits: Tensor, gates: Tensor) -> None:
-        if not torch.isfinite(logits).all():
-            raise FloatingPointError(f"layer {self.name}: NaN or inf gate values")
         self.recorder._on_gated(self.name, logits, gates)
 
     def partial(self, valid_in: Tensor, new_valid: Tensor, coverage: Tensor, out: Tensor | None = None) -> None:

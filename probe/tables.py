@@ -76,8 +76,8 @@ def channel_and_label_tables(stats: dict, order: list[str], classes: list[str], 
             continue
         channel_frames.append(_channels_of_layer(name, s, quantile))
         label_frames.append(_labels_of_layer(name, s, classes, channel_frames[-1].threshold_logit.to_numpy()))
-    if not channel_frames:
-        return pd.DataFrame(), pd.DataFrame()
+    if not channel_frames:  # no gated layer: empty tables that still carry their columns
+        return _empty(CHANNEL_COLUMNS), _empty(LABEL_COLUMNS)
     channels = pd.concat(channel_frames, ignore_index=True)
     labels = pd.concat(label_frames, ignore_index=True)
     channels["q_hole"] = bh_qvalues(channels.p_hole.to_numpy())
@@ -90,7 +90,7 @@ def channel_and_label_tables(stats: dict, order: list[str], classes: list[str], 
 def _channels_of_layer(name: str, s: GatedLayerStats, quantile: float) -> pd.DataFrame:
     r = s.regions
     counts = r.counts_.numpy()
-    sums, sumsq, pixels = r.sums_.sum(0).numpy(), r.sumsq_.sum(0).numpy(), r.pixels_.sum(0).numpy()
+    sums, pixels = r.sums_.sum(0).numpy(), r.pixels_.sum(0).numpy()
     n = pixels.sum()
     mean = sums.sum(0) / n
     hole, valid = [HOLE_SKETCH, HOLE_PLAIN], [BORDER, FAR]
@@ -99,7 +99,9 @@ def _channels_of_layer(name: str, s: GatedLayerStats, quantile: float) -> pd.Dat
     group_sums, group_pixels = r.sums_.numpy(), r.pixels_.numpy().astype(np.float64)
     frame = pd.DataFrame({
         "layer": name, "channel": np.arange(r.channels),
-        "mean": mean, "std": np.sqrt(np.clip(sumsq.sum(0) / n - mean ** 2, 0, None)),
+        # the variance comes from the Chan-merged co-moment (each batch centred on its own mean):
+        # E[g^2] - E[g]^2 from float32 sums cancels catastrophically for nearly constant gates
+        "mean": mean, "std": np.sqrt(np.clip(np.diag(gate_covariance(s)), 0, None)),
         "mean_hole": _ratio(sums[hole].sum(0), pixels[hole].sum()),
         "mean_valid": _ratio(sums[valid].sum(0), pixels[valid].sum()),
         "mean_border": _ratio(sums[BORDER], pixels[BORDER]),
@@ -178,4 +180,25 @@ def evolution_table(stats: dict, order: list[str]) -> pd.DataFrame:
             "window": s.window,
             "leak": s.leak_,
         })
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows) if rows else _empty(EVOLUTION_COLUMNS)
+
+
+# Columns of the tables, for empty tables (a run without gated or without partial layers): a
+# table with no rows still has its documented columns, so ``run.channels.role`` never KeyErrors.
+CHANNEL_COLUMNS = {"layer": object, "channel": np.int64, **{c: np.float64 for c in (
+    "mean", "std", "mean_hole", "mean_valid", "mean_border", "mean_far", "mean_sketch", "mean_hole_plain",
+    "auc_hole", "auc_sketch", "soft_fraction", "threshold", "p_hole", "p_sketch", "q_hole", "q_sketch")},
+    "role": object}
+LABEL_COLUMNS = {"layer": object, "channel": np.int64, "label_id": np.int64, "label": object,
+                 **{c: np.float64 for c in ("auc", "iou", "threshold", "mean_in", "mean_out")},
+                 "pixels": np.int64, "p_value": np.float64, "q_value": np.float64}
+EVOLUTION_COLUMNS = {"layer": object, "depth": np.int64, "height": np.int64, "width": np.int64, "images": np.int64,
+                     **{c: np.float64 for c in ("valid_fraction", "valid_fraction_std", "valid_fraction_predicted",
+                                                "all_valid_images", "all_valid_images_predicted")},
+                     "valid_fraction_hist": object, "group_valid_fraction": object, "group_images": object,
+                     "flipped": np.int64, "coverage_hist": object, "coverage_edges": object,
+                     "window": np.float64, "leak": np.float64}
+
+
+def _empty(columns: dict) -> pd.DataFrame:
+    return pd.DataFrame({name: pd.Series(dtype=dtype) for name, dtype in columns.items()})

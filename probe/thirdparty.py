@@ -1,23 +1,23 @@
 """Adapters for third-party gated and partial-convolution layers, and the recipe for adding one.
 
 gateprobe records a foreign layer class once an adapter says where its gate or mask lives
-(:mod:`probe.adapters`). The four adapters below cover the layer designs found in public
-inpainting code; each is a few lines and is configured with attribute names, not subclassed.
+(:mod:`probe.adapters`). The adapters below cover the layer designs found in public inpainting
+code; each is a few lines, configured with attribute names rather than subclassed:
 
-======================================  =====================================================
-layer design                            adapter
-======================================  =====================================================
-one conv with ``2C`` outputs split into  :class:`SplitGateAdapter` (DeepFill v2 ports:
-features and gate, ``torch.sigmoid``     nipponjo ``GConv``, :class:`probe.models.deepfillv2.GConv`)
-called as a function
-separate gate conv and an ``nn.Sigmoid`` :class:`SigmoidModuleGateAdapter` (activation before or
-submodule                                after the gating, e.g. ``conv2d``/``mask_conv2d``/``sigmoid``)
-NVIDIA ``PartialConv2d``                 :class:`NvidiaPartialConv2dAdapter` (``return_mask`` on or
-                                         off; reads the cached ``update_mask`` attribute)
-partial conv returning ``(out, mask)``   :class:`TuplePartialAdapter` (coverage recomputed from the
-                                         input mask); :class:`MaskConvPartialAdapter` when the layer
-                                         holds its own all-ones ``mask_conv`` (naoto0804)
-======================================  =====================================================
+* :class:`SplitGateAdapter`: one convolution with ``2C`` outputs split into features and gate
+  logits, ``torch.sigmoid`` called as a function (DeepFill v2 ports: nipponjo's ``GConv``,
+  :class:`probe.models.deepfillv2.GConv`);
+* :class:`SigmoidModuleGateAdapter`: a separate gate convolution and an ``nn.Sigmoid`` submodule,
+  the activation before or after the gating (e.g. ``conv2d`` / ``mask_conv2d`` / ``sigmoid``);
+* :class:`NvidiaPartialConv2dAdapter`: NVIDIA's ``PartialConv2d``, ``return_mask`` on or off (the
+  new mask is read from its cached ``update_mask`` attribute);
+* :class:`TuplePartialAdapter`: a partial convolution returning ``(output, new_mask)``, valid or
+  hole masks, coverage recomputed from the input mask; :class:`MaskConvPartialAdapter` when the
+  layer holds its own all-ones ``mask_conv`` (naoto0804's ``PartialConv``).
+
+The loaders of published checkpoints share :func:`read_checkpoint` (``weights_only=True``),
+:func:`check_state_dict` (a ValueError naming missing and unexpected keys) and
+:func:`pad_to_multiple` (the size convention at the model boundary).
 
 Recipe for a new class (``MyGatedConv`` computing ``act(self.f(x)) * self.sig(self.g(x))``)::
 
@@ -25,6 +25,8 @@ Recipe for a new class (``MyGatedConv`` computing ``act(self.f(x)) * self.sig(se
     from probe.thirdparty import SigmoidModuleGateAdapter
 
     register_adapter(MyGatedConv, SigmoidModuleGateAdapter(gate="g", sigmoid="sig"))
+    # likewise, with NVIDIA's own class imported from its repository:
+    register_adapter(partialconv2d.PartialConv2d, NvidiaPartialConv2dAdapter())
 
 then ``find_sites(model)`` lists every ``MyGatedConv`` and ``gateprobe record`` records it. For a
 design none of these covers, subclass :class:`probe.adapters.GatedAdapter` or
@@ -33,11 +35,13 @@ dilation, padding`` (plus ``window`` for partial layers, :func:`probe.adapters.c
 does most of it) and ``attach(module, sink)`` registers forward hooks that call
 ``sink.gated(logits, gates)`` (both ``[B, C, h, w]``) or ``sink.partial(valid_in, new_valid,
 coverage)`` (input valid mask ``[B, 1 or C_in, H, W]``; updated valid mask and ``count / window``
-``[B, 1 or C, h, w]``) and returns the hook handles. Hooks must only read tensors: the recorder
-checks that a hooked model's output equals the unhooked model's. Convert masks to *valid*
-(1 = known) at the boundary.
+``[B, 1 or C, h, w]``) and returns the hook handles. Hooks must only read tensors, never change them in place, so that
+the hooked model's output equals the unhooked model's (test it, as
+``tests/test_public_models.py`` does). Convert masks to *valid* (1 = known) at the boundary.
 """
 from __future__ import annotations
+
+import pickle
 
 import torch
 import torch.nn.functional as F
@@ -67,21 +71,32 @@ class SplitGateAdapter(GatedAdapter):
     """One convolution (child ``conv``) with ``2C`` outputs: features ``[:C]``, gate logits ``[C:]``
     (``gate_half="second"``, DeepFill v2) or the reverse (``"first"``); the sigmoid is a function
     call, so the logits are read from the convolution's output and the gates are
-    ``sigmoid(logits)``, the same operation on the same tensor as the layer's own."""
+    ``sigmoid(logits)``, the same operation on the same tensor as the layer's own.
+
+    Ports that use one class for gated layers and for their ungated to-RGB layers (nipponjo's
+    ``GConv`` with ``gated=False``, or ``cnum_out == 3`` / ``activation=None`` giving a conv of
+    ``cnum_out`` outputs) are handled: :meth:`is_gated` is False for those instances, which get no
+    hooks and so never appear in a run (``find_sites`` still lists them; prefer a separate class)."""
 
     def __init__(self, conv: str = "conv", gate_half: str = "second"):
         if gate_half not in ("first", "second"):
             raise ValueError(f"gate_half must be 'first' or 'second', not {gate_half!r}")
         self.conv, self.gate_half = conv, gate_half
 
+    def is_gated(self, module: nn.Module) -> bool:
+        conv = _sub(module, self.conv)
+        half = getattr(module, "cnum_out", conv.out_channels // 2)
+        return bool(getattr(module, "gated", True)) and conv.out_channels == 2 * half
+
     def geometry(self, module: nn.Module) -> dict:
         conv = _sub(module, self.conv)
-        if conv.out_channels % 2:
-            raise ValueError(f"{type(module).__name__}.{self.conv} has {conv.out_channels} outputs, not 2C: "
-                             "not a split-gate layer (register its ungated variant under another class)")
-        return conv_geometry(conv, conv.out_channels // 2) | {"padding": getattr(module, "padding", conv.padding[0])}
+        channels = conv.out_channels // 2 if self.is_gated(module) else conv.out_channels
+        padding = getattr(module, "padding", None)  # the layer's own leading pad, when it pads itself
+        return conv_geometry(conv, channels) | ({"padding": padding} if isinstance(padding, int) else {})
 
     def attach(self, module: nn.Module, sink) -> list:
+        if not self.is_gated(module):
+            return []
         conv = _sub(module, self.conv)
         half = conv.out_channels // 2
 
@@ -218,5 +233,67 @@ class NvidiaPartialConv2dAdapter(PartialAdapter):
         return [module.register_forward_pre_hook(on_call, with_kwargs=True), module.register_forward_hook(on_out)]
 
 
+# ----------------------------------------------------------------------------- loading published checkpoints
+def read_checkpoint(path: str, entry: str) -> dict:
+    """The state dict under ``entry`` of the checkpoint at ``path`` (or the whole file when it is a
+    bare state dict), read with ``torch.load(map_location="cpu", weights_only=True)``: tensors and
+    plain containers only, never arbitrary pickled objects."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"{path}: not a PyTorch checkpoint readable with weights_only=True ({first_line})") from None
+    if not isinstance(checkpoint, dict):
+        raise ValueError(f"{path}: expected a checkpoint dict with a {entry!r} entry, got {type(checkpoint).__name__}")
+    bare = all(isinstance(v, torch.Tensor) for v in checkpoint.values())
+    if entry not in checkpoint and not bare:
+        raise ValueError(f"{path}: no {entry!r} entry (entries: {first_keys(checkpoint)}); is it a checkpoint of "
+                         "another architecture?")
+    state = checkpoint if bare and entry not in checkpoint else checkpoint[entry]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path}: the {entry!r} entry is not a state dict of tensors")
+    return state
+
+
+def first_keys(keys, n: int = 5) -> str:
+    """The first ``n`` of ``keys``, comma-separated, with the total when there are more."""
+    keys = list(keys)
+    shown = ", ".join(map(str, keys[:n]))
+    return f"{shown}, ... ({len(keys)} in all)" if len(keys) > n else shown
+
+
+def check_state_dict(model: nn.Module, state: dict, what: str, optional: set[str] = frozenset()) -> None:
+    """Raise ValueError (starting with ``what``) naming the first few missing keys (except
+    ``optional`` ones), unexpected keys and, when the names match, wrongly shaped tensors."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state and k not in optional]
+    unexpected = [k for k in state if k not in expected]
+    problems = []
+    if missing:
+        problems.append(f"missing keys: {first_keys(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys: {first_keys(unexpected)}")
+    if not problems:
+        shapes = [f"{k} {tuple(v.shape)} (expected {tuple(expected[k].shape)})" for k, v in state.items()
+                  if tuple(v.shape) != tuple(expected[k].shape)]
+        if shapes:
+            problems.append(f"wrong shapes: {first_keys(shapes, 3)}")
+    if problems:
+        raise ValueError(f"{what}: " + "; ".join(problems))
+
+
+def pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
+    """Pad ``x`` ``[B,C,H,W]`` at the bottom and right up to the next multiple of ``multiple`` by
+    reflection (replicate where a pad is not smaller than the image); crop outputs with
+    ``[..., :H, :W]``."""
+    h, w = x.shape[-2:]
+    pad_h, pad_w = -h % multiple, -w % multiple
+    if not pad_h and not pad_w:
+        return x
+    mode = "reflect" if pad_h < h and pad_w < w else "replicate"
+    return F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
+
+
 __all__ = ["MaskConvPartialAdapter", "NvidiaPartialConv2dAdapter", "SigmoidModuleGateAdapter", "SplitGateAdapter",
-           "TuplePartialAdapter", "window_count"]
+           "TuplePartialAdapter", "check_state_dict", "first_keys", "pad_to_multiple", "read_checkpoint",
+           "window_count"]

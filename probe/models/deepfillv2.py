@@ -27,8 +27,9 @@ Calling convention (:meth:`DeepFillV2.forward`): ``model(image, hole, sketch=Non
 ``image`` ``[B,3,H,W]`` in [0, 1] and ``hole`` ``[B,1,H,W]`` (1 = hole). As the port's ``infer``
 does, the image is mapped to [-1, 1], zeroed in the hole, and concatenated with a channel of
 ones and the hole mask (5 channels); the raw stage-2 output (tanh, [-1, 1]) comes back mapped
-to [0, 1], not composited. The port has no sketch input (its fifth-but-one "sketch" channel is
-constant ones), so ``accepts_sketch`` is False. H and W must be multiples of 8 (two stride-2
+to [0, 1], not composited. The port has no sketch input (the channel its ``infer`` calls the
+"sketch channel" is constant ones; the paper's user-guided variant with a sketch channel was
+never released), so ``accepts_sketch`` is False. H and W must be multiples of 8 (two stride-2
 convolutions, then contextual attention at half that resolution); other sizes are padded at
 the bottom and right by reflection (replicate when an image is smaller than the pad) up to the
 next multiple of 8 and the output is cropped back; the port crops its input instead.
@@ -44,7 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..adapters import register_adapter
-from ..thirdparty import SplitGateAdapter
+from ..thirdparty import SplitGateAdapter, check_state_dict, first_keys, pad_to_multiple, read_checkpoint
 
 CNUM_IN = 5  # image (3), ones, hole
 MULTIPLE = 8
@@ -75,17 +76,6 @@ def tf_nearest_downsample(x: Tensor, factor: int) -> Tensor:
     return x[:, :, index(x.shape[-2])][:, :, :, index(x.shape[-1])]
 
 
-def pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
-    """Pad ``x`` at the bottom and right up to the next multiple of ``multiple`` by reflection
-    (replicate where the pad is not smaller than the image)."""
-    h, w = x.shape[-2:]
-    pad_h, pad_w = -h % multiple, -w % multiple
-    if not pad_h and not pad_w:
-        return x
-    mode = "reflect" if pad_h < h and pad_w < w else "replicate"
-    return F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
-
-
 # ----------------------------------------------------------------------------- blocks
 class GConv(nn.Module):
     """Gated convolution of the port: one ``conv`` with ``2 * cnum_out`` outputs, split into
@@ -93,7 +83,7 @@ class GConv(nn.Module):
 
     ``tf_padding``: pad as TensorFlow ``SAME`` (flat layout) instead of the convolution's own
     symmetric ``dilation * (k - 1) // 2`` (module tree). ``padding`` is the leading pad (the one
-    before the first row), used as the layer's geometry.
+    before the first row, for sizes divisible by the stride), used as the layer's geometry.
     """
 
     def __init__(self, cnum_in: int, cnum_out: int, ksize: int, stride: int = 1, rate: int = 1,
@@ -437,31 +427,6 @@ def tree_state_to_flat(state: dict) -> dict:
     return out
 
 
-def _first(keys, n: int = 5) -> str:
-    keys = list(keys)
-    shown = ", ".join(keys[:n])
-    return f"{shown}, ... ({len(keys)} in all)" if len(keys) > n else shown
-
-
-def check_state_dict(model: nn.Module, state: dict, what: str, optional: set[str] = frozenset()) -> None:
-    """Raise ValueError naming the first few missing, unexpected and mis-shaped keys."""
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state and k not in optional]
-    unexpected = [k for k in state if k not in expected]
-    problems = []
-    if missing:
-        problems.append(f"missing keys: {_first(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys: {_first(unexpected)}")
-    if not problems:
-        shapes = [f"{k} {tuple(v.shape)} (expected {tuple(expected[k].shape)})" for k, v in state.items()
-                  if tuple(v.shape) != tuple(expected[k].shape)]
-        if shapes:
-            problems.append(f"wrong shapes: {_first(shapes, 3)}")
-    if problems:
-        raise ValueError(f"{what}: " + "; ".join(problems))
-
-
 def deepfillv2_from_state_dict(state: dict, source: str = "state dict") -> _DeepFillBase:
     """Build :class:`DeepFillV2` or :class:`DeepFillV2TF` (by key layout) and load ``state``."""
     if TREE_MARKER in state:
@@ -470,7 +435,7 @@ def deepfillv2_from_state_dict(state: dict, source: str = "state dict") -> _Deep
         cls, marker, layout = DeepFillV2TF, FLAT_MARKER, "flat (TF)"
     else:
         raise ValueError(f"{source}: not a nipponjo/deepfillv2-pytorch generator: neither {TREE_MARKER!r} (module "
-                         f"tree) nor {FLAT_MARKER!r} (flat TF layout) is present; keys: {_first(state)}")
+                         f"tree) nor {FLAT_MARKER!r} (flat TF layout) is present; keys: {first_keys(state)}")
     weight = state[marker]
     if not isinstance(weight, Tensor) or weight.dim() != 4:
         raise ValueError(f"{source}: {marker} is not a convolution weight")
@@ -488,12 +453,7 @@ def deepfillv2_from_state_dict(state: dict, source: str = "state dict") -> _Deep
 def load_deepfillv2(path: str) -> _DeepFillBase:
     """Load a nipponjo/deepfillv2-pytorch checkpoint (``{"G": state_dict, ...}`` or a bare state dict);
     the loader behind ``gateprobe record --model deepfillv2:PATH.pth``."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(checkpoint, dict):
-        raise ValueError(f"{path}: expected a checkpoint dict with a 'G' entry, got {type(checkpoint).__name__}")
-    state = checkpoint.get("G", checkpoint)
-    if not isinstance(state, dict):
-        raise ValueError(f"{path}: the 'G' entry is a {type(state).__name__}, not a state dict")
+    state = read_checkpoint(path, "G")
     return deepfillv2_from_state_dict(state, str(path))
 
 

@@ -38,8 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..adapters import register_adapter
-from ..thirdparty import MaskConvPartialAdapter
-from .deepfillv2 import _first, check_state_dict, pad_to_multiple
+from ..thirdparty import MaskConvPartialAdapter, check_state_dict, first_keys, pad_to_multiple, read_checkpoint
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -152,7 +151,7 @@ def pconv_unet_from_state_dict(state: dict, source: str = "state dict") -> LiuPC
     first = state.get("enc_1.conv.input_conv.weight")
     if not isinstance(first, Tensor) or first.dim() != 4:
         raise ValueError(f"{source}: not a naoto0804 partial-convolution U-Net: no 'enc_1.conv.input_conv.weight'; "
-                         f"keys: {_first(state)}")
+                         f"keys: {first_keys(state)}")
     layer_size = 1
     while f"enc_{layer_size + 1}.conv.input_conv.weight" in state:
         layer_size += 1
@@ -170,12 +169,7 @@ def pconv_unet_from_state_dict(state: dict, source: str = "state dict") -> LiuPC
 def load_pconv_unet(path: str) -> LiuPConvUNet:
     """Load a naoto0804 checkpoint (``{"model": state_dict, ...}`` or a bare state dict); the loader
     behind ``gateprobe record --model pconv-unet:PATH.pth``."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(checkpoint, dict):
-        raise ValueError(f"{path}: expected a checkpoint dict with a 'model' entry, got {type(checkpoint).__name__}")
-    state = checkpoint.get("model", checkpoint)
-    if not isinstance(state, dict):
-        raise ValueError(f"{path}: the 'model' entry is a {type(state).__name__}, not a state dict")
+    state = read_checkpoint(path, "model")
     return pconv_unet_from_state_dict(state, str(path))
 
 

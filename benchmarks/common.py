@@ -1,0 +1,54 @@
+"""Shared helpers for the benchmark scripts: pre-collated batches, models, timing, tables."""
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from probe.data import Scenes, collate
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def batches(n: int, batch_size: int, size: int = 64) -> list[dict]:
+    """``n`` held-out Scenes items, collated in memory (data generation is not timed)."""
+    data = Scenes(size=size, n=n, seed=1)
+    return [collate([data[i] for i in range(s, min(s + batch_size, n))]) for s in range(0, n, batch_size)]
+
+
+def shipped_or_random(name: str, registry: str):
+    """The shipped checkpoint ``checkpoints/name`` if present, else a random-init ``registry`` model."""
+    from probe.sources import resolve_model
+
+    folder = ROOT / "checkpoints" / name
+    if (folder / "card.json").is_file():
+        return resolve_model(str(folder)), name
+    return resolve_model(registry, random_init=True), f"{registry} (random init)"
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def summary(values: list[float]) -> str:
+    return f"{statistics.median(values):.3f} (min {min(values):.3f}, max {max(values):.3f})"
+
+
+def ratio_row(name: str, numerators: list[float], denominators: list[float], target: str = "") -> dict:
+    ratios = [a / b for a, b in zip(numerators, denominators)]
+    return {"benchmark": name, "median": statistics.median(ratios), "min": min(ratios), "max": max(ratios),
+            "target": target}
+
+
+def print_table(rows: list[dict]) -> None:
+    print(f"{'benchmark':<58} {'median':>8} {'min':>8} {'max':>8}  target")
+    for r in rows:
+        print(f"{r['benchmark']:<58} {r['median']:8.3f} {r['min']:8.3f} {r['max']:8.3f}  {r['target']}")
+
+
+def torch_threads(n: int = 2) -> None:
+    torch.set_num_threads(n)

@@ -1,0 +1,70 @@
+"""Recording overhead: full ``record`` statistics (every gated/partial layer, all statistics,
+samples off) over the bare ``torch.inference_mode()`` forward pass on the same in-memory batches,
+interleaved repeat by repeat so both sides see the same allocator state and machine load.
+
+Run: ``python benchmarks/record_overhead.py [--repeats 5] [--n 256]``
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from common import batches, print_table, ratio_row, shipped_or_random, timed, torch_threads
+from probe.adapters import find_sites
+from probe.recorder import Recorder
+
+
+def bare(model, data):
+    with torch.inference_mode():
+        for b in data:
+            model(b["image"], b["hole"], b["sketch"] if model.accepts_sketch else None)
+
+
+def recorded(model, data, n_labels=8):
+    sites = find_sites(model)
+    with Recorder(model, sites, n_labels) as rec:
+        for b in data:
+            group = torch.arange(len(b["image"])) % 32
+            rec.forward(b["image"], b["hole"], b["sketch"] if getattr(model, "accepts_sketch", False) else None,
+                        b["labels"], group)
+
+
+def measure(model, data, repeats: int) -> tuple[list[float], list[float]]:
+    bare(model, data[:1])
+    recorded(model, data[:1])  # warm-up both paths
+    t_bare, t_rec = [], []
+    for _ in range(repeats):
+        t_bare.append(timed(lambda: bare(model, data)))
+        t_rec.append(timed(lambda: recorded(model, data)))
+    return t_rec, t_bare
+
+
+def main(argv=None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--n", type=int, default=256, help="images per repeat (64x64 models)")
+    parser.add_argument("--n-large", type=int, default=16, help="images per repeat (256x256 DeepFill v2 size)")
+    args = parser.parse_args(argv)
+    torch_threads()
+    rows = []
+    data = batches(args.n, 16)
+    for name, registry in (("scenes-gated", "gated-scenes"), ("scenes-pconv", "pconv-scenes")):
+        model, label = shipped_or_random(name, registry)
+        rec, base = measure(model, data, args.repeats)
+        rows.append(ratio_row(f"record / bare forward: {label}, 64x64, batch 16", rec, base, "<= 1.15"))
+    try:
+        from probe.models import create_model
+
+        model = create_model("deepfillv2").eval()
+        large = batches(args.n_large, 4, size=256)
+        rec, base = measure(model, large, args.repeats)
+        rows.append(ratio_row("record / bare forward: DeepFill v2 (random), 256x256, batch 4", rec, base, "<= 1.15"))
+    except KeyError:
+        pass
+    print_table(rows)
+    return rows
+
+
+if __name__ == "__main__":
+    main()

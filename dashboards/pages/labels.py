@@ -1,0 +1,115 @@
+"""Labels: how well each gated channel of a layer follows each segmentation class (claim G4), as a
+label x channel heatmap of AUC or IoU, and every channel of the run as hole selectivity vs best
+label. Clicking a cell or a point opens that channel. URL: ``/labels?run=&layer=&metric=&scope=``.
+"""
+from __future__ import annotations
+
+from dash import Input, Output, State, ctx, dcc, html
+from dash.exceptions import PreventUpdate
+
+from probe import figures
+
+from .common import (Problems, card, control, graph, header, href, layer_options, nav_store, no_runs, pick_layer,
+                     pick_run, problems_box, run_options, safe, view_state, view_store)
+
+NAME = "labels"
+PATH = "/labels"
+TITLE = "Labels"
+METRICS = {"auc": "AUC (label vs rest)", "iou": "IoU (Network Dissection)"}
+SCOPES = {"layer": "this layer highlighted", "all": "all layers alike"}
+
+
+def layout(store, params, context):
+    problems = Problems()
+    view = pick_run(store, params, problems, kind="gated")
+    if view is None:
+        return no_runs(store, "runs with gated layers (label statistics are computed for gated channels)")
+    layer = pick_layer(view, params, problems, kind="gated")
+    metric = params.get("metric", "auc")
+    if metric not in METRICS:
+        problems.bad("metric", metric, "auc")
+        metric = "auc"
+    scope = params.get("scope", "layer")
+    if scope not in SCOPES:
+        problems.bad("scope", scope, "layer")
+        scope = "layer"
+    controls = html.Div([
+        control("run", dcc.Dropdown(id="labels-run", options=run_options(store, "gated"), value=view.name,
+                                    clearable=False), "300px"),
+        control("layer", dcc.Dropdown(id="labels-layer", options=layer_options(view, "gated"), value=layer,
+                                      clearable=False), "300px"),
+        control("heatmap value", dcc.RadioItems(id="labels-metric", value=metric, inline=True,
+                                                options=[{"label": " " + v, "value": k} for k, v in METRICS.items()])),
+        control("scatter", dcc.RadioItems(id="labels-scope", value=scope, inline=True,
+                                          options=[{"label": " " + v, "value": k} for k, v in SCOPES.items()])),
+    ], className="controls")
+    return html.Div([
+        view_store(NAME), nav_store(NAME), dcc.Store(id="labels-runname", data=view.name),
+        header(f"Labels · {view.name}", "Per channel and class: does the gate separate the class from the rest? "
+                                        "Click a cell or a point to open the channel."),
+        problems_box(problems), controls,
+        card(None, html.Div(id="labels-title", className="figure-title"), graph("labels-heatmap")),
+        card(None, graph("labels-scatter")),
+    ])
+
+
+def register(app, context):
+    store = context.store
+
+    @app.callback(Output({"type": "app-view", "page": NAME}, "data"),
+                  Input("labels-layer", "value"), Input("labels-metric", "value"), Input("labels-scope", "value"),
+                  State("labels-runname", "data"))
+    def state(layer, metric, scope, run):
+        return view_state(PATH, run=run, layer=layer, metric=metric, scope=scope)
+
+    @app.callback(Output({"type": "app-nav", "page": NAME}, "data"),
+                  Input("labels-run", "value"), Input("labels-heatmap", "clickData"),
+                  Input("labels-scatter", "clickData"), State("labels-runname", "data"), State("labels-layer", "value"),
+                  prevent_initial_call=True)
+    def navigate(new_run, heat_click, scatter_click, run, layer):
+        view = store.get(run)
+        trigger = ctx.triggered_id
+        if trigger == "labels-run":
+            if new_run and new_run != run and store.get(new_run) is not None:
+                return href(PATH, run=new_run)
+            raise PreventUpdate
+        if view is None:
+            raise PreventUpdate
+        if trigger == "labels-heatmap" and heat_click:
+            target_layer, channel = layer, heat_click["points"][0].get("x")
+        elif trigger == "labels-scatter" and scatter_click:
+            custom = scatter_click["points"][0].get("customdata") or [None, None]
+            target_layer, channel = custom[0], custom[1]
+        else:
+            raise PreventUpdate
+        if not view.has_layer(target_layer) or view.kind_of(target_layer) != "gated":
+            raise PreventUpdate
+        try:
+            channel = int(channel)
+        except (TypeError, ValueError):
+            raise PreventUpdate from None
+        if not 0 <= channel < view.n_channels(target_layer):
+            raise PreventUpdate
+        return href("/channel", run=run, layer=target_layer, channel=channel)
+
+    @app.callback(Output("labels-heatmap", "figure"), Output("labels-title", "children"),
+                  Input("labels-layer", "value"), Input("labels-metric", "value"), State("labels-runname", "data"))
+    @safe("figure", "text")
+    def heatmap(layer, metric, run):
+        view = store.get(run)
+        if view is None or not view.has_layer(layer) or metric not in METRICS:
+            return figures.message_figure("Unknown run, layer or metric."), ""
+        fig = view._memo(("figure", "heatmap", layer, metric),
+                         lambda: figures.label_heatmap(view.labels, layer, metric, view.classes))
+        return fig, f"{layer} · {METRICS[metric]} per class (rows) and channel (columns)"
+
+    @app.callback(Output("labels-scatter", "figure"), Input("labels-layer", "value"), Input("labels-scope", "value"),
+                  State("labels-runname", "data"))
+    @safe("figure")
+    def scatter(layer, scope, run):
+        view = store.get(run)
+        if view is None or not view.has_layer(layer):
+            return figures.message_figure("Unknown run or layer.")
+        highlight = layer if scope == "layer" else None
+        return view._memo(("figure", "scatter", highlight),
+                          lambda: figures.channel_scatter(view.channels, view.labels, highlight_layer=highlight))
