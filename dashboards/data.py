@@ -269,7 +269,8 @@ def _open(path: Path) -> tuple[RunView | None, str]:
     try:
         run = load_run(path)
     except RunError as err:
-        return None, str(err).replace(str(path), path.name, 1)
+        text = str(err)
+        return None, text[len(f"{path}: "):] if text.startswith(f"{path}: ") else text
     except (OSError, ValueError) as err:
         return None, f"unreadable ({type(err).__name__}: {err})"
     missing = [t for t in TABLES if not (path / f"{t}.parquet").is_file()]

@@ -92,7 +92,11 @@ def load_model(folder: str | Path, verify: bool = True) -> nn.Module:
         state = load(blob)
     except (SafetensorError, Exception) as err:  # safetensors raises several types for bad bytes
         raise CheckpointError(f"{weights}: not a readable safetensors file ({err})") from None
-    model = create_model(card["model"], **card.get("config", {}))
+    try:
+        model = create_model(card["model"], **card.get("config", {}))
+    except (KeyError, TypeError) as err:
+        raise CheckpointError(f"{folder / CARD}: {err.args[0]}; the card does not describe a model this "
+                              "gateprobe can build") from None
     missing, unexpected = _key_mismatch(model, state)
     if missing or unexpected:
         raise CheckpointError(f"{weights}: weights do not fit {card['model']}: missing keys {missing[:5]}, "

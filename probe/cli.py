@@ -41,8 +41,12 @@ def _cmd_evaluate(args) -> int:
     return 0
 
 
+_ARGV: list[str] = []
+
+
 def _command_line() -> str:
-    return "gateprobe " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    """The command being run, as typed (``main``'s argv, not the interpreter's)."""
+    return "gateprobe " + " ".join(shlex.quote(a) for a in _ARGV)
 
 
 def _cmd_record(args) -> int:
@@ -273,6 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    _ARGV[:] = argv
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -19,6 +19,8 @@ def image_metrics(image: np.ndarray, hole: np.ndarray, filled: np.ndarray) -> di
     from skimage.metrics import structural_similarity
 
     inside = hole[0] > 0.5
+    if not inside.any():
+        raise ValueError("image_metrics: the hole is empty, so hole metrics are undefined; use images with holes")
     err = (filled - image)[:, inside]
     mse = float((err ** 2).mean())
     return {

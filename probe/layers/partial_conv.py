@@ -46,12 +46,13 @@ class PartialConv2d(nn.Conv2d):
         if valid.dim() != 4 or valid.shape[1] != expected or valid.shape[2:] != x.shape[2:]:
             raise ValueError(f"valid mask must be [B, {expected}, {x.shape[2]}, {x.shape[3]}], "
                              f"got {list(valid.shape)}")
-        with torch.no_grad():
-            count = F.conv2d(valid.to(x.dtype), self.ones.to(x.dtype), stride=self.stride,
+        with torch.no_grad():  # counts in float32 at least: 1e-8 vanishes in float16
+            count_dtype = torch.promote_types(x.dtype, torch.float32)
+            count = F.conv2d(valid.to(count_dtype), self.ones.to(count_dtype), stride=self.stride,
                              padding=self.padding, dilation=self.dilation)
         self.hook_coverage(count / self.window_size)
-        new_valid = self.hook_valid(count.clamp(0, 1))
-        ratio = self.window_size / (count + 1e-8) * new_valid
+        new_valid = self.hook_valid(count.clamp(0, 1).to(x.dtype))
+        ratio = (self.window_size / (count + 1e-8) * count.clamp(0, 1)).to(x.dtype)
         raw = F.conv2d(x * valid, self.weight, None, self.stride, self.padding, self.dilation)
         out = raw * ratio
         if self.bias is not None:
