@@ -77,30 +77,36 @@ def create_app(runs_dir: str | Path, allow_import_models: bool = False, title: s
             links.append(dcc.Link(p.TITLE, href=target, className="nav-link active" if p is page else "nav-link"))
         return links
 
-    @app.callback(Output("url", "pathname"), Output("url", "search"), Output("app-last", "data"),
-                  Input({"type": "app-view", "page": ALL}, "data"), Input({"type": "app-nav", "page": ALL}, "data"),
-                  State("url", "pathname"), prevent_initial_call=True)
-    def sync_url(views, navs, pathname):
-        trigger = ctx.triggered_id
-        if not trigger or not ctx.triggered:
-            return no_update, no_update, no_update
-        value = ctx.triggered[0]["value"]
-        if not value:
-            return no_update, no_update, no_update
-        if trigger["type"] == "app-nav":
-            target = str(value)
-            if not target.startswith("/") or target.startswith("//"):
-                return no_update, no_update, no_update
+    @app.callback(Output("url", "pathname"), Output("url", "search"),
+                  Input({"type": "app-nav", "page": ALL}, "data"), prevent_initial_call=True)
+    def navigate(navs):
+        target = _triggered_value()
+        if isinstance(target, str) and target.startswith("/") and not target.startswith("//"):
             path, _, query = target.partition("?")
-            return path, ("?" + query) if query else "", no_update
+            return path, ("?" + query) if query else ""
+        return no_update, no_update
+
+    @app.callback(Output("url", "search", allow_duplicate=True), Output("app-last", "data"),
+                  Input({"type": "app-view", "page": ALL}, "data"), State("url", "pathname"),
+                  prevent_initial_call=True)
+    def sync_url(views, pathname):
+        value = _triggered_value()
         if not isinstance(value, dict) or value.get("path") != pathname:
-            return no_update, no_update, no_update
+            return no_update, no_update
         search = href("", **value.get("params", {}))
-        return no_update, search, pathname + search
+        return search, pathname + search
 
     for page in PAGES:
         page.register(app, context)
     return app
+
+
+def _triggered_value():
+    """The first non-empty value among the inputs that triggered the running callback."""
+    for item in ctx.triggered or []:
+        if item.get("value"):
+            return item["value"]
+    return None
 
 
 def describe(store: RunStore) -> list[str]:

@@ -22,7 +22,7 @@ import pandas as pd
 
 from probe.run import TABLES, RunError, load_run
 
-OPTIONAL_TABLES = ("interventions", "attributions")
+OPTIONAL_TABLES = ("interventions", "ablation", "attributions", "embedding")  # from `gateprobe analyze`
 NON_STATISTICS = {"layer", "channel", "role", "label", "label_id"}
 
 
@@ -124,21 +124,32 @@ class RunView:
             raise KeyError(name)
         return self._memo(("table", name), lambda: self.run.table(name))
 
+    def _positions(self, name: str, keys: list[str]) -> dict:
+        """Row positions of ``name`` (a table) grouped by ``keys``, computed once per run."""
+        def compute():
+            table = getattr(self, name)
+            return {} if table.empty else table.groupby(keys, sort=False).indices
+        return self._memo(("positions", name, tuple(keys)), compute)
+
     def channels_of(self, layer: str) -> pd.DataFrame:
+        """The channels-table rows of ``layer``, by channel."""
         def compute():
             ch = self.channels
-            if ch.empty:
-                return ch
-            return ch[ch.layer == layer].sort_values("channel").reset_index(drop=True)
+            rows = self._positions("channels", ["layer"]).get(layer)
+            if rows is None:
+                return ch.iloc[0:0]
+            return ch.iloc[rows].sort_values("channel").reset_index(drop=True)
         return self._memo(("channels", layer), compute)
 
     def labels_of(self, layer: str, channel: int | None = None) -> pd.DataFrame:
+        """The labels-table rows of ``layer`` (and ``channel``)."""
         def compute():
             lab = self.labels
-            if lab.empty:
-                return lab
-            part = lab[lab.layer == layer]
-            return part if channel is None else part[part.channel == channel]
+            if channel is None:
+                rows = self._positions("labels", ["layer"]).get(layer)
+            else:
+                rows = self._positions("labels", ["layer", "channel"]).get((layer, channel))
+            return lab.iloc[0:0] if rows is None else lab.iloc[rows]
         return self._memo(("labels", layer, channel), compute)
 
     def statistics(self) -> list[str]:

@@ -32,11 +32,20 @@ def write_atomic(path: str | Path, data: bytes) -> None:
     """Write ``data`` to a temporary name beside ``path``, then rename it into place."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as err:  # disk full, read-only folder...: no temporary left behind, the old file intact
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        if err.filename is None and err.errno is not None:  # say which file could not be written
+            raise type(err)(err.errno, err.strerror or str(err), str(path)) from None
+        raise
 
 
 def write_json(path: str | Path, obj) -> None:
@@ -66,8 +75,10 @@ def read_card(folder: str | Path) -> dict:
         raise CheckpointError(f"{folder}: no {CARD}; a checkpoint folder holds {WEIGHTS} and {CARD}")
     try:
         card = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"{path}: not valid JSON ({err}); restore the card from the checkpoint's source")
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{path}: not valid JSON ({err}); restore the card from the checkpoint's source") from None
+    if not isinstance(card, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, got {type(card).__name__}")
     if card.get("format") != CARD_FORMAT:
         raise CheckpointError(f"{path}: format {card.get('format')!r} is not {CARD_FORMAT!r}")
     return card
@@ -92,15 +103,27 @@ def load_model(folder: str | Path, verify: bool = True) -> nn.Module:
         state = load(blob)
     except (SafetensorError, Exception) as err:  # safetensors raises several types for bad bytes
         raise CheckpointError(f"{weights}: not a readable safetensors file ({err})") from None
-    try:
-        model = create_model(card["model"], **card.get("config", {}))
-    except (KeyError, TypeError) as err:
-        raise CheckpointError(f"{folder / CARD}: {err.args[0]}; the card does not describe a model this "
+    config = card.get("config", {})
+    if not isinstance(card.get("model"), str) or not isinstance(config, dict):
+        raise CheckpointError(f"{folder / CARD}: 'model' must be a registry name and 'config' an object")
+    try:  # first without memory (meta device): a card whose config does not fit the weights builds nothing
+        with torch.device("meta"):
+            skeleton = create_model(card["model"], **config)
+    except Exception as err:  # noqa: BLE001 - KeyError (unknown name), TypeError/ValueError (bad config), ...
+        message = err.args[0] if err.args else type(err).__name__
+        raise CheckpointError(f"{folder / CARD}: {message}; the card does not describe a model this "
                               "gateprobe can build") from None
-    missing, unexpected = _key_mismatch(model, state)
+    missing, unexpected = _key_mismatch(skeleton, state)
     if missing or unexpected:
         raise CheckpointError(f"{weights}: weights do not fit {card['model']}: missing keys {missing[:5]}, "
                               f"unexpected keys {unexpected[:5]}")
+    expected = skeleton.state_dict()
+    shapes = [f"{k} {tuple(v.shape)} (expected {tuple(expected[k].shape)})" for k, v in state.items()
+              if tuple(v.shape) != tuple(expected[k].shape)]
+    if shapes:
+        raise CheckpointError(f"{weights}: weights do not fit {card['model']}: size mismatch with the card's config "
+                              f"for {', '.join(shapes[:3])}")
+    model = create_model(card["model"], **config)
     try:
         model.load_state_dict(state)
     except RuntimeError as err:

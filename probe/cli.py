@@ -14,7 +14,10 @@ import numpy as np
 from .checkpoints import CheckpointError
 from .data import DataError
 
-USER_ERRORS = (CheckpointError, DataError, FileExistsError, FileNotFoundError, KeyError, ValueError, TypeError)
+# RunError is a ValueError; OSError covers a full disk or a read-only --out (the message names the file);
+# FloatingPointError: NaN/inf gates or outputs (the message names the layer)
+USER_ERRORS = (CheckpointError, DataError, FileExistsError, FileNotFoundError, KeyError, ValueError, TypeError,
+               FloatingPointError, OSError)
 
 
 def _cmd_train(args) -> int:
@@ -53,12 +56,45 @@ def _cmd_record(args) -> int:
     from .record import record
     from .sources import resolve_model
 
-    model = resolve_model(args.model, random_init=args.random_init)
     sketch = {"auto": None, "on": True, "off": False}[args.sketch]
-    run = record(model, args.data, args.out, n=args.n, batch_size=args.batch_size, samples=args.samples,
+    if args.ray is not None:
+        return _record_ray(args, sketch)
+    if args.shards is not None:
+        raise ValueError("--shards splits a --ray run into tasks; without --ray, record one slice with --shard I/N")
+    data = args.data
+    if args.mask_threshold is not None:
+        from .data import parse_data
+
+        data = parse_data(args.data, n=args.n, seed=args.seed, mask_threshold=args.mask_threshold)
+    model = resolve_model(args.model, random_init=args.random_init, trust_pickle=args.trust_pickle)
+    run = record(model, data, args.out, n=args.n, batch_size=args.batch_size, samples=args.samples,
                  seed=args.seed, layers=args.layers, sketch=sketch, quantile=args.quantile,
-                 shard=args.shard, overwrite=args.overwrite, command=_command_line())
+                 shard=args.shard, overwrite=args.overwrite, resume=args.resume,
+                 checkpoint_every=args.checkpoint_every, command=_command_line())
     print(f"wrote {run.path} ({run.manifest['n_images']} images, {len(run.layers)} layers)")
+    return 0
+
+
+def _record_ray(args, sketch) -> int:
+    from .distributed import import_ray, record_ray
+
+    import_ray()  # a one-line error before anything else when Ray is missing
+    if args.shard is not None:
+        raise ValueError("--ray splits the images into shards itself; use --shards N instead of --shard I/N")
+    if getattr(args, "resume", False):
+        raise ValueError("--resume does not apply to --ray runs (a failed task is retried by Ray); record again")
+    data = args.data
+    if args.mask_threshold is not None:
+        from .data import parse_data
+
+        data = parse_data(args.data, n=args.n, seed=args.seed, mask_threshold=args.mask_threshold)
+    run = record_ray(args.model, data, args.out, n=args.n, shards=args.shards,
+                     address=None if args.ray == "local" else args.ray, batch_size=args.batch_size,
+                     samples=args.samples, seed=args.seed, layers=args.layers, sketch=sketch, quantile=args.quantile,
+                     overwrite=args.overwrite, random_init=args.random_init, command=_command_line(),
+                     trust_pickle=args.trust_pickle)
+    print(f"wrote {run.path} ({run.manifest['n_images']} images from {len(run.manifest['shards'])} Ray shards, "
+          f"{len(run.layers)} layers)")
     return 0
 
 
@@ -147,7 +183,7 @@ def _cmd_layers(args) -> int:
 
     from .sources import resolve_model
 
-    model = resolve_model(args.model, random_init=args.random_init)
+    model = resolve_model(args.model, random_init=args.random_init, trust_pickle=args.trust_pickle)
     sites = find_sites(model, args.layers)
     size = args.size
     image = torch.rand(1, 3, size, size)
@@ -208,7 +244,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quantile", type=float, default=0.005, help="top quantile for the IoU threshold")
     p.add_argument("--shard", type=_shard, default=None, metavar="I/N",
                    help="record only the I-th of N contiguous slices of the images (merge them with `merge`)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing run in --out (it is put back if recording fails)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the incomplete run in --out from its last checkpoint (same model, data, settings)")
+    p.add_argument("--checkpoint-every", type=int, default=8, metavar="BATCHES",
+                   help="checkpoint for --resume every BATCHES batches or 30 s, whichever first (0: never)")
+    p.add_argument("--mask-threshold", type=float, default=None, metavar="T",
+                   help="folder data: mask pixels at or above T (0-1 of white) are hole (default 0.5); "
+                        "binarises soft masks")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="allow pickle-based weight files (.pth/.pt/.ckpt of deepfillv2:/pconv-unet:), read with "
+                        "torch.load(weights_only=True); only for files from a source you trust")
+    p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                   help="run the shards as Ray tasks and merge them into one run: on a local Ray instance, or on "
+                        "the cluster at ADDRESS (auto, ray://HOST:10001); needs pip install 'gateprobe[ray]'")
+    p.add_argument("--shards", type=int, default=None, metavar="N",
+                   help="with --ray: number of tasks (default: two per CPU of the cluster)")
     p.set_defaults(func=_cmd_record)
 
     p = sub.add_parser("analyze", help="add interventions, ablation, attribution and embedding tables to a run",
@@ -261,6 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--random-init", action="store_true", help="allow a registry name (random weights)")
     p.add_argument("--layers", default=None, help="comma-separated shell patterns of layer names")
     p.add_argument("--size", type=int, default=64, help="input size used to measure resolutions")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="allow pickle-based weight files (read with torch.load(weights_only=True))")
     p.set_defaults(func=_cmd_layers)
 
     p = sub.add_parser("serve", help="explore the runs of a folder in the browser (Dash)",
@@ -284,6 +338,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except USER_ERRORS as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        message = " ".join(str(message).split()) or type(err).__name__  # always one line
         print(f"gateprobe {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -6,8 +6,10 @@ state or imports Dash, so tests and reports call them directly.
 
 Names that come from data (run, layer and class names, roles) are escaped with :func:`esc` before
 they reach any plotly text (titles, tick labels, hover text, legend names): plotly renders a subset
-of HTML there, and a class called ``<b>sky</b>`` must show as typed, not as markup. Values read
-back by click callbacks (``customdata``) keep the raw names next to their escaped copies.
+of HTML there, and a class called ``<b>sky</b>`` must show as typed, not as markup. Every text
+argument of a builder (``title``, ``titles``, ``tile_labels``...) is plain text and is escaped here,
+so callers pass names as they are. Values read back by click callbacks (``customdata``) keep the
+raw names next to their escaped copies.
 
 Conventions: gate maps are in (0, 1) and drawn on a fixed 0-1 colour scale unless a builder is
 asked to normalise; masks are drawn valid = light, hole = dark; images are ``[3, H, W]`` floats in
@@ -18,10 +20,12 @@ which keeps a dashboard callback well under the time a user notices.
 from __future__ import annotations
 
 import base64
+import hashlib
 import html
 import io
 import math
 import re
+from collections import OrderedDict
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -68,13 +72,19 @@ def role_color(role: str | None) -> str:
     return ROLE_COLORS[role_category(role)]
 
 
+def _trace(kind: str, **properties) -> dict:
+    """A trace as a plain dict: the figure validates it once (a ``go.Scatter`` object would be
+    validated twice, once alone and again inside the figure)."""
+    return dict(type=kind, **properties)
+
+
 def _figure(data: list, title: str | None = None, height: int | None = None, margin: dict | None = None,
             **layout) -> go.Figure:
     """A figure from traces and a layout dict, with the module's template."""
     base = {"template": _TEMPLATE, "height": height,
             "margin": margin or {"l": 50, "r": 20, "t": 40 if title else 16, "b": 40}}
     if title:
-        base["title"] = {"text": title, "x": 0.01, "xanchor": "left", "font": {"size": 14}}
+        base["title"] = {"text": esc(title), "x": 0.01, "xanchor": "left", "font": {"size": 14}}
     base.update(layout)
     return go.Figure(data=data, layout=base)
 
@@ -97,6 +107,13 @@ def _band(i: int) -> dict:
     """A highlight band behind category ``i`` of the x axis."""
     return {"type": "rect", "x0": i - 0.45, "x1": i + 0.45, "y0": 0, "y1": 1, "xref": "x", "yref": "y domain",
             "fillcolor": "#ffe082", "opacity": 0.3, "line": {"width": 0}, "layer": "below"}
+
+
+def highlight_band(order: Sequence[str], highlight: str | None) -> list[dict]:
+    """The ``layout.shapes`` that highlight layer ``highlight`` in a per-layer figure whose x axis
+    lists ``order`` (:func:`layer_summary`, :func:`valid_fraction_curve`); empty if absent."""
+    order = list(order)
+    return [_band(order.index(highlight))] if highlight in order else []
 
 
 def _note(text: str, x: float, y: float, xref: str = "x", yref: str = "y domain", **kw) -> dict:
@@ -146,13 +163,26 @@ def to_rgb8(image: np.ndarray) -> np.ndarray:
     return (np.clip(np.nan_to_num(a), 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
+_PNG_CACHE: OrderedDict = OrderedDict()
+
+
 def png_uri(rgb8: np.ndarray) -> str:
-    """A ``data:image/png;base64`` URI of an ``[H, W, 3]`` uint8 array."""
+    """A ``data:image/png;base64`` URI of an ``[H, W, 3]`` uint8 array (the last encodings are
+    memoised by content, so redrawing the same images costs a hash, not a PNG encoding)."""
     from PIL import Image
 
+    rgb8 = np.ascontiguousarray(rgb8)
+    key = (rgb8.shape, hashlib.blake2b(rgb8.tobytes(), digest_size=16).digest())
+    cached = _PNG_CACHE.get(key)
+    if cached is not None:
+        return cached
     buffer = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(rgb8)).save(buffer, format="PNG", compress_level=1)
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    Image.fromarray(rgb8).save(buffer, format="PNG", compress_level=1)
+    uri = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    _PNG_CACHE[key] = uri
+    while len(_PNG_CACHE) > 256:
+        _PNG_CACHE.popitem(last=False)
+    return uri
 
 
 def _plane(a) -> np.ndarray:
@@ -211,27 +241,27 @@ def _tile_origin(i: int, h: int, w: int, cols: int, gap: int) -> tuple[int, int]
     return r * (h + gap), c * (w + gap)
 
 
-def _box_path(boxes: list[tuple[float, float, float, float]]) -> tuple[list, list]:
-    """x and y coordinates of rectangle outlines (x0, y0, x1, y1), None-separated, for one trace."""
-    xs, ys = [], []
-    for x0, y0, x1, y1 in boxes:
-        xs += [x0, x1, x1, x0, x0, None]
-        ys += [y0, y0, y1, y1, y0, None]
+def _box_path(boxes: list[tuple[float, float, float, float]]) -> tuple[np.ndarray, np.ndarray]:
+    """x and y coordinates of rectangle outlines (x0, y0, x1, y1) for one line trace, each box
+    closed and followed by a NaN (a gap), as float arrays (sent compactly, drawn as separate boxes)."""
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    nan = np.full(len(b), np.nan)
+    xs = np.stack([b[:, 0], b[:, 2], b[:, 2], b[:, 0], b[:, 0], nan], axis=1).ravel()
+    ys = np.stack([b[:, 1], b[:, 1], b[:, 3], b[:, 3], b[:, 1], nan], axis=1).ravel()
     return xs, ys
 
 
-def _outline(mask: np.ndarray, dx: float = 0.0) -> tuple[list, list]:
-    """Line segments along the boundary of a boolean ``[H, W]`` mask (pixel-centre coordinates)."""
-    xs, ys = [], []
+def _outline(mask: np.ndarray, dx: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Segments along the boundary of a boolean ``[H, W]`` mask (pixel-centre coordinates), as
+    NaN-separated float arrays."""
     ry, rx = np.nonzero(mask[:, 1:] != mask[:, :-1])
-    for y, x in zip(ry.tolist(), rx.tolist()):
-        xs += [dx + x + 0.5, dx + x + 0.5, None]
-        ys += [y - 0.5, y + 0.5, None]
     cy, cx = np.nonzero(mask[1:, :] != mask[:-1, :])
-    for y, x in zip(cy.tolist(), cx.tolist()):
-        xs += [dx + x - 0.5, dx + x + 0.5, None]
-        ys += [y + 0.5, y + 0.5, None]
-    return xs, ys
+    vx = dx + rx + 0.5
+    x = np.concatenate([np.stack([vx, vx, np.full(len(vx), np.nan)], 1).ravel(),
+                        np.stack([dx + cx - 0.5, dx + cx + 0.5, np.full(len(cx), np.nan)], 1).ravel()])
+    y = np.concatenate([np.stack([ry - 0.5, ry + 0.5, np.full(len(ry), np.nan)], 1).ravel(),
+                        np.stack([cy + 0.5, cy + 0.5, np.full(len(cy), np.nan)], 1).ravel()])
+    return x, y
 
 
 # ---------------------------------------------------------------- run-level figures
@@ -267,17 +297,17 @@ def layer_summary(channels: pd.DataFrame, layers: pd.DataFrame, highlight: str |
     data = []
     for col, name, color in (("hole", "share of channels with role hole", ROLE_COLORS["hole"]),
                              ("sketch", "share of channels with role sketch", ROLE_COLORS["sketch"])):
-        data.append(go.Bar(x=x, y=share[col].to_numpy(dtype=np.float64), name=name, marker_color=color,
+        data.append(_trace("bar", x=x, y=share[col].to_numpy(dtype=np.float64), name=name, marker_color=color,
                            opacity=0.22, yaxis="y2",
                            hovertemplate="%{x}: %{y:.0%}<extra>" + esc(name) + "</extra>"))
     for col, name, color in (("mean_hole", "mean gate in hole", ROLE_COLORS["hole"]),
                              ("mean_valid", "mean gate on valid pixels", ROLE_COLORS["valid"])):
-        data.append(go.Scatter(x=x, y=mean[col].to_numpy(dtype=np.float64), name=name, mode="lines+markers",
+        data.append(_trace("scatter", x=x, y=mean[col].to_numpy(dtype=np.float64), name=name, mode="lines+markers",
                                line={"color": color, "width": 2},
                                error_y={"type": "data", "array": spread[col].fillna(0).to_numpy(dtype=np.float64),
                                         "thickness": 1, "width": 3, "color": color},
                                hovertemplate="%{x}: %{y:.3f}<extra>" + esc(name) + "</extra>"))
-    shapes = [_band(order.index(highlight))] if highlight in order else []
+    shapes = highlight_band(order, highlight)
     return _figure(data, title, height=330, barmode="group", legend=_legend_top(), shapes=shapes,
                    xaxis={"type": "category", "tickangle": -40},
                    yaxis={"title": {"text": "mean gate"}, "range": [0, 1]},
@@ -298,17 +328,17 @@ def valid_fraction_curve(evolution: pd.DataFrame, highlight: str | None = None,
     order = list(ev.layer)
     x = [esc(name) for name in order]
     std = ev.valid_fraction_std.to_numpy(dtype=np.float64) if "valid_fraction_std" in ev else None
-    data = [go.Scatter(x=x, y=ev.valid_fraction.to_numpy(dtype=np.float64), name="valid fraction (measured)",
+    data = [_trace("scatter", x=x, y=ev.valid_fraction.to_numpy(dtype=np.float64), name="valid fraction (measured)",
                        mode="lines+markers", line={"color": "#1f77b4", "width": 2},
                        error_y={"type": "data", "array": std, "thickness": 1, "width": 3} if std is not None else None,
                        hovertemplate="%{x}: %{y:.4f}<extra>measured</extra>"),
-            go.Scatter(x=x, y=ev.valid_fraction_predicted.to_numpy(dtype=np.float64),
+            _trace("scatter", x=x, y=ev.valid_fraction_predicted.to_numpy(dtype=np.float64),
                        name="valid fraction (predicted)", mode="lines+markers",
                        line={"color": "#ff7f0e", "dash": "dash"}, marker={"symbol": "x"},
                        hovertemplate="%{x}: %{y:.4f}<extra>predicted</extra>")]
     notes = []
     if "all_valid_images" in ev:
-        data.append(go.Scatter(x=x, y=ev.all_valid_images.to_numpy(dtype=np.float64), name="images entirely valid",
+        data.append(_trace("scatter", x=x, y=ev.all_valid_images.to_numpy(dtype=np.float64), name="images entirely valid",
                                mode="lines", line={"color": "#2ca02c", "dash": "dot"},
                                hovertemplate="%{x}: %{y:.0%}<extra>images all valid</extra>"))
         full = ev[ev.all_valid_images >= 1.0]
@@ -316,7 +346,7 @@ def valid_fraction_curve(evolution: pd.DataFrame, highlight: str | None = None,
             first = full.iloc[0].layer
             notes.append({"x": esc(first), "y": 1.0, "text": "first all-valid layer: " + esc(first),
                           "showarrow": True, "arrowhead": 2, "ax": 0, "ay": -28, "font": {"size": 11}})
-    shapes = [_band(order.index(highlight))] if highlight in order else []
+    shapes = highlight_band(order, highlight)
     return _figure(data, title, height=330, legend=_legend_top(), shapes=shapes, annotations=notes,
                    xaxis={"type": "category", "tickangle": -40},
                    yaxis={"title": {"text": "fraction of valid locations"}, "range": [0, 1.1]},
@@ -336,7 +366,7 @@ def coverage_histogram(evolution: pd.DataFrame, layer: str, title: str | None = 
         return message_figure(f"Layer {layer}: no location flipped from hole to valid.")
     centres = (edges[:-1] + edges[1:]) / 2
     share = counts / counts.sum()
-    data = [go.Bar(x=centres, y=counts, width=np.diff(edges) * 0.92, marker_color="#5c6bc0", name="flipped locations",
+    data = [_trace("bar", x=centres, y=counts, width=np.diff(edges) * 0.92, marker_color="#5c6bc0", name="flipped locations",
                    customdata=np.stack([edges[:-1], edges[1:], share], axis=1),
                    hovertemplate="coverage %{customdata[0]:.3f}-%{customdata[1]:.3f}: %{y:,.0f} "
                                  "(%{customdata[2]:.1%})<extra></extra>")]
@@ -348,7 +378,7 @@ def coverage_histogram(evolution: pd.DataFrame, layer: str, title: str | None = 
         shapes.append(_vline(1.0 / window, ROLE_COLORS["hole"], "dot"))
         notes.append(_note("1 valid input", 1.0 / window, 0.92, xanchor="left", font={"size": 10, "color": "#d62728"}))
     if title is None:
-        title = f"{esc(layer)}: window coverage of the {int(counts.sum()):,} locations that flipped hole → valid"
+        title = f"{layer}: window coverage of the {int(counts.sum()):,} locations that flipped hole → valid"
     return _figure(data, title, height=300, showlegend=False, bargap=0.02, shapes=shapes, annotations=notes,
                    xaxis={"title": {"text": "window coverage (valid inputs / window size)"}, "range": [0, 1.0]},
                    yaxis={"title": {"text": "flipped locations"}})
@@ -365,7 +395,7 @@ def diversity_bars(layers_by_run: Mapping[str, pd.DataFrame],
         frame = layers.sort_values("depth")
         custom = np.stack([np.asarray([esc(v) for v in frame.layer], dtype=object),
                            np.asarray([esc(v) for v in frame.kind], dtype=object)], axis=1)
-        data.append(go.Bar(x=frame.depth.to_numpy(), y=frame.effective_channels.to_numpy(dtype=np.float64),
+        data.append(_trace("bar", x=frame.depth.to_numpy(), y=frame.effective_channels.to_numpy(dtype=np.float64),
                            name=esc(run), customdata=custom,
                            hovertemplate="%{customdata[0]} (%{customdata[1]}): %{y:.2f}<extra>" + esc(run)
                                          + "</extra>"))
@@ -408,7 +438,7 @@ def channel_grid(maps: np.ndarray, order: Sequence[int] | None = None, roles: Se
     z, index, (rows, cols, gap) = mosaic(tiles, columns, gap)
     lookup = np.asarray(order + [-1], dtype=np.int16 if C < 32000 else np.int32)
     channel_of_cell = lookup[index]
-    data = [go.Heatmap(z=z, customdata=channel_of_cell, zmin=zrange[0], zmax=zrange[1], colorscale=colorscale,
+    data = [_trace("heatmap", z=z, customdata=channel_of_cell, zmin=zrange[0], zmax=zrange[1], colorscale=colorscale,
                        hoverongaps=False, name="maps",
                        colorbar={"thickness": 10, "len": 0.7, "title": {
                            "text": esc(value_name) + (" (min-max)" if normalize else ""), "side": "right"}},
@@ -417,7 +447,7 @@ def channel_grid(maps: np.ndarray, order: Sequence[int] | None = None, roles: Se
     labels = [str(c) for c in order] if tile_labels is None else [str(tile_labels[c]) for c in order]
     origins = [_tile_origin(i, h, w, cols, gap) for i in range(len(order))]
     label_room = max(2.0, h * 0.28)
-    data.append(go.Scatter(x=[x + w / 2 - 0.5 for _, x in origins], y=[y - 0.5 for y, _ in origins],
+    data.append(_trace("scatter", x=[x + w / 2 - 0.5 for _, x in origins], y=[y - 0.5 for y, _ in origins],
                            text=[esc(t) for t in labels], mode="text", textposition="top center",
                            textfont={"size": 9 if len(order) > 40 else 10, "color": "#444"},
                            hoverinfo="skip", showlegend=False, name="tile labels"))
@@ -429,12 +459,12 @@ def channel_grid(maps: np.ndarray, order: Sequence[int] | None = None, roles: Se
                 by_cat.setdefault(cat, []).append((x - 0.5, y - 0.5, x + w - 0.5, y + h - 0.5))
         for cat in ROLE_ORDER[:-1]:
             xs, ys = _box_path(by_cat.get(cat, []))
-            data.append(go.Scatter(x=xs or [None], y=ys or [None], mode="lines", name=f"role {cat}",
+            data.append(_trace("scatter", x=xs, y=ys, mode="lines", name=f"role {cat}",
                                    line={"color": ROLE_COLORS[cat], "width": 2.5}, hoverinfo="skip", showlegend=False))
     if highlight is not None and highlight in order:
         y, x = origins[order.index(highlight)]
         xs, ys = _box_path([(x - 1, y - 1, x + w, y + h)])
-        data.append(go.Scatter(x=xs, y=ys, mode="lines", line={"color": HIGHLIGHT, "width": 3}, hoverinfo="skip",
+        data.append(_trace("scatter", x=xs, y=ys, mode="lines", line={"color": HIGHLIGHT, "width": 3}, hoverinfo="skip",
                                showlegend=False, name="selected"))
     rows_px = rows * tile_px * (h + gap + label_room) / max(h, 1)
     height = int(min(1500, max(200, rows_px + 24 + (30 if title else 0))))
@@ -479,11 +509,11 @@ def image_panel(image: np.ndarray, hole: np.ndarray, sketch: np.ndarray | None, 
             lab = np.asarray(labels).astype(np.int32)
             n = max(len(classes), 1)
             names = np.asarray([esc(c) for c in classes] + ["?"], dtype=object)
-            data.append(go.Heatmap(z=lab, zmin=-0.5, zmax=n - 0.5, colorscale=_label_scale(n), showscale=False,
+            data.append(_trace("heatmap", z=lab, zmin=-0.5, zmax=n - 0.5, colorscale=_label_scale(n), showscale=False,
                                    name="labels", customdata=names[np.clip(lab, 0, len(classes))],
                                    hovertemplate="%{customdata}<extra></extra>", xaxis=xa, yaxis=ya))
         else:
-            data.append(go.Image(source=png_uri(to_rgb8(sources[panel])), name=panel, hoverinfo="skip",
+            data.append(_trace("image", source=png_uri(to_rgb8(sources[panel])), name=panel, hoverinfo="skip",
                                  xaxis=xa, yaxis=ya))
         k = "" if i == 0 else str(i + 1)
         layout[f"xaxis{k}"].update(visible=False, range=[-0.5, W - 0.5])
@@ -511,7 +541,7 @@ def channel_samples(images: np.ndarray, holes: np.ndarray, maps: np.ndarray, sam
     strip = np.ones((H, width, 3), dtype=np.float32)
     big = np.full((H, width), np.nan, dtype=np.float32)
     which = np.full(big.shape, -1, dtype=np.int32)
-    outline_x, outline_y = [], []
+    outline_x, outline_y = [np.zeros(0)], [np.zeros(0)]
     for k in range(K):
         x0 = k * (W + gap)
         strip[:, x0:x0 + W] = np.moveaxis(masked_input(images[k], holes[k], None if sketches is None else sketches[k]),
@@ -523,18 +553,19 @@ def channel_samples(images: np.ndarray, holes: np.ndarray, maps: np.ndarray, sam
         big[:, x0:x0 + W] = upsample(m, (H, W))
         which[:, x0:x0 + W] = ids[k]
         xs, ys = _outline(_plane(holes[k]) > 0.5, dx=x0)
-        outline_x += xs
-        outline_y += ys
+        outline_x.append(xs)
+        outline_y.append(ys)
+    outline_x, outline_y = np.concatenate(outline_x), np.concatenate(outline_y)
     room = H * 0.2
-    data = [go.Image(source=png_uri(to_rgb8(strip)), name="inputs", hoverinfo="skip", xaxis="x", yaxis="y"),
-            go.Scatter(x=[k * (W + gap) + W / 2 - 0.5 for k in range(K)], y=[-0.5] * K, mode="text",
+    data = [_trace("image", source=png_uri(to_rgb8(strip)), name="inputs", hoverinfo="skip", xaxis="x", yaxis="y"),
+            _trace("scatter", x=[k * (W + gap) + W / 2 - 0.5 for k in range(K)], y=[-0.5] * K, mode="text",
                        text=[f"sample {s}" for s in ids], textposition="top center", hoverinfo="skip",
                        showlegend=False, textfont={"size": 10}, xaxis="x", yaxis="y"),
-            go.Heatmap(z=big, customdata=which, zmin=0, zmax=1, colorscale=GATE_SCALE, hoverongaps=False, name="gate",
+            _trace("heatmap", z=big, customdata=which, zmin=0, zmax=1, colorscale=GATE_SCALE, hoverongaps=False, name="gate",
                        colorbar={"thickness": 10, "len": 0.45, "y": 0.22,
                                  "title": {"text": "gate" + (" (min-max)" if normalize else ""), "side": "right"}},
                        hovertemplate="sample %{customdata}<br>gate %{z:.3f}<extra></extra>", xaxis="x2", yaxis="y2"),
-            go.Scatter(x=outline_x or [None], y=outline_y or [None], mode="lines", name="hole outline",
+            _trace("scatter", x=outline_x, y=outline_y, mode="lines", name="hole outline",
                        line={"color": "#ff4d4d", "width": 1}, hoverinfo="skip", showlegend=False,
                        xaxis="x2", yaxis="y2")]
     split = (H + room) / (2 * H + room + 4)
@@ -566,7 +597,7 @@ def gate_histograms(hole_values: np.ndarray, valid_values: np.ndarray, mean_hole
                                 (hole_values, "hole", ROLE_COLORS["hole"])):
         counts, _ = np.histogram(np.clip(values, 0, 1), edges)
         share = counts / max(counts.sum(), 1)
-        data.append(go.Bar(x=centres, y=share, width=1.0 / bins, name=f"{name} ({values.size:,} cells)",
+        data.append(_trace("bar", x=centres, y=share, width=1.0 / bins, name=f"{name} ({values.size:,} cells)",
                            marker_color=color, opacity=0.55,
                            hovertemplate="gate %{x:.3f}: %{y:.1%}<extra>" + name + "</extra>"))
     shapes, notes = [], []
@@ -574,8 +605,8 @@ def gate_histograms(hole_values: np.ndarray, valid_values: np.ndarray, mean_hole
                                   (mean_valid, "run mean, valid", ROLE_COLORS["valid"], 0.86)):
         if value is not None and np.isfinite(value):
             shapes.append(_vline(float(value), color, "dash"))
-            notes.append(_note(name, float(value), y, xanchor="left", bgcolor="rgba(255,255,255,0.8)",
-                               font={"size": 10, "color": color}))
+            notes.append(_note(name, float(value), y, xanchor="left" if value < 0.75 else "right",
+                               bgcolor="rgba(255,255,255,0.8)", font={"size": 10, "color": color}))
     return _figure(data, title, height=280, barmode="overlay", legend=_legend_top(), shapes=shapes,
                    annotations=notes, meta={"bins": bins},
                    xaxis={"title": {"text": "gate value (cells at the layer's resolution)"}, "range": [0, 1]},
@@ -597,10 +628,10 @@ def label_bars(rows: pd.DataFrame, classes: Sequence[str] | None = None, alpha: 
     q = rows.q_value.to_numpy(dtype=np.float64) if "q_value" in rows else np.full(len(rows), np.nan)
     opacity = np.where(q < alpha, 1.0, 0.35)
     layout, notes = _columns(2, 0.1, ["AUC (label vs rest)", "IoU above the channel threshold"])
-    data = [go.Bar(x=x, y=rows.auc.to_numpy(dtype=np.float64), name="AUC", customdata=q,
+    data = [_trace("bar", x=x, y=rows.auc.to_numpy(dtype=np.float64), name="AUC", customdata=q,
                    marker={"color": "#5c6bc0", "opacity": opacity},
                    hovertemplate="%{x}: AUC %{y:.3f} (q %{customdata:.2g})<extra></extra>"),
-            go.Bar(x=x, y=rows.iou.to_numpy(dtype=np.float64), name="IoU", customdata=q, xaxis="x2", yaxis="y2",
+            _trace("bar", x=x, y=rows.iou.to_numpy(dtype=np.float64), name="IoU", customdata=q, xaxis="x2", yaxis="y2",
                    marker={"color": "#26a69a", "opacity": opacity},
                    hovertemplate="%{x}: IoU %{y:.3f} (q %{customdata:.2g})<extra></extra>")]
     layout["xaxis"].update(type="category", tickangle=-35)
@@ -622,13 +653,16 @@ def label_heatmap(labels: pd.DataFrame, layer: str, value: str = "auc", classes:
     frame = labels[labels.layer == layer] if labels is not None and not labels.empty else None
     if frame is None or frame.empty:
         return message_figure(f"No label statistics for layer {layer}.")
-    pivot = frame.pivot_table(index="label", columns="channel", values=value)
+    try:
+        pivot = frame.pivot(index="label", columns="channel", values=value)  # one row per (label, channel)
+    except ValueError:  # repeated (label, channel) rows: average them, as pivot_table does
+        pivot = frame.pivot_table(index="label", columns="channel", values=value)
     if classes is not None:
         pivot = pivot.reindex([c for c in classes if c in pivot.index])
     z = pivot.to_numpy(dtype=np.float64)
     auc = value == "auc"
     top = float(np.nanmax(z)) if np.isfinite(z).any() else 1.0
-    data = [go.Heatmap(z=z, x=pivot.columns.to_numpy(), y=[esc(v) for v in pivot.index],
+    data = [_trace("heatmap", z=z, x=pivot.columns.to_numpy(), y=[esc(v) for v in pivot.index],
                        colorscale="RdBu_r" if auc else "Viridis", zmin=0, zmax=1 if auc else max(top, 1e-3),
                        zmid=0.5 if auc else None, name=value, xgap=1, ygap=1,
                        colorbar={"thickness": 10, "title": {"text": value.upper(), "side": "right"}},
@@ -652,8 +686,9 @@ def best_labels(labels: pd.DataFrame) -> pd.DataFrame:
 def channel_scatter(channels: pd.DataFrame, labels: pd.DataFrame, highlight_layer: str | None = None,
                     title: str | None = "Every gated channel: hole selectivity vs its best label") -> go.Figure:
     """All channels: ``auc_hole`` (x) vs the AUC of their best label (y), one trace per role
-    category; ``customdata`` rows are ``(layer, channel, layer escaped, role escaped, best label
-    escaped)`` so a click opens that channel. With ``highlight_layer`` the other layers are faint."""
+    category; ``customdata`` rows are ``(layer, channel)`` so a click opens that channel, and the
+    hover ``text`` (escaped) names layer, role and best label. With ``highlight_layer`` the other
+    layers are faint."""
     if channels is None or channels.empty:
         return message_figure("No gated channels in this run.")
     frame = channels.merge(best_labels(labels), on=["layer", "channel"], how="left")
@@ -664,21 +699,20 @@ def channel_scatter(channels: pd.DataFrame, labels: pd.DataFrame, highlight_laye
         part = frame[frame.category == cat]
         if part.empty:
             continue
-        custom = np.empty((len(part), 5), dtype=object)
+        custom = np.empty((len(part), 2), dtype=object)
         custom[:, 0] = part.layer.astype(str).to_numpy()
         custom[:, 1] = part.channel.astype(int).to_numpy()
-        custom[:, 2] = [esc(v) for v in part.layer]
-        custom[:, 3] = [esc(v) for v in part.role_text]
-        custom[:, 4] = [esc(v) for v in part.best_label.fillna("-")]
+        text = [f"{esc(layer)} · channel {channel}<br>role {esc(role)}<br>best label {esc(label)}"
+                for layer, channel, role, label in zip(part.layer, part.channel, part.role_text,
+                                                       part.best_label.fillna("-"))]
         mine = (part.layer == highlight_layer).to_numpy()
         opacity = np.where(mine, 0.95, 0.2) if highlight_layer is not None else np.full(len(part), 0.75)
         size = np.where(mine, 9, 6) if highlight_layer is not None else np.full(len(part), 7)
-        data.append(go.Scatter(x=part.auc_hole.to_numpy(dtype=np.float64), y=part.best_auc.to_numpy(dtype=np.float64),
-                               mode="markers", name=cat, customdata=custom,
+        data.append(_trace("scatter", x=part.auc_hole.to_numpy(dtype=np.float64), y=part.best_auc.to_numpy(dtype=np.float64),
+                               mode="markers", name=cat, customdata=custom, text=text,
                                marker={"color": ROLE_COLORS[cat], "opacity": opacity, "size": size,
                                        "line": {"width": 0}},
-                               hovertemplate="%{customdata[2]} · channel %{customdata[1]}<br>role %{customdata[3]}"
-                                             "<br>AUC hole %{x:.3f}<br>best label %{customdata[4]}: %{y:.3f}"
+                               hovertemplate="%{text}<br>AUC hole %{x:.3f} · best label AUC %{y:.3f}"
                                              "<extra></extra>"))
     shapes = [_vline(0.3, "#bbb"), _vline(0.7, "#bbb"), _hline(0.7, "#bbb")]
     return _figure(data, title, height=420, legend={"title": {"text": "role"}}, clickmode="event", shapes=shapes,
@@ -704,17 +738,17 @@ def mask_evolution(valid_maps: Sequence[np.ndarray], layer_names: Sequence[str],
     fractions = [float(np.mean(_plane(m))) for m in valid_maps]
     dims = [f"{_plane(m).shape[0]}×{_plane(m).shape[1]}" for m in valid_maps]
     room = H * 0.22
-    data = [go.Heatmap(z=z, customdata=index, zmin=0, zmax=1, colorscale=MASK_SCALE, hoverongaps=False,
+    data = [_trace("heatmap", z=z, customdata=index, zmin=0, zmax=1, colorscale=MASK_SCALE, hoverongaps=False,
                        showscale=False, name="valid",
                        hovertemplate="layer #%{customdata}<br>valid %{z:.0f}<extra></extra>"),
-            go.Scatter(x=[x + W / 2 - 0.5 for _, x in origins], y=[y - 0.5 for y, _ in origins], mode="text",
+            _trace("scatter", x=[x + W / 2 - 0.5 for _, x in origins], y=[y - 0.5 for y, _ in origins], mode="text",
                        text=[f"{esc(name)} · {d} · {f:.0%} valid" for name, d, f in zip(layer_names, dims, fractions)],
                        textposition="top center", textfont={"size": 10}, hoverinfo="skip", showlegend=False,
                        name="layer names")]
     if highlight in list(layer_names):
         y, x = origins[list(layer_names).index(highlight)]
         xs, ys = _box_path([(x - 1.5, y - 1.5, x + W + 0.5, y + H + 0.5)])
-        data.append(go.Scatter(x=xs, y=ys, mode="lines", line={"color": HIGHLIGHT, "width": 3}, hoverinfo="skip",
+        data.append(_trace("scatter", x=xs, y=ys, mode="lines", line={"color": HIGHLIGHT, "width": 3}, hoverinfo="skip",
                                showlegend=False, name="selected"))
     height = int(max(180, rows * 175 + 20))
     return _figure(data, title, height=height, margin={"l": 4, "r": 4, "t": 36 if title else 4, "b": 4},
@@ -730,7 +764,7 @@ def drawing_canvas(image: np.ndarray, hole: np.ndarray | None = None, sketch: np
     sketch strokes (see ``dashboards.pages.live``)."""
     shown = image if hole is None else masked_input(image, hole, sketch)
     H, W = np.asarray(image).shape[-2:]
-    return _figure([go.Image(source=png_uri(to_rgb8(shown)), name="canvas", hoverinfo="skip")], None, height=height,
+    return _figure([_trace("image", source=png_uri(to_rgb8(shown)), name="canvas", hoverinfo="skip")], None, height=height,
                    margin={"l": 2, "r": 2, "t": 2, "b": 2}, dragmode="drawrect",
                    newshape={"line": {"color": "#ff1744", "width": 2}, "fillcolor": "rgba(255,23,68,0.25)",
                              "opacity": 1},
@@ -749,15 +783,15 @@ def mask_detail(image: np.ndarray, hole: np.ndarray, valid: np.ndarray, coverage
     dims = f"{valid.shape[0]}×{valid.shape[1]}"
     layout, notes = _columns(3, 0.03, ["input (grey = hole)", f"valid mask ({dims})", f"window coverage ({dims})"])
     xs, ys = _outline(_plane(hole) > 0.5)
-    data = [go.Image(source=png_uri(to_rgb8(masked_input(image, hole))), name="input", hoverinfo="skip"),
-            go.Heatmap(z=upsample(valid, (H, W)), zmin=0, zmax=1, colorscale=MASK_SCALE, showscale=False, name="valid",
+    data = [_trace("image", source=png_uri(to_rgb8(masked_input(image, hole))), name="input", hoverinfo="skip"),
+            _trace("heatmap", z=upsample(valid, (H, W)), zmin=0, zmax=1, colorscale=MASK_SCALE, showscale=False, name="valid",
                        hovertemplate="valid %{z:.0f}<extra></extra>", xaxis="x2", yaxis="y2"),
-            go.Heatmap(z=upsample(coverage, (H, W)), zmin=0, zmax=1, colorscale=GATE_SCALE, name="coverage",
+            _trace("heatmap", z=upsample(coverage, (H, W)), zmin=0, zmax=1, colorscale=GATE_SCALE, name="coverage",
                        colorbar={"thickness": 10, "len": 0.9, "title": {"text": "coverage", "side": "right"}},
                        hovertemplate="coverage %{z:.3f}<extra></extra>", xaxis="x3", yaxis="y3")]
     for i in (1, 2):
         xa, ya = _axis_ref(i)
-        data.append(go.Scatter(x=xs or [None], y=ys or [None], mode="lines", line={"color": "#ff4d4d", "width": 1},
+        data.append(_trace("scatter", x=xs, y=ys, mode="lines", line={"color": "#ff4d4d", "width": 1},
                                hoverinfo="skip", showlegend=False, name="hole outline", xaxis=xa, yaxis=ya))
     for i in range(3):
         k = "" if i == 0 else str(i + 1)
@@ -775,10 +809,46 @@ def image_row(images: Sequence[np.ndarray], titles: Sequence[str], title: str | 
     for i, image in enumerate(images):
         xa, ya = _axis_ref(i)
         H, W = np.asarray(image).shape[-2:]
-        data.append(go.Image(source=png_uri(to_rgb8(image)), name=str(titles[i]), hoverinfo="skip", xaxis=xa,
+        data.append(_trace("image", source=png_uri(to_rgb8(image)), name=str(titles[i]), hoverinfo="skip", xaxis=xa,
                              yaxis=ya))
         k = "" if i == 0 else str(i + 1)
         layout[f"xaxis{k}"].update(visible=False, range=[-0.5, W - 0.5])
         layout[f"yaxis{k}"].update(visible=False, range=[H - 0.5, -0.5], scaleanchor=xa)
     return _figure(data, title, height=height, margin={"l": 2, "r": 2, "t": 46 if title else 22, "b": 2},
                    annotations=notes, meta={"titles": [str(t) for t in titles]}, **layout)
+
+
+def embedding_scatter(embedding: pd.DataFrame, channels: pd.DataFrame, highlight_layer: str | None = None,
+                      title: str | None = "Channel embedding (PCA of each channel's statistics), coloured by role"
+                      ) -> go.Figure:
+    """The ``embedding`` table (``layer, channel, pc1, pc2, cluster``) as a scatter, one trace per
+    role category, ``customdata`` rows ``(layer, channel)`` so a click opens the channel, like
+    :func:`channel_scatter`."""
+    if embedding is None or embedding.empty:
+        return message_figure("No channel embedding in this run (run `gateprobe analyze`).")
+    roles = channels[["layer", "channel", "role"]] if channels is not None and "role" in channels else None
+    frame = embedding.merge(roles, on=["layer", "channel"], how="left") if roles is not None else \
+        embedding.assign(role="none")
+    frame = frame.assign(role=frame.role.fillna("none").astype(str))
+    frame = frame.assign(category=frame.role.map(role_category))
+    data = []
+    for cat in ROLE_ORDER:
+        part = frame[frame.category == cat]
+        if part.empty:
+            continue
+        custom = np.empty((len(part), 2), dtype=object)
+        custom[:, 0] = part.layer.astype(str).to_numpy()
+        custom[:, 1] = part.channel.astype(int).to_numpy()
+        clusters = part.cluster.astype(int).to_numpy() if "cluster" in part else np.full(len(part), -1)
+        text = [f"{esc(layer)} · channel {channel}<br>role {esc(role)}<br>cluster {cluster}"
+                for layer, channel, role, cluster in zip(part.layer, part.channel, part.role, clusters)]
+        mine = (part.layer == highlight_layer).to_numpy()
+        data.append(_trace("scatter", x=part.pc1.to_numpy(dtype=np.float64), y=part.pc2.to_numpy(dtype=np.float64),
+                               mode="markers", name=cat, customdata=custom, text=text,
+                               marker={"color": ROLE_COLORS[cat], "size": np.where(mine, 9, 6) if highlight_layer
+                                       else 7, "opacity": np.where(mine, 0.95, 0.25) if highlight_layer else 0.75,
+                                       "line": {"width": 0}},
+                               hovertemplate="%{text}<extra></extra>"))
+    return _figure(data, title, height=420, legend={"title": {"text": "role"}}, clickmode="event",
+                   xaxis={"title": {"text": "PC 1"}, "zeroline": False}, yaxis={"title": {"text": "PC 2"},
+                                                                              "zeroline": False})

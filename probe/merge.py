@@ -13,7 +13,7 @@ import numpy as np
 
 from .adapters import Site
 from .recorder import GatedLayerStats, PartialLayerStats
-from .run import INPUTS, Run, RunError, prepare_run_dir, write_manifest
+from .run import INPUTS, Run, RunError, prepare_run_dir, replaces_safely, write_manifest
 
 MUST_MATCH = ("model", "data", "settings", "layers", "schema_version", "image_size")
 
@@ -31,7 +31,7 @@ def load_stats(run: Run) -> dict:
         prefix = f"{row.layer}/"
         layer_state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
         if row.kind == "gated":
-            s = GatedLayerStats(site, len(run.classes), settings["bins"], settings["logit_range"], settings["groups"])
+            s = GatedLayerStats(site, len(run.classes), settings["bins"], settings["groups"])
         else:
             s = PartialLayerStats(site, settings["groups"])
         s.load_state_dict(layer_state)
@@ -46,6 +46,7 @@ def _comparable(manifest: dict) -> dict:
     return keep
 
 
+@replaces_safely
 def merge_runs(paths: list[str | Path], out: str | Path, overwrite: bool = False) -> Run:
     """Merge the shard runs ``paths`` into ``out``; refuses runs of different models, data specs or
     settings, and shards that overlap."""

@@ -12,13 +12,12 @@ from tqdm.auto import tqdm
 
 from .adapters import find_sites
 from .data import collate, parse_data
-from .recorder import Recorder
-from .run import (INPUTS, Run, prepare_run_dir, safe_layer_file, write_array, write_manifest, write_table,
-                  SCHEMA_VERSION)
+from .recorder import Recorder, calibrate_logit_ranges
+from .stats.histograms import DEFAULT_BINS
+from .run import (INPUTS, Run, prepare_run_dir, replaces_safely, safe_layer_file, write_array, write_manifest,
+                  write_table, SCHEMA_VERSION)
+from .progress import Checkpointer, clear_progress, open_for_resume, restore
 from .tables import channel_and_label_tables, evolution_table, layer_table
-
-DEFAULTS = {"batch_size": 16, "samples": 8, "quantile": 0.005, "bins": 256, "logit_range": 12.0,
-            "groups": 32, "border": 2}
 
 
 def _model_info(model: nn.Module) -> dict:
@@ -53,10 +52,12 @@ def shard_range(n: int, shard: tuple[int, int] | None) -> range:
     return range(i * n // count, (i + 1) * n // count)
 
 
+@replaces_safely
 def record(model: nn.Module, data, out: str | Path, n: int | None = None, batch_size: int = 16,
            samples: int = 8, seed: int | None = None, layers: str | None = None, sketch: bool | None = None,
-           quantile: float = 0.005, bins: int = 256, logit_range: float = 12.0, groups: int = 32,
+           quantile: float = 0.005, bins: int = DEFAULT_BINS, calibration: int = 32, groups: int = 32,
            border: int = 2, shard: tuple[int, int] | None = None, overwrite: bool = False,
+           resume: bool = False, checkpoint_every: int = 8, checkpoint_seconds: float = 30.0,
            progress: bool = True, command: str = "") -> Run:
     """Record ``model`` over ``n`` images of ``data`` into the run directory ``out``.
 
@@ -70,11 +71,18 @@ def record(model: nn.Module, data, out: str | Path, n: int | None = None, batch_
         layers: comma-separated shell patterns of layer names to record (default: all).
         sketch: feed the sketch (default: whenever the model accepts one).
         quantile: the top quantile whose threshold defines the IoU (Network Dissection: 0.005).
-        bins, logit_range: gate histogram binning (see :mod:`probe.stats.histograms`).
+        bins: gate histogram bins per channel (see :mod:`probe.stats.histograms`).
+        calibration: the first images of the data (positions 0.., whatever the shard) on which
+            each channel's logit range is measured before recording.
         groups: image groups (image position modulo ``groups``) for image-level tests and intervals.
         border: width, in cells of each layer, of the valid band around the hole.
         shard: ``(i, N)`` records only the i-th of N contiguous slices of the ``n`` images
             (merge the shard runs with :func:`probe.merge.merge_runs`).
+        overwrite: replace a run already in ``out`` (kept, and put back, if recording fails).
+        resume: continue the incomplete run in ``out`` from its last checkpoint (see
+            :mod:`probe.progress`); the same model, data and settings are required.
+        checkpoint_every, checkpoint_seconds: write a checkpoint every that many batches or
+            seconds, whichever comes first (``checkpoint_every=0``: never).
 
     Returns the :class:`~probe.run.Run`.
     """
@@ -95,37 +103,82 @@ def record(model: nn.Module, data, out: str | Path, n: int | None = None, batch_
         raise ValueError(f"--shard {shard[0]}/{shard[1]} holds no images: {n} images split into {shard[1]} shards; "
                          f"use at most {n} shards")
     sites = find_sites(model, layers)
-    out = prepare_run_dir(out, overwrite)
+    if resume and overwrite:
+        raise ValueError("--resume continues the run in --out and --overwrite replaces it; pass only one")
     settings = {"batch_size": batch_size, "samples": samples, "quantile": quantile,
-                "bins": bins, "logit_range": logit_range, "groups": groups, "border": border,
+                "bins": bins, "calibration": calibration, "groups": groups, "border": border,
                 "sketch": use_sketch, "layers": layers}
-    manifest = {
+    manifest = new_manifest(model, data, n, settings, sites,
+                            [{"shard": list(shard) if shard else [0, 1], "start": positions.start,
+                              "stop": positions.stop}], min(samples, len(positions)), command)
+    resumed = open_for_resume(out, manifest) if resume else None
+    if resumed is None:
+        out = prepare_run_dir(out, overwrite)
+        write_manifest(out, manifest)
+    else:
+        out, manifest = Path(out), resumed["manifest"]
+    recorder = build_recorder(model, sites, data, n, settings)
+    kept = SampleStore(manifest["samples"])
+    start, image_size = positions.start, None
+    if resumed is not None and resumed["progress"] is not None:
+        start, image_size = restore(resumed["progress"], recorder, kept), resumed["progress"]["image_size"]
+    todo = range(start, positions.stop)
+    if todo and checkpoint_every > 0:
+        image_size = list(data[start]["image"].shape[-2:])
+    checkpoint = Checkpointer(out, recorder, kept, image_size, checkpoint_every, checkpoint_seconds)
+    with recorder, tqdm(total=len(positions), initial=start - positions.start, desc=f"record {out.name}",
+                        unit="img", disable=not progress) as bar:
+        size = record_batches(recorder, data, todo, batch_size, groups, use_sketch, kept,
+                              on_batch=lambda done: (bar.update(len(done)), checkpoint(done)))
+    manifest["image_size"] = size or image_size
+    manifest.update(n_images=len(positions), layers=recorder.order)
+    run = write_run(out, manifest, recorder.stats, kept)
+    clear_progress(out)
+    return run
+
+
+def build_recorder(model: nn.Module, sites: list, data, n: int, settings: dict) -> Recorder:
+    """A :class:`Recorder` for ``settings``, its gate bins calibrated on the first
+    ``settings["calibration"]`` images of ``data`` (the same images for every shard)."""
+    first = collate([data[i] for i in range(min(n, settings["calibration"]))])
+    ranges = calibrate_logit_ranges(model, sites, first, settings["sketch"])
+    return Recorder(model, sites, len(data.classes), bins=settings["bins"], groups=settings["groups"],
+                    border=settings["border"], logit_ranges=ranges)
+
+
+def new_manifest(model: nn.Module, data, n: int, settings: dict, sites: list, shards: list[dict], samples: int,
+                 command: str) -> dict:
+    """The manifest of a run being recorded (``complete`` false, ``n_images`` 0 until written)."""
+    return {
         "schema_version": SCHEMA_VERSION, "gateprobe_version": _version(), "complete": False,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "model": _model_info(model), "data": data.spec() | {"n": n}, "n_images": 0,
-        "shards": [{"shard": list(shard) if shard else [0, 1], "start": positions.start, "stop": positions.stop}],
-        "settings": settings, "layers": [s.name for s in sites], "samples": min(samples, len(positions)),
+        "shards": shards, "settings": settings, "layers": [s.name for s in sites], "samples": samples,
         "environment": {"torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version()},
         "command": command,
     }
-    write_manifest(out, manifest)
-    recorder = Recorder(model, sites, len(data.classes), bins=bins, logit_range=logit_range, groups=groups,
-                        border=border)
-    kept = SampleStore(manifest["samples"])
-    with recorder, tqdm(total=len(positions), desc=f"record {out.name}", unit="img", disable=not progress) as bar:
-        for start in range(positions.start, positions.stop, batch_size):
-            batch_positions = range(start, min(start + batch_size, positions.stop))
-            batch = collate([data[i] for i in batch_positions])
-            manifest["image_size"] = list(batch["image"].shape[-2:])
-            group = torch.tensor([p % groups for p in batch_positions], dtype=torch.int64)
-            want = max(0, kept.k - kept.taken)
-            output = recorder.forward(batch["image"], batch["hole"], batch["sketch"] if use_sketch else None,
-                                      batch["labels"], group, capture=min(want, len(batch_positions)))
-            if want:
-                kept.add(batch, output, recorder.captured, use_sketch)
-            bar.update(len(batch_positions))
-    manifest.update(n_images=len(positions), layers=recorder.order)
-    return write_run(out, manifest, recorder.stats, kept)
+
+
+def record_batches(recorder: Recorder, data, positions: range, batch_size: int, groups: int, use_sketch: bool,
+                   kept: "SampleStore", on_batch=None) -> list[int]:
+    """Feed ``recorder`` (inside its ``with``) the items of ``data`` at ``positions``, ``batch_size`` at a
+    time: each image's group is its global position modulo ``groups``, the first ``kept.k`` images
+    go into ``kept``, and ``on_batch(batch_positions)`` runs after each batch. Returns the image
+    size ``[H, W]``. Shared by :func:`record` and the Ray workers of :mod:`probe.distributed`."""
+    size = None
+    for start in range(positions.start, positions.stop, batch_size):
+        batch_positions = range(start, min(start + batch_size, positions.stop))
+        batch = collate([data[i] for i in batch_positions])
+        size = list(batch["image"].shape[-2:])
+        group = torch.tensor([p % groups for p in batch_positions], dtype=torch.int64)
+        want = max(0, kept.k - kept.taken)
+        output = recorder.forward(batch["image"], batch["hole"], batch["sketch"] if use_sketch else None,
+                                  batch["labels"], group, capture=min(want, len(batch_positions)))
+        if want:
+            kept.add(batch, output, recorder.captured, use_sketch)
+        if on_batch is not None:
+            on_batch(batch_positions)
+    return size
 
 
 def write_run(out: Path, manifest: dict, stats: dict, kept: "SampleStore") -> Run:

@@ -6,6 +6,8 @@ passes run under ``torch.inference_mode()``: recording never builds an autograd 
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -26,10 +28,12 @@ class GatedLayerStats:
     kept as a count, a mean ``[C]`` and a co-moment ``[C, C]`` merged with Chan et al.'s stable
     pairwise formula (each batch is centred on its own mean before its products are summed)."""
 
-    def __init__(self, site: Site, n_labels: int, bins: int, logit_range: float, groups: int):
+    def __init__(self, site: Site, n_labels: int, bins: int, groups: int, lo: Tensor | float = -12.0,
+                 hi: Tensor | float = 12.0):
         self.site = site
-        self.regions = ConditionedHistogram(site.channels, len(REGIONS), bins, logit_range, groups)
-        self.labels = ConditionedHistogram(site.channels, n_labels, bins, logit_range, groups)
+        self.regions = ConditionedHistogram(site.channels, len(REGIONS), bins, lo, hi, groups)
+        self.labels = ConditionedHistogram(site.channels, n_labels, bins, lo, hi, groups)
+        self._affine = self.regions.affine()
         self.n_ = 0
         self.mean_ = torch.zeros(site.channels, dtype=torch.float64)
         self.comoment_ = torch.zeros(site.channels, site.channels, dtype=torch.float64)
@@ -48,7 +52,7 @@ class GatedLayerStats:
         size = (h, w)
         self.size_ = size
         region_offsets, label_offsets, onehot = ctx.layer_inputs(size, self.regions, self.labels)
-        bins = logit_bins(logits, self.regions.bins, self.regions.logit_range)
+        bins = logit_bins(logits, *self._affine, self.regions.bins)
         flat = gates.reshape(b, c, h * w)
         sums = torch.bmm(flat, onehot).transpose(1, 2)  # [B, 4 + L, C]: one product for both partitions
         pixels = onehot.sum(1)
@@ -76,6 +80,7 @@ class GatedLayerStats:
     def load_state_dict(self, state: dict) -> None:
         self.regions = ConditionedHistogram.from_state_dict(_sub(state, "regions."))
         self.labels = ConditionedHistogram.from_state_dict(_sub(state, "labels."))
+        self._affine = self.regions.affine()
         self.n_, self.mean_ = int(state["moments_n"][0]), state["moments_mean"].clone()
         self.comoment_ = state["comoment"].clone()
         self.size_ = tuple(int(v) for v in state["size"]) or None
@@ -185,6 +190,19 @@ def _sub(state: dict, prefix: str) -> dict:
     return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
 
+@contextmanager
+def eval_mode(model: nn.Module):
+    """Put ``model`` in eval mode for the block and restore every submodule's own mode after it
+    (``model.train(was_training)`` would reset submodules a user had deliberately set)."""
+    modes = {module: module.training for module in model.modules()}
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in modes.items():
+            module.training = training
+
+
 class Recorder:
     """Attach the adapters' hooks of ``sites`` to ``model`` for the duration of a ``with`` block.
 
@@ -194,9 +212,11 @@ class Recorder:
     """
 
     def __init__(self, model: nn.Module, sites: list[Site], n_labels: int, bins: int = 256,
-                 logit_range: float = 12.0, groups: int = 32, border: int = 2):
+                 groups: int = 32, border: int = 2, logit_ranges: dict | None = None):
         self.model, self.sites, self.n_labels, self.border = model, sites, n_labels, border
-        self.stats = {s.name: GatedLayerStats(s, n_labels, bins, logit_range, groups) if s.kind == "gated"
+        ranges = logit_ranges or {}
+        self.stats = {s.name: GatedLayerStats(s, n_labels, bins, groups, *ranges.get(s.name, (-12.0, 12.0)))
+                      if s.kind == "gated"
                       else PartialLayerStats(s, groups) for s in sites}
         self.order: list[str] = []  # layer names in execution order (filled by the first batch)
         self.capture = 0
@@ -285,6 +305,46 @@ class _Sink:
 
     def partial(self, valid_in: Tensor, new_valid: Tensor, coverage: Tensor, out: Tensor | None = None) -> None:
         self.recorder._on_partial(self.name, valid_in, new_valid, coverage, out)
+
+
+RANGE_GRID = 64  # calibrated ranges are rounded outwards to 1/64 logit: robust to 1-ulp differences
+
+
+def calibrate_logit_ranges(model: nn.Module, sites: list[Site], batch: dict, use_sketch: bool,
+                           margin: float = 0.25, tail: float = 5e-4) -> dict[str, tuple[Tensor, Tensor]]:
+    """Per gated layer, the logit range ``(lo [C], hi [C])`` of each channel on ``batch`` (the
+    first images of the data, the same for every shard): its ``tail`` and ``1 - tail`` quantiles,
+    widened by ``margin`` of their span on both sides and rounded outwards to 1/64. Rare outliers
+    then fall in the open end bins instead of stretching every bin; the top-0.005 threshold of
+    the IoU stays inside the range."""
+    ranges: dict[str, tuple[Tensor, Tensor]] = {}
+
+    class _Range:
+        def __init__(self, name):
+            self.name = name
+
+        def gated(self, logits, gates):
+            if not bool(torch.isfinite(logits).all()):
+                raise FloatingPointError(f"layer {self.name}: NaN or inf gate values on the calibration images; "
+                                         "check the model's weights and inputs")
+            per_channel = logits.transpose(0, 1).reshape(logits.shape[1], -1).double()
+            lo, hi = torch.quantile(per_channel, torch.tensor([tail, 1 - tail], dtype=torch.float64), dim=1)
+            pad = margin * (hi - lo) + 1.0 / RANGE_GRID
+            ranges[self.name] = (torch.floor((lo - pad) * RANGE_GRID) / RANGE_GRID,
+                                 torch.ceil((hi + pad) * RANGE_GRID) / RANGE_GRID)
+
+        def partial(self, *args, **kwargs):
+            pass
+
+    gated = [s for s in sites if s.kind == "gated"]
+    handles = [h for s in gated for h in s.adapter.attach(s.module, _Range(s.name))]
+    try:
+        with eval_mode(model), torch.inference_mode():
+            model(batch["image"], batch["hole"], batch["sketch"] if use_sketch else None)
+    finally:
+        for h in handles:
+            h.remove()
+    return ranges
 
 
 def participation_ratio(covariance: np.ndarray) -> float:

@@ -60,12 +60,53 @@ def prepare_run_dir(out: str | Path, overwrite: bool = False) -> Path:
     out = Path(out)
     if (out / "manifest.json").exists():
         if not overwrite:
-            raise FileExistsError(f"{out} already holds a run; pass --overwrite to replace it or choose another --out")
+            hint = "" if _is_complete(out) else " (an incomplete one: pass --resume to continue it)"
+            raise FileExistsError(f"{out} already holds a run{hint}; pass --overwrite to replace it or choose "
+                                  "another --out")
         shutil.rmtree(out)
     elif out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} exists and is not a run directory; choose an empty or new --out")
     out.mkdir(parents=True, exist_ok=True)
     return out
+
+
+def _is_complete(out: Path) -> bool:
+    try:
+        return bool(json.loads((out / "manifest.json").read_text()).get("complete"))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def replaces_safely(fn):
+    """Decorate a function writing a run into its ``out`` argument so that, with ``overwrite``, the
+    run already there survives a failure: it is moved aside to ``.NAME.replaced`` (beside ``out``)
+    first, put back if the function raises, and deleted once the new run is written. (A process
+    killed meanwhile leaves the old run in ``.NAME.replaced``.)"""
+    import functools
+    import inspect
+
+    signature = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        arguments = signature.bind(*args, **kwargs).arguments
+        out = Path(arguments["out"])
+        if not arguments.get("overwrite") or not (out / "manifest.json").exists():
+            return fn(*args, **kwargs)
+        aside = out.with_name(f".{out.name}.replaced")
+        if aside.exists():
+            shutil.rmtree(aside)
+        os.replace(out, aside)
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException:
+            shutil.rmtree(out, ignore_errors=True)
+            os.replace(aside, out)
+            raise
+        shutil.rmtree(aside, ignore_errors=True)
+        return result
+
+    return wrapper
 
 
 class Run:
@@ -79,14 +120,17 @@ class Run:
             raise RunError(f"{self.path}: not a run directory (no manifest.json); record one with `gateprobe record`")
         try:
             self.manifest = json.loads(manifest_path.read_text())
-        except json.JSONDecodeError as err:
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
             raise RunError(f"{manifest_path}: corrupt manifest ({err}); record the run again") from None
+        if not isinstance(self.manifest, dict):
+            raise RunError(f"{manifest_path}: corrupt manifest (not a JSON object); record the run again")
         if self.manifest.get("schema_version") != SCHEMA_VERSION:
             raise RunError(f"{self.path}: schema version {self.manifest.get('schema_version')} is not "
                            f"{SCHEMA_VERSION}; record the run again with this gateprobe")
         if not self.manifest.get("complete"):
             raise RunError(f"{self.path}: run is incomplete (recording stopped before the end); "
                            "finish it with `gateprobe record ... --resume` or record it again")
+        _check_manifest(manifest_path, self.manifest)
 
     @property
     def name(self) -> str:
@@ -100,7 +144,11 @@ class Run:
         path = self.path / f"{name}.parquet"
         if not path.is_file():
             raise RunError(f"{path}: missing; the run is damaged, record it again")
-        return pd.read_parquet(path)
+        try:
+            return pd.read_parquet(path)
+        except Exception as err:  # noqa: BLE001 - pyarrow raises several types for damaged files
+            raise RunError(f"{path}: unreadable table ({type(err).__name__}); the run is damaged, record it "
+                           "again") from None
 
     @cached_property
     def layers(self) -> pd.DataFrame:
@@ -147,6 +195,24 @@ class Run:
     def __repr__(self) -> str:
         m = self.manifest
         return f"Run({self.name!r}, model={m['model']['name']!r}, images={m['n_images']}, layers={len(m['layers'])})"
+
+
+def _check_manifest(path: Path, manifest: dict) -> None:
+    """The manifest fields every reader relies on have their types (a damaged file is a RunError)."""
+    data, model = manifest.get("data"), manifest.get("model")
+    problems = []
+    if not isinstance(model, dict):
+        problems.append("model is not an object")
+    if not isinstance(data, dict) or not isinstance(data.get("classes"), list) or not all(
+            isinstance(c, str) for c in data["classes"]):
+        problems.append("data.classes is not a list of names")
+    if not isinstance(manifest.get("layers"), list) or not all(isinstance(x, str) for x in manifest["layers"]):
+        problems.append("layers is not a list of names")
+    for key in ("n_images", "samples"):
+        if not isinstance(manifest.get(key, 0), int) or isinstance(manifest.get(key, 0), bool):
+            problems.append(f"{key} is not an integer")
+    if problems:
+        raise RunError(f"{path}: corrupt manifest ({'; '.join(problems)}); record the run again")
 
 
 def load_run(path: str | Path) -> Run:

@@ -17,19 +17,35 @@ from .models import create_model, list_models
 
 IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 LOADERS: dict[str, callable] = {}  # prefix -> loader(path, **options), e.g. third-party architectures
+PICKLE_LOADERS: set[str] = set()  # prefixes whose loader reads pickle-based files (torch.load)
 
 
-def register_loader(prefix: str, loader) -> None:
-    """Make ``--model PREFIX:PATH`` load weights with ``loader(PATH, **options) -> nn.Module``."""
+def register_loader(prefix: str, loader, pickle: bool = True) -> None:
+    """Make ``--model PREFIX:PATH`` load weights with ``loader(PATH, **options) -> nn.Module``.
+    ``pickle``: the loader reads a pickle-based file (``torch.load``, even with ``weights_only=True``),
+    which :func:`resolve_model` refuses unless ``trust_pickle``."""
     LOADERS[prefix] = loader
+    if pickle:
+        PICKLE_LOADERS.add(prefix)
+    else:
+        PICKLE_LOADERS.discard(prefix)
 
 
-def resolve_model(spec: str, random_init: bool = False, **options) -> nn.Module:
-    """Build the model named by ``spec`` (see module docstring) in eval mode."""
+def resolve_model(spec: str, random_init: bool = False, trust_pickle: bool = False, **options) -> nn.Module:
+    """Build the model named by ``spec`` (see module docstring) in eval mode. Pickle-based weight
+    files (``deepfillv2:PATH.pth``...) are read only with ``trust_pickle`` (``--trust-pickle``), and
+    then only with ``torch.load(weights_only=True)``."""
     prefix, _, rest = spec.partition(":")
     if prefix in LOADERS and rest:
+        if not Path(rest).is_file():
+            raise FileNotFoundError(f"--model {spec!r}: no such file {rest!r}")
+        if prefix in PICKLE_LOADERS and not trust_pickle:
+            raise ValueError(f"--model {spec!r}: {Path(rest).name} is a pickle-based PyTorch file (.pth/.pt/.ckpt), "
+                             "refused unless you pass --trust-pickle (only for files from a source you trust; "
+                             "it is then read with torch.load(weights_only=True))")
         model = LOADERS[prefix](rest, **options)
-        model.source_info = {"name": prefix, "source": spec, "sha256": sha256_file(rest)}
+        model.source_info = {"name": prefix, "source": spec, "sha256": sha256_file(rest),
+                             "trust_pickle": prefix in PICKLE_LOADERS}
         return model.eval()
     path = Path(spec)
     if path.is_dir():

@@ -14,8 +14,9 @@ Tolerances (why):
 * Means (``mean``, ``mean_hole``, ... ``mean_in``, ``mean_out``) and ``std``: 1e-5 absolute. Gates
   lie in (0, 1); the recorder sums one image's ``h*w`` gates in float32 (relative rounding about
   ``sqrt(h*w) * 6e-8``, about 2e-6 at 32x32) and adds images in float64.
-* AUC: the histogram AUC is *defined* by binning the logits (256 bins over [-12, 12], open
-  ends) and counting pairs in one bin as one half; the table must equal that definition, computed
+* AUC: the histogram AUC is *defined* by binning the logits (DEFAULT_BINS uniform bins over each
+  channel's calibrated range, open ends; the range is checked here against the documented
+  calibration rule, recomputed with numpy) and counting pairs in one bin as one half; the table must equal that definition, computed
   here independently with sklearn on our own bin indices, to 1e-9. Its distance to the exact
   (pixel-level) AUC is then bounded, channel by channel, by half the share of (positive, negative)
   pairs that fall into one bin (the only pairs the histogram cannot order): we check
@@ -51,11 +52,11 @@ from probe.models import create_model
 from probe.record import record
 from probe.recorder import Recorder
 from probe.run import RunError
+from probe.stats.histograms import DEFAULT_BINS
 
-BINS, LOGIT_RANGE, QUANTILE, BORDER = 256, 12.0, 0.005, 2  # record()'s documented defaults
+BINS, QUANTILE, BORDER = DEFAULT_BINS, 0.005, 2  # record()'s documented defaults
+CALIBRATION, TAIL, MARGIN, GRID = 32, 5e-4, 0.25, 64  # the documented calibration rule
 SIZE, N_IMAGES, BATCH, K_SAMPLES = 32, 24, 8, 10
-SCALE = np.float32(BINS / (2 * LOGIT_RANGE))
-EDGES = np.linspace(-LOGIT_RANGE, LOGIT_RANGE, BINS + 1)
 SKETCH, PLAIN, NEAR, FAR = range(4)  # region ids of the oracle (hole on a sketch stroke, hole off it, ...)
 
 # Column names documented in DESIGN.md and the probe/tables.py docstring.
@@ -162,9 +163,27 @@ def cells(hole: np.ndarray, sketch: np.ndarray, labels: np.ndarray, h: int, w: i
     return region, labels[:, sy // 2::sy, sx // 2::sx]  # centre pixel: floor((i + 0.5) * s)
 
 
-def bin_index(logits: np.ndarray) -> np.ndarray:
-    """The documented binning: 256 uniform bins over [-12, 12] with open ends (float32 arithmetic)."""
-    return np.clip(np.floor(logits.astype(np.float32) * SCALE + np.float32(BINS / 2)), 0, BINS - 1).astype(np.int64)
+def calibrated_range(first_logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The documented calibration: per channel, the TAIL and 1 - TAIL quantiles of the first
+    images' logits ``[C, P]``, widened by MARGIN of their span (+ 1/GRID) and rounded outwards."""
+    q_lo, q_hi = np.quantile(first_logits.astype(np.float64), [TAIL, 1 - TAIL], axis=1)
+    pad = MARGIN * (q_hi - q_lo) + 1 / GRID
+    return np.floor((q_lo - pad) * GRID) / GRID, np.ceil((q_hi + pad) * GRID) / GRID
+
+
+def affine(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """float32 per-channel scale and offset mapping a logit to its fractional bin."""
+    scale = BINS / (hi - lo)
+    return scale.astype(np.float32), (-lo * scale).astype(np.float32)
+
+
+def bin_index(logits: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """The documented binning of ``logits`` ``[C, P]``: offset + logit * scale in float32 (one
+    fused multiply-add, as torch.addcmul), clamped to the end bins, truncated."""
+    scale, offset = affine(lo, hi)
+    x = torch.addcmul(torch.from_numpy(offset)[:, None], torch.from_numpy(logits.astype(np.float32)),
+                      torch.from_numpy(scale)[:, None])
+    return np.clip(x.numpy(), 0, BINS - 1).astype(np.int64)
 
 
 def rank_auc(ranks: np.ndarray, onehot: np.ndarray) -> np.ndarray:
@@ -210,20 +229,26 @@ def quantile_readout(counts: np.ndarray, total: np.ndarray, edges: np.ndarray, q
 class Oracle:
     """Exact statistics of one captured run, layer by layer, plus our own bin counts."""
 
-    def __init__(self, logits, gates, hole, sketch, labels, n_labels: int):
-        self.channels, self.labels, self.counts = [], [], {}
+    def __init__(self, logits, gates, hole, sketch, labels, n_labels: int, ranges: dict):
+        self.channels, self.labels, self.counts, self.calibration = [], [], {}, {}
         for layer, L in logits.items():
-            self._layer(layer, L, gates[layer], hole, sketch, labels, n_labels)
+            first = L[:CALIBRATION].transpose(1, 0, 2, 3).reshape(L.shape[1], -1)
+            self.calibration[layer] = calibrated_range(first)
+            self._layer(layer, L, gates[layer], hole, sketch, labels, n_labels, *ranges[layer])
         self.channels = pd.DataFrame(self.channels)
         self.labels = pd.DataFrame(self.labels)
 
-    def _layer(self, layer, L, G, hole, sketch, labels, n_labels):
+    def _layer(self, layer, L, G, hole, sketch, labels, n_labels, lo, hi):
+        """``lo``/``hi``: the run's calibrated ranges (checked against ours in a test) so that the
+        counts can be compared exactly even where a 1-ulp logit difference moves a grid step."""
         N, C, h, w = L.shape
+        edges = lo[:, None] + (hi - lo)[:, None] * np.linspace(0, 1, BINS + 1)
+        scale, offset = affine(lo, hi)
         region, lab = cells(hole, sketch, labels, h, w)
         region, lab = region.reshape(-1), lab.reshape(-1)
         x = L.transpose(1, 0, 2, 3).reshape(C, -1).astype(np.float64)  # [C, P]
         g = G.transpose(1, 0, 2, 3).reshape(C, -1).astype(np.float64)
-        b = bin_index(L.transpose(1, 0, 2, 3).reshape(C, -1))
+        b = bin_index(L.transpose(1, 0, 2, 3).reshape(C, -1), lo, hi)
         self.counts[layer] = {
             "regions": np.stack([np.stack([np.bincount(b[c][region == r], minlength=BINS) for c in range(C)])
                                  for r in range(4)]),
@@ -240,6 +265,12 @@ class Oracle:
         def mean(mask):
             return g[:, mask].mean(1) if mask.any() else np.full(C, np.nan)
 
+        means = {"mean_hole": mean(is_hole), "mean_valid": mean(~is_hole), "mean_border": mean(region == NEAR),
+                 "mean_far": mean(region == FAR), "mean_sketch": mean(region == SKETCH),
+                 "mean_hole_plain": mean(region == PLAIN)}
+        mean_in = np.stack([mean(onehot_lab[:, l]) for l in range(n_labels)], 1)  # [C, L]
+        mean_out = np.stack([mean(~onehot_lab[:, l]) for l in range(n_labels)], 1)
+
         threshold = np.quantile(x, 1 - QUANTILE, axis=1)  # exact top-quantile value of each channel
         active = x > threshold[:, None]
         inter = active.astype(np.float64) @ onehot_lab
@@ -249,13 +280,12 @@ class Oracle:
         auc_lab, auc_lab_bins = rank_auc(ranks_x, onehot_lab), rank_auc(ranks_b, onehot_lab)
         ties_lab = tie_share(b, onehot_lab)
         for c in range(C):
-            read = quantile_readout(self.counts[layer]["labels"][:, c], np.bincount(b[c], minlength=BINS), EDGES, QUANTILE)
-            exact_bin = int(np.clip(np.floor(threshold[c] * float(SCALE) + BINS / 2), 0, BINS - 1))
+            read = quantile_readout(self.counts[layer]["labels"][:, c], np.bincount(b[c], minlength=BINS), edges[c],
+                                    QUANTILE)
+            exact_bin = int(np.clip(np.floor(threshold[c] * float(scale[c]) + float(offset[c])), 0, BINS - 1))
             self.channels.append({
                 "layer": layer, "channel": c, "mean": g[c].mean(), "std": g[c].std(),
-                "mean_hole": mean(is_hole)[c], "mean_valid": mean(~is_hole)[c], "mean_border": mean(region == NEAR)[c],
-                "mean_far": mean(region == FAR)[c], "mean_sketch": mean(region == SKETCH)[c],
-                "mean_hole_plain": mean(region == PLAIN)[c],
+                **{name: value[c] for name, value in means.items()},
                 "auc_hole": rank_auc(ranks_x[c:c + 1], onehot_hole)[0, 0],
                 "auc_hole_bins": rank_auc(ranks_b[c:c + 1], onehot_hole)[0, 0],
                 "ties_hole": tie_share(b[c:c + 1], onehot_hole)[0, 0],
@@ -263,14 +293,13 @@ class Oracle:
                 "auc_sketch_bins": rank_auc(ranks_bh[c:c + 1], onehot_sk)[0, 0] if len(in_hole) else np.nan,
                 "ties_sketch": tie_share(b[c:c + 1, in_hole], onehot_sk)[0, 0] if len(in_hole) else np.nan,
                 "threshold_logit": threshold[c], "crossing_bin": read[0], "exact_bin": exact_bin,
+                "bin_width": (hi[c] - lo[c]) / BINS,
                 "threshold_readout": read[1]})
             for l in range(n_labels):
                 self.labels.append({
                     "layer": layer, "channel": c, "label_id": l, "auc": auc_lab[c, l], "auc_bins": auc_lab_bins[c, l],
                     "ties": ties_lab[c, l], "iou": iou[c, l], "iou_readout": read[2][l], "iou_lo": read[3][l],
-                    "iou_hi": read[4][l], "pixels": int(size[l]),
-                    "mean_in": g[c, onehot_lab[:, l]].mean() if size[l] else np.nan,
-                    "mean_out": g[c, ~onehot_lab[:, l]].mean() if size[l] < len(lab) else np.nan})
+                    "iou_hi": read[4][l], "pixels": int(size[l]), "mean_in": mean_in[c, l], "mean_out": mean_out[c, l]})
         # sklearn is the reference for the rank formula: spot-check channel 0 of every layer
         for y, score_x, score_b, got, got_b in [
                 (is_hole, x[0], b[0], self.channels[-C]["auc_hole"], self.channels[-C]["auc_hole_bins"]),
@@ -290,8 +319,20 @@ def exact(tmp_path_factory):
     run = record(model, data, tmp_path_factory.mktemp("exact") / "run", n=N_IMAGES, batch_size=BATCH,
                  samples=K_SAMPLES, progress=False)
     logits, gates, hole, sketch, labels = capture(model, data, N_IMAGES, BATCH)
-    oracle = Oracle(logits, gates, hole, sketch, labels, len(data.classes))
+    ranges = {name: (s.regions.lo.numpy(), s.regions.hi.numpy()) for name, s in load_stats(run).items()
+              if hasattr(s, "regions")}
+    oracle = Oracle(logits, gates, hole, sketch, labels, len(data.classes), ranges)
     return run, oracle, gates, hole
+
+
+def test_bins_are_calibrated_by_the_documented_rule(exact):
+    run, oracle, _, _ = exact
+    stats = load_stats(run)
+    for layer, (lo, hi) in oracle.calibration.items():
+        # equal up to one 1/64 grid step (batch-size dependent float rounding of the logits)
+        assert np.abs(stats[layer].regions.lo.numpy() - lo).max() <= 1 / GRID + 1e-12, layer
+        assert np.abs(stats[layer].regions.hi.numpy() - hi).max() <= 1 / GRID + 1e-12, layer
+        assert np.array_equal(stats[layer].labels.lo.numpy(), stats[layer].regions.lo.numpy())
 
 
 def joined(table: pd.DataFrame, oracle: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
@@ -354,13 +395,15 @@ def test_threshold_and_iou_match_the_exact_quantile_within_one_bin(exact):
     assert_close_nan(lab.iou, lab.iou_readout, 1e-9, "iou vs uniform-within-bin reading")
     # ...so the exact value lies in the same bin, and the exact IoU in the interval its counts allow
     same = ch.crossing_bin == ch.exact_bin
-    assert same.mean() >= 0.9, "the exact quantile should almost always lie in the crossing bin"
+    # with 512 narrow bins and only ~8 pixels above the quantile per layer here, the exact quantile
+    # (interpolated between two sparse order statistics) can sit a few bins from the crossing bin
+    assert same.mean() >= 0.5, "the exact quantile should usually lie in the crossing bin"
     logit = np.log(ch.threshold / (1 - ch.threshold))
     inner = same & (ch.crossing_bin > 0) & (ch.crossing_bin < BINS - 1)
-    assert ((logit - ch.threshold_logit).abs()[inner] <= 2 * LOGIT_RANGE / BINS + 1e-6).all()
+    assert ((logit - ch.threshold_logit).abs()[inner] <= ch.bin_width[inner] + 1e-6).all()
     checked = lab.merge(ch.loc[same, ["layer", "channel"]], on=["layer", "channel"])
     checked = checked[checked.iou_x.notna()]
-    assert len(checked) > 0.8 * len(lab)
+    assert len(checked) > 0.5 * len(lab)
     for col in ["iou", "iou_x"]:
         assert ((checked[col] >= checked.iou_lo - 1e-9) & (checked[col] <= checked.iou_hi + 1e-9)).all(), col
 
@@ -538,14 +581,15 @@ def test_empty_shard_is_refused_before_writing(tmp_path):
 # ============================================================================ 3. planted gated model
 class Planted(nn.Module):
     """One 1x1 GatedConv2d on ``cat([image * (1 - hole), hole, sketch])`` with hand-set gates:
-    0 = hole detector, 1 = sketch detector, 2 = blue-minus-red (sky) detector, 3 = constant."""
+    0 = hole detector, 1 = sketch detector, 2 = blue-minus-red (sky) detector, 3 = constant,
+    4 = a faint one (logit 0.01 * blue: gates within 0.0025 of 0.5, a test of the std read-out)."""
 
     accepts_sketch = True
 
     def __init__(self):
         super().__init__()
-        self.probe = GatedConv2d(5, 4, 1, activation=None)
-        self.head = nn.Conv2d(4, 3, 1)
+        self.probe = GatedConv2d(5, 5, 1, activation=None)
+        self.head = nn.Conv2d(5, 3, 1)
         with torch.no_grad():
             w, b = self.probe.gate.weight, self.probe.gate.bias
             w.zero_()
@@ -554,6 +598,7 @@ class Planted(nn.Module):
             w[1, 4], b[1] = 20.0, -10.0  # logit +10 on sketch pixels, -10 elsewhere
             w[2, 2], w[2, 0] = 10.0, -10.0  # 10 * (blue - red)
             # channel 3: weights and bias 0, logit 0 everywhere
+            w[4, 2] = 0.01
 
     def forward(self, image, hole, sketch=None):
         sketch = torch.zeros_like(hole) if sketch is None else sketch
@@ -590,6 +635,10 @@ def test_planted_gates_are_found(tmp_path):
     assert (lab[lab.channel == 3].auc.dropna() == 0.5).all() and lab[lab.channel == 3].auc.notna().any()
     assert ch["mean"][3] == pytest.approx(0.5, abs=1e-7) and ch["std"][3] == pytest.approx(0.0, abs=1e-6)
     assert ch.role[3] == "none"
+    # channel 4: the std of nearly constant gates (E[g^2] - E[g]^2 would cancel catastrophically)
+    faint = torch.sigmoid(0.01 * batch["image"][:, 2] * (1 - batch["hole"][:, 0])).double()
+    assert ch["std"][4] == pytest.approx(float(faint.std(unbiased=False)), rel=1e-3)
+    assert ch["mean"][4] == pytest.approx(float(faint.mean()), abs=1e-7)
 
 
 # ============================================================================ 4. partial-conv oracle
@@ -773,7 +822,7 @@ def test_accumulators_do_not_grow_with_images():
                              torch.arange(start, start + 4) % 32)
             sizes.append((shapes(), reachable_bytes(recorder)))
     assert sizes[0] == sizes[2]
-    assert sum(s.regions.pixels_.sum().item() for s in [recorder.stats["g1"]]) == 12 * SIZE * SIZE
+    assert int(recorder.stats["g1"].regions.pixels_.sum()) == 12 * SIZE * SIZE  # all three batches were added
 
 
 # ============================================================================ 7. command line
@@ -799,19 +848,28 @@ def write_folder(root: Path, n: int = 4, size: int = 64) -> Path:
     return root
 
 
-def test_cli_record_pconv_writes_documented_tables(tmp_path, capsys):
-    out = tmp_path / "run"
-    assert main(["record", "--model", "pconv-scenes", "--random-init", "--data", "scenes:32", "--n", "8",
-                 "--out", str(out)]) == 0
-    run = probe.load_run(out)
+PCONV_ARGV = ["record", "--model", "pconv-scenes", "--random-init", "--data", "scenes:32", "--n", "8"]
+
+
+@pytest.fixture(scope="module")
+def pconv_cli_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "run"
+    assert main(PCONV_ARGV + ["--out", str(out)]) == 0
+    return probe.load_run(out)
+
+
+def test_cli_record_pconv_writes_documented_tables(pconv_cli_run, exact, capsys):
+    run, out = pconv_cli_run, pconv_cli_run.path
     documented_columns(run)
+    # the empty channels/labels tables of a partial-only run carry the same columns as a gated run's
+    for name in ("channels", "labels"):
+        assert list(getattr(run, name).columns) == list(getattr(exact[0], name).columns), name
     assert run.manifest["n_images"] == 8 and run.manifest["complete"] is True
     assert (run.layers.kind == "partial").all() and len(run.evolution) == len(run.layers)
     assert run.channels.empty and run.labels.empty
     # existing run without --overwrite: exit 2, one line
     capsys.readouterr()
-    assert main(["record", "--model", "pconv-scenes", "--random-init", "--data", "scenes:32", "--n", "8",
-                 "--out", str(out)]) == 2
+    assert main(PCONV_ARGV + ["--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "--overwrite" in err
 
@@ -824,7 +882,7 @@ def test_cli_layers_lists_every_gated_layer(capsys):
     assert expected <= rows
 
 
-def test_cli_record_folder_dataset_and_errors(tmp_path, capsys):
+def test_cli_record_folder_dataset_and_errors(tmp_path, capsys, pconv_cli_run):
     folder = write_folder(tmp_path / "data")
     out = tmp_path / "run"
     assert main(["record", "--model", "gated-scenes", "--random-init", "--data", f"folder:{folder}",
@@ -833,6 +891,7 @@ def test_cli_record_folder_dataset_and_errors(tmp_path, capsys):
     documented_columns(run)
     assert run.manifest["n_images"] == 4 and run.classes == ["left", "right"]
     assert set(run.labels.label) == {"left", "right"} and run.evolution.empty
+    assert list(run.evolution.columns) == list(pconv_cli_run.evolution.columns)
     assert run.labels.groupby("layer").pixels.sum().gt(0).all()
     capsys.readouterr()
     for argv in (["record", "--model", "no-such-model", "--data", "scenes:32", "--n", "2", "--out", str(tmp_path / "a")],
@@ -855,3 +914,10 @@ def test_incomplete_run_is_refused_with_resume_advice(tmp_path, shard_setup):
     (copy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(RunError, match="--resume"):
         probe.load_run(copy)
+
+
+def test_the_resume_advice_names_an_existing_option():
+    from probe.cli import build_parser
+
+    record_parser = build_parser()._subparsers._group_actions[0].choices["record"]
+    assert "--resume" in record_parser._option_string_actions

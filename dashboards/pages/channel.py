@@ -21,6 +21,13 @@ STAT_ROWS = ("role", "mean", "std", "mean_hole", "mean_valid", "mean_border", "m
              "mean_hole_plain", "auc_hole", "q_hole", "auc_sketch", "q_sketch", "threshold")
 
 
+def _statistics(row) -> list[tuple[str, object]]:
+    """The channels-table row as (name, value) pairs: the usual statistics first, then any other."""
+    keys = [k for k in STAT_ROWS if k in row.index] + [k for k in row.index if k not in STAT_ROWS
+                                                       and k not in ("layer", "channel")]
+    return [(k, row[k] if isinstance(row[k], str) else float(row[k])) for k in keys]
+
+
 def channel_options(view, layer: str) -> list[dict]:
     channels = view.channels_of(layer)
     roles = dict(zip(channels.channel.astype(int), channels.role)) if "role" in channels else {}
@@ -142,25 +149,44 @@ def register(app, context):
                                        None if s is None else float(s.mean_hole),
                                        None if s is None else float(s.mean_valid))
         bars = figures.label_bars(view.labels_of(layer, channel), view.classes)
-        table = kv_table([(k, (float(s[k]) if not isinstance(s[k], str) else s[k])) for k in STAT_ROWS
-                          if s is not None and k in s.index]) if s is not None else "No statistics."
+        table = kv_table(_statistics(s)) if s is not None else "No statistics."
         return hist, bars, table, _extra(view, layer, channel)
 
 
+EXTRA_TABLES = {
+    "interventions": ("Sketch on/off", "change of this channel's mean gate in the hole when the sketch is removed"),
+    "ablation": ("Ablation", "change of the hole L1 error when this channel's gate is forced to 0"),
+    "attributions": ("Attribution", "integrated gradients of this channel's mean gate in the hole, by input group"),
+}
+EFFECT_COLUMNS = ["intervention", "quantity", "baseline", "intervened", "delta", "ci_low", "ci_high", "q_value"]
+
+
 def _extra(view, layer: str, channel: int) -> html.Div:
-    """Rows of the optional analysis tables that concern this channel (or the layer, when the table
-    has no channel column); a note when the run has none."""
-    blocks = []
-    for name in ("interventions", "attributions"):
+    """The rows of the optional analysis tables (``gateprobe analyze``) about this channel, or a
+    note that the run has none."""
+    from probe import analysis_figures
+
+    blocks, missing = [], []
+    for name, (heading, what) in EXTRA_TABLES.items():
         table = view.optional_table(name)
         if table is None:
-            blocks.append(html.P(f"No {name} table in this run.", className="muted"))
+            missing.append(name)
             continue
         part = table
         if "layer" in part:
             part = part[part.layer == layer]
         if "channel" in part:
             part = part[part.channel == channel]
-        blocks.append(html.H4(f"{name} ({len(part)} rows for this channel)"))
-        blocks.append(frame_table(part) if len(part) else html.P("No rows for this channel.", className="muted"))
+        blocks.append(html.H4(f"{heading}: {what}"))
+        if part.empty:
+            blocks.append(html.P("not measured for this channel", className="muted"))
+        elif name == "attributions":
+            fig = analysis_figures.attribution_bars(part, title="")
+            fig.update_layout(height=150, margin={"l": 130, "r": 10, "t": 10, "b": 30})
+            blocks.append(graph({"type": "channel-extra-graph", "name": name}, fig, config={"displayModeBar": False}))
+        else:
+            blocks.append(frame_table(part[[c for c in EFFECT_COLUMNS if c in part]]))
+    if missing:
+        blocks.append(html.P(f"Not in this run: {', '.join(missing)} (add them with `gateprobe analyze`).",
+                             className="muted"))
     return html.Div(blocks)

@@ -4,7 +4,7 @@ URL: ``/compare?a=&b=&sample=&la=&lb=``.
 """
 from __future__ import annotations
 
-from dash import Input, Output, State, ctx, dcc, html
+from dash import Input, Output, State, dcc, html
 from dash.exceptions import PreventUpdate
 
 from probe import figures
@@ -105,7 +105,7 @@ def _register_side(app, store, key: str, index: int):
             return figures.message_figure("Unknown run or sample.")
         s = view.inputs(sample)
         return figures.image_panel(s["image"], s["hole"], s["sketch"], s["labels"], view.classes, s["output"],
-                                   title=figures.esc(view.name) + f" · {figures.esc(view.model_name)}", height=200)
+                                   title=f"{view.name} · {view.model_name}", height=200)
 
     @app.callback(Output(f"compare-maps-{key}", "figure"), Output(f"compare-title-{key}", "children"),
                   Input("compare-sample", "value"), Input(f"compare-l{key}", "value"), State("compare-names", "data"))

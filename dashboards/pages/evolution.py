@@ -5,7 +5,7 @@ URL: ``/evolution?run=&sample=&layer=``.
 """
 from __future__ import annotations
 
-from dash import Input, Output, State, dcc, html
+from dash import Input, Output, Patch, State, ctx, dcc, html
 from dash.exceptions import PreventUpdate
 
 from probe import figures
@@ -103,7 +103,7 @@ def register(app, context):
         maps, _, _ = view.layer_maps(layer, sample)
         row = view.layer_row(layer)
         detail = figures.mask_detail(s["image"], s["hole"], maps[0], maps[1],
-                                     title=f"{figures.esc(layer)} · {row.kernel}×{row.kernel} kernel, stride "
+                                     title=f"{layer} · {row.kernel}×{row.kernel} kernel, stride "
                                            f"{row.stride}, dilation {row.dilation}")
         return fig, title, detail
 
@@ -116,5 +116,9 @@ def register(app, context):
         if layer is None:
             msg = figures.message_figure("Unknown run or layer.")
             return msg, msg
-        return (figures.valid_fraction_curve(view.evolution, highlight=layer),
-                figures.coverage_histogram(view.evolution, layer, title=f"{figures.esc(layer)}"))
+        if ctx.triggered_id == "evolution-layer":
+            curve = Patch()  # the curve is drawn already: move its highlight band only
+            curve["layout"]["shapes"] = figures.highlight_band(view.partial_layers, layer)
+        else:
+            curve = figures.valid_fraction_curve(view.evolution, highlight=layer)
+        return curve, figures.coverage_histogram(view.evolution, layer, title=layer)

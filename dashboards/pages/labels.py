@@ -4,7 +4,8 @@ label. Clicking a cell or a point opens that channel. URL: ``/labels?run=&layer=
 """
 from __future__ import annotations
 
-from dash import Input, Output, State, ctx, dcc, html
+import numpy as np
+from dash import Input, Output, Patch, State, ctx, dcc, html
 from dash.exceptions import PreventUpdate
 
 from probe import figures
@@ -50,6 +51,7 @@ def layout(store, params, context):
         problems_box(problems), controls,
         card(None, html.Div(id="labels-title", className="figure-title"), graph("labels-heatmap")),
         card(None, graph("labels-scatter")),
+        card(None, graph("labels-embedding")),
     ])
 
 
@@ -64,9 +66,9 @@ def register(app, context):
 
     @app.callback(Output({"type": "app-nav", "page": NAME}, "data"),
                   Input("labels-run", "value"), Input("labels-heatmap", "clickData"),
-                  Input("labels-scatter", "clickData"), State("labels-runname", "data"), State("labels-layer", "value"),
-                  prevent_initial_call=True)
-    def navigate(new_run, heat_click, scatter_click, run, layer):
+                  Input("labels-scatter", "clickData"), Input("labels-embedding", "clickData"),
+                  State("labels-runname", "data"), State("labels-layer", "value"), prevent_initial_call=True)
+    def navigate(new_run, heat_click, scatter_click, embedding_click, run, layer):
         view = store.get(run)
         trigger = ctx.triggered_id
         if trigger == "labels-run":
@@ -77,8 +79,9 @@ def register(app, context):
             raise PreventUpdate
         if trigger == "labels-heatmap" and heat_click:
             target_layer, channel = layer, heat_click["points"][0].get("x")
-        elif trigger == "labels-scatter" and scatter_click:
-            custom = scatter_click["points"][0].get("customdata") or [None, None]
+        elif trigger in ("labels-scatter", "labels-embedding") and (scatter_click or embedding_click):
+            click = scatter_click if trigger == "labels-scatter" else embedding_click
+            custom = click["points"][0].get("customdata") or [None, None]
             target_layer, channel = custom[0], custom[1]
         else:
             raise PreventUpdate
@@ -103,13 +106,39 @@ def register(app, context):
                          lambda: figures.label_heatmap(view.labels, layer, metric, view.classes))
         return fig, f"{layer} · {METRICS[metric]} per class (rows) and channel (columns)"
 
-    @app.callback(Output("labels-scatter", "figure"), Input("labels-layer", "value"), Input("labels-scope", "value"),
-                  State("labels-runname", "data"))
-    @safe("figure")
+    @app.callback(Output("labels-scatter", "figure"), Output("labels-embedding", "figure"),
+                  Input("labels-layer", "value"), Input("labels-scope", "value"), State("labels-runname", "data"))
+    @safe("figure", "figure")
     def scatter(layer, scope, run):
         view = store.get(run)
         if view is None or not view.has_layer(layer):
-            return figures.message_figure("Unknown run or layer.")
+            msg = figures.message_figure("Unknown run or layer.")
+            return msg, msg
         highlight = layer if scope == "layer" else None
-        return view._memo(("figure", "scatter", highlight),
+        if ctx.triggered_id == "labels-layer" and highlight is not None:
+            # the figures are on the page already: only the point styles change
+            return _restyle(view, "scatter", highlight), _restyle(view, "embedding", highlight)
+        return _figure(view, "scatter", highlight), _figure(view, "embedding", highlight)
+
+
+def _figure(view, which: str, highlight):
+    if which == "scatter":
+        return view._memo(("figure", which, highlight),
                           lambda: figures.channel_scatter(view.channels, view.labels, highlight_layer=highlight))
+    return view._memo(("figure", which, highlight),
+                      lambda: figures.embedding_scatter(view.optional_table("embedding"), view.channels,
+                                                        highlight_layer=highlight))
+
+
+def _restyle(view, which: str, highlight: str) -> Patch:
+    """A partial update that highlights ``highlight``'s points in a scatter already drawn with the
+    same run (the traces and points of the figure do not depend on the highlighted layer)."""
+    base = _figure(view, which, None)
+    patch = Patch()
+    if base.layout.meta and base.layout.meta.get("message"):
+        return patch
+    for i, trace in enumerate(base.data):
+        mine = np.asarray([row[0] == highlight for row in trace.customdata])
+        patch["data"][i]["marker"]["opacity"] = np.where(mine, 0.95, 0.2).tolist()
+        patch["data"][i]["marker"]["size"] = np.where(mine, 9, 6).tolist()
+    return patch

@@ -7,7 +7,7 @@ For a partial-convolution layer the page shows the one valid mask that all its c
 from __future__ import annotations
 
 import numpy as np
-from dash import Input, Output, State, ctx, dcc, html, no_update
+from dash import Input, Output, Patch, State, ctx, dcc, html
 from dash.exceptions import PreventUpdate
 
 from probe import figures
@@ -152,7 +152,14 @@ def register(app, context):
         view = store.get(run)
         if view is None or not view.has_layer(layer):
             return figures.message_figure("Unknown run or layer.")
-        if view.kind_of(layer) == "gated":
+        kind = view.kind_of(layer)
+        if ctx.triggered_id == "layer-layer" and view.kind != "mixed":
+            # same figure, another highlighted layer: move the band only
+            patch = Patch()
+            order = view.gated_layers if kind == "gated" else view.partial_layers
+            patch["layout"]["shapes"] = figures.highlight_band(order, layer)
+            return patch
+        if kind == "gated":
             return figures.layer_summary(view.channels, view.layers, highlight=layer)
         return figures.valid_fraction_curve(view.evolution, highlight=layer)
 

@@ -88,10 +88,9 @@ def apply_relayout(shapes: list, relayout, max_shapes: int) -> tuple[list, bool]
 def parse_path(path: str, max_points: int) -> tuple[np.ndarray, bool]:
     """Points ``[N, 2]`` (x, y) of an SVG path made of M/L/Z commands and whether it is closed;
     at most ``max_points`` points (evenly thinned)."""
-    points, closed = [], False
+    points, closed = [], path.rstrip().upper().endswith("Z")
     for command, args in _PATH_TOKEN.findall(path[:MAX_PATH_CHARS]):
         if command.upper() == "Z":
-            closed = True
             continue
         numbers = [float(v) for v in re.findall(r"-?\d+(?:\.\d+)?(?:e-?\d+)?", args)]
         for i in range(0, len(numbers) - 1, 2):

@@ -26,7 +26,8 @@ def model_of_run(run: Run) -> nn.Module:
     if not source or source in ("random-init", "python object"):
         raise RunError(f"{run.name}: its model ({source}) cannot be rebuilt from the manifest; "
                        "pass the model object to probe.analyze(run, model=...)")
-    model = resolve_model(source)
+    # a pickle-based weights file is read again only if it was trusted (--trust-pickle) at recording time
+    model = resolve_model(source, trust_pickle=bool(run.manifest["model"].get("trust_pickle")))
     expected = run.manifest["model"].get("sha256")
     actual = getattr(model, "source_info", {}).get("sha256")
     if expected and actual and expected != actual:

@@ -20,6 +20,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..adapters import find_sites
+from ..recorder import eval_mode
 from ..data import collate
 
 GROUPS = ("image", "hole", "sketch")
@@ -37,10 +38,8 @@ def attribute_channels(model: nn.Module, data, channels: list[tuple[str, int]], 
     batch = collate([data[i] for i in range(n)])
     image, hole, sketch = batch["image"], batch["hole"], batch["sketch"]
     use_sketch = bool(getattr(model, "accepts_sketch", False))
-    was_training = model.training
-    model.eval()
     rows = []
-    try:
+    with eval_mode(model):
         for layer, channel in tqdm(channels, desc="attribution", disable=not progress):
             site = sites[layer]
             captured = {}
@@ -74,6 +73,4 @@ def attribute_channels(model: nn.Module, data, channels: list[tuple[str, int]], 
                 rows.append({"layer": layer, "channel": channel, "group": group, "attribution": float(s.mean()),
                              "share": float(abs(s.mean()) / total), "target": value,
                              "convergence_delta": float(delta.abs().mean())})
-    finally:
-        model.train(was_training)
     return pd.DataFrame(rows)

@@ -19,6 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..adapters import find_sites
+from ..recorder import eval_mode
 from ..context import BatchContext
 from ..data import collate
 from .significance import bh_qvalues, bootstrap_ci, group_t_test
@@ -83,12 +84,10 @@ def sketch_intervention(model: nn.Module, data, n: int = 64, batch_size: int = 1
     sites = [s for s in find_sites(model) if s.kind == "gated"]
     tap = _HoleMeans()
     handles = [h for s in sites for h in s.adapter.attach(s.module, tap.for_layer(s.name))]
-    was_training = model.training
-    model.eval()
     with_sketch = {s.name: [] for s in sites}
     without = {s.name: [] for s in sites}
     l1_with, l1_without = [], []
-    try:
+    with eval_mode(model):
         with _hooks(handles), torch.inference_mode():
             for batch in tqdm(list(_batches(data, n, batch_size)), desc="sketch on/off", disable=not progress):
                 image, hole, sketch = batch["image"], batch["hole"], batch["sketch"]
@@ -98,8 +97,6 @@ def sketch_intervention(model: nn.Module, data, n: int = 64, batch_size: int = 1
                     l1.append(_hole_l1(image, hole, out).numpy())
                     for name in store:
                         store[name].append(tap.means[name].numpy())
-    finally:
-        model.train(was_training)
     rows = []
     for s in sites:
         on, off = np.concatenate(with_sketch[s.name]), np.concatenate(without[s.name])  # [n, C]
@@ -124,10 +121,8 @@ def ablation(model: nn.Module, data, channels: list[tuple[str, int]], n: int = 6
     if unknown:
         raise ValueError(f"not gated layers of this model: {sorted(set(unknown))}")
     use_sketch = bool(getattr(model, "accepts_sketch", False)) if use_sketch is None else use_sketch
-    was_training = model.training
-    model.eval()
     intact, ablated = [], {key: [] for key in channels}
-    try:
+    with eval_mode(model):
         with torch.inference_mode():
             for batch in tqdm(list(_batches(data, n, batch_size)), desc="ablation", disable=not progress):
                 image, hole = batch["image"], batch["hole"]
@@ -137,8 +132,6 @@ def ablation(model: nn.Module, data, channels: list[tuple[str, int]], n: int = 6
                     site = sites[layer]
                     with _hooks(site.adapter.ablate(site.module, c, value)):
                         ablated[(layer, c)].append(_hole_l1(image, hole, model(image, hole, sketch)).numpy())
-    finally:
-        model.train(was_training)
     base = np.concatenate(intact)
     rows = []
     for (layer, c), parts in ablated.items():

@@ -4,7 +4,8 @@ Layout::
 
     ROOT/images/NAME.png|jpg     RGB images (grayscale and RGBA are converted to RGB)
     ROOT/labels/NAME.png         class index per pixel (same size as the image)
-    ROOT/masks/NAME.png          optional hole mask, white (>= threshold) = hole
+    ROOT/masks/NAME.png          optional hole mask, white (>= threshold) = hole; soft (grey) masks
+                                 are binarised at ``mask_threshold`` (0.5 of white by default)
     ROOT/classes.txt             one class name per line; line i names id i
 
 Where no mask is given, a free-form hole is generated, seeded by (seed, position).
@@ -35,7 +36,7 @@ def _read_image(path: Path, convert: str | None = None) -> np.ndarray:
     """The pixels of ``path``; with ``convert`` (``"RGB"`` or ``"L"``) images in other modes than
     :data:`DIRECT_MODES` are converted first, so a palette image gives colours, not palette indices.
     Label maps are read without ``convert``: their palette indices are the class ids."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     try:
         with Image.open(path) as im:
@@ -43,8 +44,10 @@ def _read_image(path: Path, convert: str | None = None) -> np.ndarray:
             if convert and im.mode not in DIRECT_MODES:
                 im = im.convert(convert)
             return np.asarray(im)
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
-        raise DataError(f"{path}: not a readable image ({err}); replace or remove the file") from None
+    except Exception as err:  # noqa: BLE001 - PIL raises many types for damaged files (OSError, SyntaxError,
+        # ValueError, struct.error, DecompressionBombError...)
+        raise DataError(f"{path}: not a readable image ({type(err).__name__}: {err}); replace or remove the "
+                        "file") from None
 
 
 def _to_rgb_float(array: np.ndarray, path: Path) -> np.ndarray:
@@ -68,12 +71,19 @@ class FolderDataset(torch.utils.data.Dataset):
                  mask_threshold: float = 0.5):
         self.root = Path(root)
         self.seed, self.hole_area, self.mask_threshold = seed, tuple(hole_area), mask_threshold
+        if not 0 < mask_threshold <= 1:  # NaN fails too
+            raise DataError(f"mask threshold {mask_threshold}: expected a value in (0, 1], the share of white from "
+                            "which a mask pixel is hole (default 0.5)")
         if not self.root.is_dir():
             raise DataError(f"{self.root}: no such folder; expected images/, labels/ and classes.txt inside")
         classes_file = self.root / "classes.txt"
         if not classes_file.is_file():
             raise DataError(f"{classes_file}: missing; write one class name per line (line i names id i)")
-        self.classes = tuple(line.strip() for line in classes_file.read_text().splitlines() if line.strip())
+        try:
+            text = classes_file.read_text(encoding="utf-8")
+        except UnicodeDecodeError as err:
+            raise DataError(f"{classes_file}: not UTF-8 text ({err}); write one class name per line") from None
+        self.classes = tuple(line.strip() for line in text.splitlines() if line.strip())
         if not self.classes:
             raise DataError(f"{classes_file}: no class names; write one class name per line")
         images = {p.stem: p for p in sorted((self.root / "images").glob("*")) if p.suffix.lower() in IMAGE_SUFFIXES}
@@ -97,6 +107,11 @@ class FolderDataset(torch.utils.data.Dataset):
         labels = _read_image(self.label_paths[name])
         if labels.ndim == 3:
             labels = labels[..., 0]
+        if labels.dtype.kind not in "biu":
+            raise DataError(f"{self.label_paths[name]}: label map has {labels.dtype} pixels; save class ids as an "
+                            "8- or 16-bit gray (or palette) PNG")
+        if labels.size and labels.min() < 0:
+            raise DataError(f"{self.label_paths[name]}: negative label id {int(labels.min())}; class ids start at 0")
         if labels.shape != image.shape[:2]:
             raise DataError(f"{self.label_paths[name]}: label map is {labels.shape[1]}x{labels.shape[0]} but "
                             f"the image is {image.shape[1]}x{image.shape[0]}; they must match")

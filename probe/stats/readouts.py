@@ -25,7 +25,8 @@ def auc_from_histograms(positive: np.ndarray, negative: np.ndarray) -> np.ndarra
 
 def top_quantile_threshold(counts: np.ndarray, edges: np.ndarray, quantile: float) -> np.ndarray:
     """The value above which a fraction ``quantile`` of the mass lies, ``[...]``, interpolated
-    linearly inside its bin. ``counts`` ``[..., bins]``, ``edges`` ``[bins + 1]`` (finite)."""
+    linearly inside its bin. ``counts`` ``[..., bins]``, ``edges`` ``[..., bins + 1]`` (finite;
+    broadcast against ``counts``' leading dimensions)."""
     counts = counts.astype(np.float64)
     total = counts.sum(-1, keepdims=True)
     above = np.cumsum(counts[..., ::-1], axis=-1)[..., ::-1]  # mass at or above each bin
@@ -36,15 +37,16 @@ def top_quantile_threshold(counts: np.ndarray, edges: np.ndarray, quantile: floa
     above_bin = np.take_along_axis(above, idx, -1) - in_bin
     with np.errstate(invalid="ignore", divide="ignore"):
         frac = np.where(in_bin > 0, (target - above_bin) / in_bin, 0.0)
-    lo, hi = edges[idx], edges[idx + 1]
+    edges = np.broadcast_to(edges, counts.shape[:-1] + (counts.shape[-1] + 1,))
+    lo, hi = np.take_along_axis(edges, idx, -1), np.take_along_axis(edges, idx + 1, -1)
     return (hi - np.clip(frac, 0, 1) * (hi - lo))[..., 0]
 
 
 def mass_above(counts: np.ndarray, edges: np.ndarray, threshold: np.ndarray) -> np.ndarray:
-    """Counts above ``threshold`` ``[...]`` in ``counts`` ``[..., bins]``, the bin that holds the
-    threshold contributing its uniform share."""
+    """Counts above ``threshold`` ``[...]`` in ``counts`` ``[..., bins]`` over ``edges``
+    ``[..., bins + 1]``, the bin that holds the threshold contributing its uniform share."""
     counts = counts.astype(np.float64)
-    lo, hi = edges[:-1], edges[1:]
+    lo, hi = edges[..., :-1], edges[..., 1:]
     share = np.clip((hi - threshold[..., None]) / (hi - lo), 0, 1)
     return (counts * share).sum(-1)
 
@@ -54,7 +56,7 @@ def iou_above(label_counts: np.ndarray, all_counts: np.ndarray, edges: np.ndarra
     """Network Dissection IoU of ``value > threshold`` with each label.
 
     ``label_counts`` ``[L, C, bins]`` (pixels of label l), ``all_counts`` ``[C, bins]`` (all
-    pixels), ``threshold`` ``[C]``. Returns ``[L, C]``.
+    pixels), ``edges`` ``[C, bins + 1]``, ``threshold`` ``[C]``. Returns ``[L, C]``.
     """
     inter = mass_above(label_counts, edges, threshold[None])
     active = mass_above(all_counts, edges, threshold)[None]

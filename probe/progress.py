@@ -1,0 +1,150 @@
+"""Crash safety of ``record``: periodic checkpoints of a run being recorded, and ``--resume``.
+
+While :func:`probe.record.record` runs, every ``every`` batches (or ``seconds`` of wall time,
+whichever comes first) it writes ``RUN/progress.safetensors``: every layer's accumulator state,
+the samples kept so far, and (in the file's metadata) the position reached, the layer order and
+the image size. The file is written to a temporary name and renamed into place, so it is always
+either the previous checkpoint or the new one, never a mix; ``RUN/progress.json`` beside it is a
+human-readable copy of the metadata (informational: resuming reads only the safetensors file).
+The manifest says ``"complete": false`` until the run's tables are written, so
+:func:`probe.load_run` (and ``report``, ``serve``) refuse the run until then.
+
+``record(..., resume=True)`` (``gateprobe record ... --resume``) on such a run checks that the
+model (weights hash), data spec, settings, shard and layers are those the run was started with,
+restores the checkpoint and continues at the batch boundary it reached; the finished tables equal
+those of an uninterrupted run (same batches, same order of additions). Progress files are removed
+once the run is complete.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .checkpoints import write_atomic, write_json
+from .run import RunError, remove_temporaries
+
+PROGRESS, PROGRESS_JSON = "progress.safetensors", "progress.json"
+FORMAT = "gateprobe-progress/1"
+# what must be equal between the run on disk and the resumed command
+MODEL_KEYS = ("name", "class", "weights_sha256", "parameters", "accepts_sketch")
+RUN_KEYS = ("schema_version", "data", "settings", "shards", "samples", "layers")
+
+
+def _comparable(manifest: dict) -> dict:
+    model = manifest.get("model") or {}
+    return {"model": {k: model.get(k) for k in MODEL_KEYS}, **{k: manifest.get(k) for k in RUN_KEYS}}
+
+
+def open_for_resume(out: str | Path, manifest: dict) -> dict | None:
+    """The incomplete run in ``out`` that ``manifest`` (the new command's) continues.
+
+    Returns ``{"manifest": on-disk manifest, "progress": checkpoint or None}``; None when ``out``
+    holds no run (nothing to resume: record from the start). Raises :class:`RunError` for a
+    complete run, or for a run started with another model, data, settings or shard."""
+    out = Path(out)
+    path = out / "manifest.json"
+    if not path.is_file():
+        return None
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise RunError(f"{out}: unreadable manifest ({err}); record the run again with --overwrite") from None
+    if not isinstance(old, dict):
+        raise RunError(f"{out}: corrupt manifest; record the run again with --overwrite")
+    if old.get("complete"):
+        raise RunError(f"{out}: the run is already complete; nothing to resume (use --overwrite to record it again)")
+    mine, theirs = _comparable(manifest), _comparable(old)
+    differing = [k for k in mine if mine[k] != theirs.get(k)]
+    if differing:
+        raise RunError(f"{out}: cannot resume: the run was started with another {', '.join(differing)}; "
+                       "resume with the same --model, --data, --n and settings, or record again with --overwrite")
+    remove_temporaries(out)
+    return {"manifest": old, "progress": read_progress(out, old)}
+
+
+def read_progress(out: Path, manifest: dict) -> dict | None:
+    """The checkpoint in ``out`` (None when there is none yet); :class:`RunError` when unusable."""
+    from safetensors import safe_open
+
+    path = out / PROGRESS
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {key: f.get_tensor(key) for key in f.keys()}
+        position = int(meta["position"])
+        order, image_size = json.loads(meta["order"]), json.loads(meta["image_size"])
+        taken = int(meta["taken"])
+    except Exception as err:  # noqa: BLE001 - safetensors raises several types for bad bytes
+        raise RunError(f"{path}: unreadable checkpoint ({type(err).__name__}: {err}); delete it to resume from the "
+                       "start, or record again with --overwrite") from None
+    span = manifest["shards"][0]
+    batch = manifest["settings"]["batch_size"]
+    if meta.get("format") != FORMAT or not span["start"] < position <= span["stop"] or (
+            position != span["stop"] and (position - span["start"]) % batch):
+        raise RunError(f"{path}: checkpoint at position {position} does not fit the run's images "
+                       f"[{span['start']}, {span['stop']}) in batches of {batch}; delete it to resume from the start")
+    return {"position": position, "order": order, "image_size": image_size, "taken": taken, "tensors": tensors}
+
+
+def restore(progress: dict, recorder, kept) -> int:
+    """Load a checkpoint into ``recorder`` (its stats and layer order) and ``kept`` (the samples);
+    returns the position to continue from."""
+    tensors = progress["tensors"]
+    for name, stats in recorder.stats.items():
+        prefix = f"stats/{name}/"
+        stats.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+    recorder.order[:] = progress["order"]
+    kept.taken = progress["taken"]
+    if kept.taken:
+        for name in kept.inputs:
+            kept.inputs[name] = [tensors[f"samples/inputs/{name}"].numpy()]
+        kept.maps = {tuple(k[len("samples/maps/"):].split("/", 1)): [v.numpy()]
+                     for k, v in tensors.items() if k.startswith("samples/maps/")}
+    return progress["position"]
+
+
+def write_progress(out: Path, recorder, kept, position: int, image_size) -> None:
+    """Atomically write the checkpoint of ``recorder`` and ``kept`` at ``position``."""
+    from safetensors.torch import save
+
+    tensors = {f"stats/{name}/{key}": value.detach().contiguous().clone()
+               for name, stats in recorder.stats.items() for key, value in stats.state_dict().items()}
+    if kept.taken:
+        for name, parts in kept.inputs.items():
+            tensors[f"samples/inputs/{name}"] = torch.from_numpy(np.ascontiguousarray(np.concatenate(parts)))
+        for (kind, layer), parts in kept.maps.items():
+            tensors[f"samples/maps/{kind}/{layer}"] = torch.from_numpy(np.ascontiguousarray(np.concatenate(parts)))
+    meta = {"format": FORMAT, "position": str(position), "order": json.dumps(list(recorder.order)),
+            "image_size": json.dumps(image_size), "taken": str(kept.taken),
+            "written": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    write_atomic(out / PROGRESS, save(tensors, metadata=meta))
+    write_json(out / PROGRESS_JSON, {k: meta[k] for k in ("format", "position", "taken", "written")}
+               | {"file": PROGRESS, "note": "informational; --resume reads progress.safetensors"})
+
+
+def clear_progress(out: Path) -> None:
+    for name in (PROGRESS, PROGRESS_JSON):
+        (out / name).unlink(missing_ok=True)
+
+
+class Checkpointer:
+    """``on_batch`` callback of :func:`probe.record.record_batches` that checkpoints every ``every``
+    batches or ``seconds`` seconds, whichever comes first (``every`` 0: never)."""
+
+    def __init__(self, out: Path, recorder, kept, image_size, every: int = 8, seconds: float = 30.0):
+        self.out, self.recorder, self.kept, self.image_size = out, recorder, kept, image_size
+        self.every, self.seconds = every, seconds
+        self.batches, self.last = 0, time.monotonic()
+
+    def __call__(self, batch_positions: range) -> None:
+        self.batches += 1
+        if self.every > 0 and (self.batches % self.every == 0 or time.monotonic() - self.last >= self.seconds):
+            write_progress(self.out, self.recorder, self.kept, batch_positions.stop, self.image_size)
+            self.last = time.monotonic()
