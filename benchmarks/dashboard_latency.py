@@ -140,7 +140,8 @@ def measure(app, client: Client, repeats: int, rng: random.Random) -> dict[str, 
         add("switch layer (labels view: heatmap, scatter)", ms)
 
         if partial is not None:
-            values = {"evolution-runname.data": partial.name, "evolution-sample.value": rng.randrange(partial.n_samples),
+            values = {"evolution-runname.data": partial.name,
+                      "evolution-sample.value": rng.randrange(partial.n_samples),
                       "evolution-layer.value": rng.randrange(len(partial.partial_layers))}
             ms = client.post(client.key("evolution-masks.figure"), values, ["evolution-layer.value"])
             ms += client.post(client.key("evolution-curve.figure"), values, ["evolution-layer.value"])

@@ -106,7 +106,8 @@ def main(argv=None) -> list[dict]:
 
         cold = best(lambda out: record_ray(folder, data, out, shards=shards, num_cpus=args.workers, **kw))
         add(f"record --ray, {args.workers} workers, {shards} shards, cold (init + shutdown)", cold, plain)
-        ray.init(num_cpus=args.workers, include_dashboard=False, log_to_driver=False, logging_level="warning")
+        ray.init(address="local", num_cpus=args.workers, include_dashboard=False, log_to_driver=False,
+                 logging_level="warning")
         try:
             record_ray(folder, data, tmp / "ray_warmup", shards=args.workers,
                        **kw | {"n": max(args.workers, min(args.n, 2 * args.workers))})  # start workers, build models

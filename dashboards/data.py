@@ -60,7 +60,7 @@ class RunView:
         self.gated_layers = list(layers[layers.kind == "gated"].layer)
         self.partial_layers = list(layers[layers.kind == "partial"].layer)
         self._rows = {row.layer: row for row in layers.itertuples(index=False)}
-        self._cache = _LRU(256)
+        self._cache = _LRU(160)
         self._lock = threading.Lock()
 
     # ---- description
@@ -323,7 +323,8 @@ def live_model(view: RunView, root: Path, allow_import_paths: bool = False) -> L
     * a checkpoint folder: loaded (hash-verified) from the path as recorded, tried relative to
       the working directory and to the runs folder and its parents; a checkpoint whose hash
       differs from the manifest's is used with a note (it was retrained since);
-    * a registered loader prefix (``deepfillv2:PATH``): through :func:`probe.sources.resolve_model`;
+    * a registered loader prefix (``deepfillv2:PATH``): through :func:`probe.sources.resolve_model`
+      (a pickle-based ``.pth`` only with ``allow_import_paths``, like ``--trust-pickle``);
     * ``package.module:function``: only with ``allow_import_paths`` (it imports code named by a
       file on disk).
     """
@@ -349,8 +350,8 @@ def _build_live(view: RunView, root: Path, allow_import_paths: bool) -> LiveMode
                 live.model = resolve_model(name, random_init=True)
             live.notes.append(f"{name} is a registry model recorded with random weights (--random-init); the "
                               "live page rebuilds it with new random weights (seed 0), not the recorded ones.")
-        elif source.partition(":")[0] in LOADERS and ":" in source:
-            live.model = resolve_model(source)
+        elif source.partition(":")[0] in LOADERS and ":" in source:  # pickle-based files: opt-in, as for imports
+            live.model = resolve_model(source, trust_pickle=allow_import_paths)
         elif IMPORT_PATH.match(source) and not Path(source).exists():
             if not allow_import_paths:
                 live.error = (f"this run's model comes from the import path {source!r}; the explorer imports "

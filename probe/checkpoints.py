@@ -76,7 +76,8 @@ def read_card(folder: str | Path) -> dict:
     try:
         card = json.loads(path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{path}: not valid JSON ({err}); restore the card from the checkpoint's source") from None
+        raise CheckpointError(f"{path}: not valid JSON ({err}); restore the card from the checkpoint's "
+                              "source") from None
     if not isinstance(card, dict):
         raise CheckpointError(f"{path}: expected a JSON object, got {type(card).__name__}")
     if card.get("format") != CARD_FORMAT:

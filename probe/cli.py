@@ -70,7 +70,8 @@ def _cmd_record(args) -> int:
     run = record(model, data, args.out, n=args.n, batch_size=args.batch_size, samples=args.samples,
                  seed=args.seed, layers=args.layers, sketch=sketch, quantile=args.quantile,
                  shard=args.shard, overwrite=args.overwrite, resume=args.resume,
-                 checkpoint_every=args.checkpoint_every, command=_command_line())
+                 checkpoint_every=args.checkpoint_every, checkpoint_seconds=args.checkpoint_seconds,
+                 command=_command_line())
     print(f"wrote {run.path} ({run.manifest['n_images']} images, {len(run.layers)} layers)")
     return 0
 
@@ -152,25 +153,31 @@ def _shard(text: str) -> tuple[int, int]:
     return int(i), int(n)
 
 
-def _cmd_serve(args) -> int:
+def serve_runs(runs_dir, host: str = "127.0.0.1", port: int = 8050, allow_import_models: bool = False) -> None:
+    """Serve the runs under ``runs_dir`` in the Dash explorer until interrupted. The CLI is the one
+    place where ``probe`` reaches into ``dashboards`` (imported lazily, here only)."""
     from pathlib import Path
 
-    if not Path(args.runs_dir).is_dir():
-        raise FileNotFoundError(f"{args.runs_dir}: no such folder; record runs into it with `gateprobe record --out "
-                                f"{args.runs_dir}/NAME ...`")
+    if not Path(runs_dir).is_dir():
+        raise FileNotFoundError(f"{runs_dir}: no such folder; record runs into it with `gateprobe record --out "
+                                f"{runs_dir}/NAME ...`")
     try:
         from dashboards.app import create_app, describe
     except ImportError as err:
         raise ValueError(f"the dashboard needs Dash ({err}); install gateprobe with its dependencies") from None
 
-    app = create_app(args.runs_dir, allow_import_models=args.allow_import_models)
+    app = create_app(runs_dir, allow_import_models=allow_import_models)
     for line in describe(app.run_store):
         print(line)
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"warning: serving on {args.host}: anyone who can reach this address can browse these runs and run "
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: serving on {host}: anyone who can reach this address can browse these runs and run "
               "their models", file=sys.stderr)
-    print(f"explorer at http://{args.host}:{args.port}/  (Ctrl+C to stop)", flush=True)
-    app.run(host=args.host, port=args.port, debug=False)
+    print(f"explorer at http://{host}:{port}/  (Ctrl+C to stop)", flush=True)
+    app.run(host=host, port=port, debug=False)
+
+
+def _cmd_serve(args) -> int:
+    serve_runs(args.runs_dir, args.host, args.port, args.allow_import_models)
     return 0
 
 
@@ -248,8 +255,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replace an existing run in --out (it is put back if recording fails)")
     p.add_argument("--resume", action="store_true",
                    help="continue the incomplete run in --out from its last checkpoint (same model, data, settings)")
-    p.add_argument("--checkpoint-every", type=int, default=8, metavar="BATCHES",
-                   help="checkpoint for --resume every BATCHES batches or 30 s, whichever first (0: never)")
+    p.add_argument("--checkpoint-every", type=int, default=None, metavar="BATCHES",
+                   help="also checkpoint for --resume every BATCHES batches (default: by time only)")
+    p.add_argument("--checkpoint-seconds", type=float, default=30.0, metavar="S",
+                   help="checkpoint for --resume every S seconds of recording (default 30; 0: only by "
+                        "--checkpoint-every)")
     p.add_argument("--mask-threshold", type=float, default=None, metavar="T",
                    help="folder data: mask pixels at or above T (0-1 of white) are hole (default 0.5); "
                         "binarises soft masks")

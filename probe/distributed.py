@@ -294,8 +294,9 @@ def _init(ray, address: str | None, num_cpus: int | None) -> None:
             raise ValueError(f"--ray {address}: ray:// addresses go through Ray Client; install it with "
                              "pip install 'ray[client]', or run on the head node with --ray auto") from None
     try:
-        ray.init(address=address, num_cpus=num_cpus if address is None else None, include_dashboard=False,
-                 log_to_driver=False, logging_level="warning")
+        # "local": a new instance even where `ray start` left a cluster address behind
+        ray.init(address=address or "local", num_cpus=num_cpus if address is None else None,
+                 include_dashboard=False, log_to_driver=False, logging_level="warning")
     except ConnectionError as err:
         raise ValueError(f"--ray {address}: cannot connect to a Ray cluster ({err}); start one with `ray start "
                          "--head`, or give --ray without an address for a local instance") from None

@@ -338,7 +338,8 @@ def valid_fraction_curve(evolution: pd.DataFrame, highlight: str | None = None,
                        hovertemplate="%{x}: %{y:.4f}<extra>predicted</extra>")]
     notes = []
     if "all_valid_images" in ev:
-        data.append(_trace("scatter", x=x, y=ev.all_valid_images.to_numpy(dtype=np.float64), name="images entirely valid",
+        data.append(_trace("scatter", x=x, y=ev.all_valid_images.to_numpy(dtype=np.float64),
+                           name="images entirely valid",
                                mode="lines", line={"color": "#2ca02c", "dash": "dot"},
                                hovertemplate="%{x}: %{y:.0%}<extra>images all valid</extra>"))
         full = ev[ev.all_valid_images >= 1.0]
@@ -366,7 +367,8 @@ def coverage_histogram(evolution: pd.DataFrame, layer: str, title: str | None = 
         return message_figure(f"Layer {layer}: no location flipped from hole to valid.")
     centres = (edges[:-1] + edges[1:]) / 2
     share = counts / counts.sum()
-    data = [_trace("bar", x=centres, y=counts, width=np.diff(edges) * 0.92, marker_color="#5c6bc0", name="flipped locations",
+    data = [_trace("bar", x=centres, y=counts, width=np.diff(edges) * 0.92, marker_color="#5c6bc0",
+                   name="flipped locations",
                    customdata=np.stack([edges[:-1], edges[1:], share], axis=1),
                    hovertemplate="coverage %{customdata[0]:.3f}-%{customdata[1]:.3f}: %{y:,.0f} "
                                  "(%{customdata[2]:.1%})<extra></extra>")]
@@ -561,7 +563,8 @@ def channel_samples(images: np.ndarray, holes: np.ndarray, maps: np.ndarray, sam
             _trace("scatter", x=[k * (W + gap) + W / 2 - 0.5 for k in range(K)], y=[-0.5] * K, mode="text",
                        text=[f"sample {s}" for s in ids], textposition="top center", hoverinfo="skip",
                        showlegend=False, textfont={"size": 10}, xaxis="x", yaxis="y"),
-            _trace("heatmap", z=big, customdata=which, zmin=0, zmax=1, colorscale=GATE_SCALE, hoverongaps=False, name="gate",
+            _trace("heatmap", z=big, customdata=which, zmin=0, zmax=1, colorscale=GATE_SCALE, hoverongaps=False,
+                   name="gate",
                        colorbar={"thickness": 10, "len": 0.45, "y": 0.22,
                                  "title": {"text": "gate" + (" (min-max)" if normalize else ""), "side": "right"}},
                        hovertemplate="sample %{customdata}<br>gate %{z:.3f}<extra></extra>", xaxis="x2", yaxis="y2"),
@@ -708,7 +711,8 @@ def channel_scatter(channels: pd.DataFrame, labels: pd.DataFrame, highlight_laye
         mine = (part.layer == highlight_layer).to_numpy()
         opacity = np.where(mine, 0.95, 0.2) if highlight_layer is not None else np.full(len(part), 0.75)
         size = np.where(mine, 9, 6) if highlight_layer is not None else np.full(len(part), 7)
-        data.append(_trace("scatter", x=part.auc_hole.to_numpy(dtype=np.float64), y=part.best_auc.to_numpy(dtype=np.float64),
+        data.append(_trace("scatter", x=part.auc_hole.to_numpy(dtype=np.float64),
+                           y=part.best_auc.to_numpy(dtype=np.float64),
                                mode="markers", name=cat, customdata=custom, text=text,
                                marker={"color": ROLE_COLORS[cat], "opacity": opacity, "size": size,
                                        "line": {"width": 0}},
@@ -742,7 +746,8 @@ def mask_evolution(valid_maps: Sequence[np.ndarray], layer_names: Sequence[str],
                        showscale=False, name="valid",
                        hovertemplate="layer #%{customdata}<br>valid %{z:.0f}<extra></extra>"),
             _trace("scatter", x=[x + W / 2 - 0.5 for _, x in origins], y=[y - 0.5 for y, _ in origins], mode="text",
-                       text=[f"{esc(name)} · {d} · {f:.0%} valid" for name, d, f in zip(layer_names, dims, fractions)],
+                       text=[f"{esc(name)} · {d} · {f:.0%} valid"
+                             for name, d, f in zip(layer_names, dims, fractions)],
                        textposition="top center", textfont={"size": 10}, hoverinfo="skip", showlegend=False,
                        name="layer names")]
     if highlight in list(layer_names):
@@ -764,7 +769,8 @@ def drawing_canvas(image: np.ndarray, hole: np.ndarray | None = None, sketch: np
     sketch strokes (see ``dashboards.pages.live``)."""
     shown = image if hole is None else masked_input(image, hole, sketch)
     H, W = np.asarray(image).shape[-2:]
-    return _figure([_trace("image", source=png_uri(to_rgb8(shown)), name="canvas", hoverinfo="skip")], None, height=height,
+    return _figure([_trace("image", source=png_uri(to_rgb8(shown)), name="canvas", hoverinfo="skip")], None,
+                   height=height,
                    margin={"l": 2, "r": 2, "t": 2, "b": 2}, dragmode="drawrect",
                    newshape={"line": {"color": "#ff1744", "width": 2}, "fillcolor": "rgba(255,23,68,0.25)",
                              "opacity": 1},
@@ -784,7 +790,8 @@ def mask_detail(image: np.ndarray, hole: np.ndarray, valid: np.ndarray, coverage
     layout, notes = _columns(3, 0.03, ["input (grey = hole)", f"valid mask ({dims})", f"window coverage ({dims})"])
     xs, ys = _outline(_plane(hole) > 0.5)
     data = [_trace("image", source=png_uri(to_rgb8(masked_input(image, hole))), name="input", hoverinfo="skip"),
-            _trace("heatmap", z=upsample(valid, (H, W)), zmin=0, zmax=1, colorscale=MASK_SCALE, showscale=False, name="valid",
+            _trace("heatmap", z=upsample(valid, (H, W)), zmin=0, zmax=1, colorscale=MASK_SCALE, showscale=False,
+                   name="valid",
                        hovertemplate="valid %{z:.0f}<extra></extra>", xaxis="x2", yaxis="y2"),
             _trace("heatmap", z=upsample(coverage, (H, W)), zmin=0, zmax=1, colorscale=GATE_SCALE, name="coverage",
                        colorbar={"thickness": 10, "len": 0.9, "title": {"text": "coverage", "side": "right"}},

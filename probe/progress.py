@@ -1,11 +1,12 @@
 """Crash safety of ``record``: periodic checkpoints of a run being recorded, and ``--resume``.
 
-While :func:`probe.record.record` runs, every ``every`` batches (or ``seconds`` of wall time,
-whichever comes first) it writes ``RUN/progress.safetensors``: every layer's accumulator state,
-the samples kept so far, and (in the file's metadata) the position reached, the layer order and
-the image size. The file is written to a temporary name and renamed into place, so it is always
-either the previous checkpoint or the new one, never a mix; ``RUN/progress.json`` beside it is a
-human-readable copy of the metadata (informational: resuming reads only the safetensors file).
+While :func:`probe.record.record` runs, every 30 seconds (``checkpoint_seconds``) and/or every
+``checkpoint_every`` batches, whichever comes first, it writes ``RUN/progress.safetensors``: every
+layer's accumulator state, the samples kept so far, and (in the file's metadata) the position
+reached, the layer order and the image size. The file is written to a temporary name and renamed
+into place, so it is always either the previous checkpoint or the new one, never a mix;
+``RUN/progress.json`` beside it is a human-readable copy of the metadata (informational: resuming
+reads only the safetensors file).
 The manifest says ``"complete": false`` until the run's tables are written, so
 :func:`probe.load_run` (and ``report``, ``serve``) refuse the run until then.
 
@@ -61,7 +62,7 @@ def open_for_resume(out: str | Path, manifest: dict) -> dict | None:
     mine, theirs = _comparable(manifest), _comparable(old)
     differing = [k for k in mine if mine[k] != theirs.get(k)]
     if differing:
-        raise RunError(f"{out}: cannot resume: the run was started with another {', '.join(differing)}; "
+        raise RunError(f"{out}: cannot resume: the run was started with different {', '.join(differing)}; "
                        "resume with the same --model, --data, --n and settings, or record again with --overwrite")
     remove_temporaries(out)
     return {"manifest": old, "progress": read_progress(out, old)}
@@ -135,16 +136,25 @@ def clear_progress(out: Path) -> None:
 
 
 class Checkpointer:
-    """``on_batch`` callback of :func:`probe.record.record_batches` that checkpoints every ``every``
-    batches or ``seconds`` seconds, whichever comes first (``every`` 0: never)."""
+    """``on_batch`` callback of :func:`probe.record.record_batches` that writes a checkpoint once
+    ``every`` batches have passed since the last one or ``seconds`` of wall time, whichever comes
+    first (``None`` or 0 turns a trigger off; both off: never). The accumulators of a large model
+    are tens of MB, so the default is time-based (30 s)."""
 
-    def __init__(self, out: Path, recorder, kept, image_size, every: int = 8, seconds: float = 30.0):
+    def __init__(self, out: Path, recorder, kept, image_size, every: int | None = None,
+                 seconds: float | None = 30.0):
         self.out, self.recorder, self.kept, self.image_size = out, recorder, kept, image_size
-        self.every, self.seconds = every, seconds
+        self.every, self.seconds = every or 0, seconds or 0.0
         self.batches, self.last = 0, time.monotonic()
+
+    @property
+    def enabled(self) -> bool:
+        return self.every > 0 or self.seconds > 0
 
     def __call__(self, batch_positions: range) -> None:
         self.batches += 1
-        if self.every > 0 and (self.batches % self.every == 0 or time.monotonic() - self.last >= self.seconds):
+        due = (self.every > 0 and self.batches >= self.every) or (
+            self.seconds > 0 and time.monotonic() - self.last >= self.seconds)
+        if due:
             write_progress(self.out, self.recorder, self.kept, batch_positions.stop, self.image_size)
-            self.last = time.monotonic()
+            self.batches, self.last = 0, time.monotonic()

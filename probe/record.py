@@ -57,7 +57,7 @@ def record(model: nn.Module, data, out: str | Path, n: int | None = None, batch_
            samples: int = 8, seed: int | None = None, layers: str | None = None, sketch: bool | None = None,
            quantile: float = 0.005, bins: int = DEFAULT_BINS, calibration: int = 32, groups: int = 32,
            border: int = 2, shard: tuple[int, int] | None = None, overwrite: bool = False,
-           resume: bool = False, checkpoint_every: int = 8, checkpoint_seconds: float = 30.0,
+           resume: bool = False, checkpoint_every: int | None = None, checkpoint_seconds: float | None = 30.0,
            progress: bool = True, command: str = "") -> Run:
     """Record ``model`` over ``n`` images of ``data`` into the run directory ``out``.
 
@@ -81,8 +81,9 @@ def record(model: nn.Module, data, out: str | Path, n: int | None = None, batch_
         overwrite: replace a run already in ``out`` (kept, and put back, if recording fails).
         resume: continue the incomplete run in ``out`` from its last checkpoint (see
             :mod:`probe.progress`); the same model, data and settings are required.
-        checkpoint_every, checkpoint_seconds: write a checkpoint every that many batches or
-            seconds, whichever comes first (``checkpoint_every=0``: never).
+        checkpoint_every, checkpoint_seconds: write a checkpoint for ``resume`` once that many
+            batches or seconds have passed since the last one, whichever comes first (None or 0
+            turns a trigger off; both off: no checkpoints).
 
     Returns the :class:`~probe.run.Run`.
     """
@@ -123,9 +124,9 @@ def record(model: nn.Module, data, out: str | Path, n: int | None = None, batch_
     if resumed is not None and resumed["progress"] is not None:
         start, image_size = restore(resumed["progress"], recorder, kept), resumed["progress"]["image_size"]
     todo = range(start, positions.stop)
-    if todo and checkpoint_every > 0:
-        image_size = list(data[start]["image"].shape[-2:])
     checkpoint = Checkpointer(out, recorder, kept, image_size, checkpoint_every, checkpoint_seconds)
+    if todo and checkpoint.enabled:
+        checkpoint.image_size = list(data[start]["image"].shape[-2:])
     with recorder, tqdm(total=len(positions), initial=start - positions.start, desc=f"record {out.name}",
                         unit="img", disable=not progress) as bar:
         size = record_batches(recorder, data, todo, batch_size, groups, use_sketch, kept,

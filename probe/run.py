@@ -66,7 +66,11 @@ def prepare_run_dir(out: str | Path, overwrite: bool = False) -> Path:
         shutil.rmtree(out)
     elif out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} exists and is not a run directory; choose an empty or new --out")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # read-only or missing file system: one clear line
+        raise type(err)(err.errno, f"cannot create the run folder ({err.strerror}); choose a writable --out",
+                        str(out)) from None
     return out
 
 
@@ -169,7 +173,7 @@ class Run:
     def table(self, name: str) -> pd.DataFrame | None:
         """An optional table written by later analyses (``interventions``, ``attributions``...)."""
         path = self.path / f"{name}.parquet"
-        return pd.read_parquet(path) if path.is_file() else None
+        return self._table(name) if path.is_file() else None
 
     @property
     def n_samples(self) -> int:
@@ -180,7 +184,7 @@ class Run:
         ``output`` ``[K,3,H,W]`` or ``index`` ``[K]`` of the stored samples (memory-mapped)."""
         if name not in INPUTS:
             raise RunError(f"unknown sample input {name!r}; choose one of {INPUTS}")
-        return np.load(self.path / "samples" / "inputs" / f"{name}.npy", mmap_mode="r")
+        return _load_array(self.path / "samples" / "inputs" / f"{name}.npy")
 
     def sample_map(self, layer: str, kind: str = "gate") -> np.ndarray:
         """The stored maps of ``layer``: ``[K, C, h, w]`` float16, memory-mapped (slice what you need).
@@ -190,11 +194,20 @@ class Run:
         path = self.path / "samples" / kind / safe_layer_file(layer)
         if not path.is_file():
             raise RunError(f"{self.name}: no {kind} maps stored for layer {layer!r}")
-        return np.load(path, mmap_mode="r")
+        return _load_array(path)
 
     def __repr__(self) -> str:
         m = self.manifest
         return f"Run({self.name!r}, model={m['model']['name']!r}, images={m['n_images']}, layers={len(m['layers'])})"
+
+
+def _load_array(path: Path) -> np.ndarray:
+    """A stored ``.npy`` array, memory-mapped; a missing or damaged file is a :class:`RunError`."""
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except Exception as err:  # noqa: BLE001 - numpy raises several types for damaged files
+        raise RunError(f"{path}: unreadable sample array ({type(err).__name__}); the run is damaged, record it "
+                       "again") from None
 
 
 def _check_manifest(path: Path, manifest: dict) -> None:

@@ -85,7 +85,8 @@ def _from_import_path(spec: str) -> nn.Module:
 
 def _register_public_loaders() -> None:
     """``--model deepfillv2:PATH.pth`` (nipponjo/deepfillv2-pytorch, both key layouts) and
-    ``--model pconv-unet:PATH.pth`` (naoto0804/pytorch-inpainting-with-partial-conv)."""
+    ``--model pconv-unet:PATH.pth`` (naoto0804/pytorch-inpainting-with-partial-conv); both read
+    pickle-based files, so they need ``--trust-pickle``."""
     from .models.deepfillv2 import load_deepfillv2
     from .models.pconv_unet import load_pconv_unet
 

@@ -388,15 +388,24 @@ def test_labels_heatmap_and_scatter_clicks_open_channels(browser, server):
     assert current(browser)[1]["channel"] == "7" and current(browser)[1]["layer"] == "encoder.2"
     open_page(browser, server, "/labels?run=gated&layer=encoder.2&scope=layer")
     wait_for(browser, f"{graph_js('labels-scatter')}.data.length > 0 && {trace_type('labels-scatter')} === 'scatter'")
+    # the point farthest (on screen) from every other point, so the click cannot mean another channel
     target = browser.execute_script(f"""
-        const gd = {graph_js('labels-scatter')};
+        const gd = {graph_js('labels-scatter')}; const fl = gd._fullLayout; const pts = [];
         for (const t of gd._fullData) for (let i = 0; i < t.x.length; i++)
-            if (t.customdata[i][0] === 'decoder.1') return [t.x[i], t.y[i], t.customdata[i][1]];
-        return null;""")
+            pts.push([fl.xaxis.l2p(t.x[i]), fl.yaxis.l2p(t.y[i]), t.x[i], t.y[i], t.customdata[i]]);
+        let best = null, far = -1;
+        for (const p of pts) {{
+            if (!(p[0] > 12 && p[0] < fl.xaxis._length - 12 && p[1] > 12 && p[1] < fl.yaxis._length - 12)) continue;
+            let near = Infinity;
+            for (const q of pts) if (q !== p) near = Math.min(near, Math.hypot(p[0] - q[0], p[1] - q[1]));
+            if (near > far) {{ far = near; best = [p[2], p[3], p[4][0], p[4][1], near]; }}
+        }}
+        return best;""")
+    assert target[4] > 10, target
     click_at(browser, "labels-scatter", target[0], target[1])
     wait_for(browser, "window.location.pathname === '/channel'", 30, "the channel page from the scatter")
     params = current(browser)[1]
-    assert params["layer"] == "decoder.1"
+    assert (params["layer"], params["channel"]) == (target[2], str(target[3]))
     graphs_ready(browser)
     assert severe_logs(browser) == []
 

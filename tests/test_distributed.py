@@ -86,7 +86,7 @@ def assert_no_ray_left(timeout: float = 15.0) -> None:
 @pytest.fixture(scope="module")
 def local_ray():
     """One local Ray instance (2 CPUs) for the module; ``record_ray`` uses it and leaves it running."""
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="warning")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="warning")
     try:
         yield
     finally:

@@ -107,7 +107,7 @@ def scenes_batch():
 
 def record_cli(spec: str, out, capsys) -> tuple[int, str]:
     rc = main(["record", "--model", spec, "--data", f"scenes:{SIZE}", "--n", str(N_IMAGES), "--batch-size",
-               str(N_IMAGES), "--samples", "1", "--out", str(out)])
+               str(N_IMAGES), "--samples", "1", "--out", str(out), "--trust-pickle"])  # .pth files are pickles
     captured = capsys.readouterr()
     return rc, captured.out + captured.err
 

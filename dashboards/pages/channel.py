@@ -61,7 +61,8 @@ def layout(store, params, context):
     ], className="controls")
     return html.Div([
         view_store(NAME), nav_store(NAME), dcc.Store(id="channel-runname", data=view.name),
-        header(f"Channel view · {view.name}", "One channel's gate across the stored samples (hole outlined in red)."),
+        header(f"Channel view · {view.name}", "One channel's gate across the stored samples (hole outlined in red).",
+               view=view),
         problems_box(problems), controls,
         html.Div([html.Span("Link to this view: ", className="muted"), html.A(id="channel-link", href="#"),
                   dcc.Clipboard(target_id="channel-link", className="clip", title="copy link")], className="share"),

@@ -159,9 +159,21 @@ def card(title: str | None, *children, class_name: str = "card") -> html.Div:
     return html.Div(([html.H3(title)] if title else []) + list(children), className=class_name)
 
 
-def header(title: str, subtitle: str | None = None) -> html.Div:
-    return html.Div([html.H2(title)] + ([html.P(subtitle, className="subtitle")] if subtitle else []),
-                    className="page-header")
+def header(title: str, subtitle: str | None = None, view=None) -> html.Div:
+    """A page title; with ``view``, a line saying which model the run recorded (and whether its
+    weights were random)."""
+    parts = [html.H2(title)]
+    if view is not None:
+        data = view.manifest.get("data", {})
+        text = (f"{view.model_name} from {view.model_source} · {view.manifest.get('n_images', '?')} images of "
+                f"{data.get('kind', '?')} {data.get('size', '')} · {view.n_samples} stored samples")
+        parts.append(html.Div([text] + ([html.Span("random weights", className="badge",
+                                                   title="recorded with --random-init: the maps show an untrained "
+                                                         "network")] if view.random_init else []),
+                              className="run-line"))
+    if subtitle:
+        parts.append(html.P(subtitle, className="subtitle"))
+    return html.Div(parts, className="page-header")
 
 
 def role_legend() -> html.Div:

@@ -40,7 +40,7 @@ def layout(store, params, context):
     return html.Div([
         view_store(NAME), nav_store(NAME), dcc.Store(id="evolution-runname", data=view.name),
         header(f"Mask evolution · {view.name}", "Partial convolution marks a location valid as soon as one input "
-                                                "under its window is valid: holes shrink layer by layer."),
+                                                "under its window is valid: holes shrink layer by layer.", view=view),
         problems_box(problems), controls,
         card(None, html.Div(id="evolution-title", className="figure-title"), graph("evolution-masks")),
         html.Div([card("Selected layer: valid mask and window coverage", graph("evolution-detail")),

@@ -47,7 +47,7 @@ def layout(store, params, context):
     return html.Div([
         view_store(NAME), nav_store(NAME), dcc.Store(id="labels-runname", data=view.name),
         header(f"Labels · {view.name}", "Per channel and class: does the gate separate the class from the rest? "
-                                        "Click a cell or a point to open the channel."),
+                                        "Click a cell or a point to open the channel.", view=view),
         problems_box(problems), controls,
         card(None, html.Div(id="labels-title", className="figure-title"), graph("labels-heatmap")),
         card(None, graph("labels-scatter")),

@@ -62,7 +62,8 @@ def layout(store, params, context):
     return html.Div([
         view_store(NAME), nav_store(NAME), dcc.Store(id="layer-runname", data=view.name),
         header(f"Layer view · {view.name}", "Every channel's map of one layer for one sample. Click a channel to "
-                                            "open it; outlines give each channel's role (from the whole run)."),
+                                            "open it; outlines give each channel's role (from the whole run).",
+               view=view),
         problems_box(problems), controls,
         html.Div([
             html.Div([card("Sample", graph("layer-panel", config={"displayModeBar": False}),

@@ -195,7 +195,7 @@ def layout(store, params, context):
     return html.Div([
         view_store(NAME), nav_store(NAME), dcc.Store(id="live-runname", data=view.name),
         dcc.Store(id="live-shapes", data=[]),
-        header(f"Live · {view.name}", "Draw on the image, and the model of this run fills the hole."),
+        header(f"Live · {view.name}", "Draw on the image, and the model of this run fills the hole.", view=view),
         problems_box(problems), controls,
         html.Div(id="live-model", className="notes"),
         html.Div([

@@ -452,7 +452,7 @@ def deepfillv2_from_state_dict(state: dict, source: str = "state dict") -> _Deep
 
 def load_deepfillv2(path: str) -> _DeepFillBase:
     """Load a nipponjo/deepfillv2-pytorch checkpoint (``{"G": state_dict, ...}`` or a bare state dict);
-    the loader behind ``gateprobe record --model deepfillv2:PATH.pth``."""
+    the loader behind ``gateprobe record --model deepfillv2:PATH.pth --trust-pickle``."""
     state = read_checkpoint(path, "G")
     return deepfillv2_from_state_dict(state, str(path))
 

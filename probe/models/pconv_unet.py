@@ -168,7 +168,7 @@ def pconv_unet_from_state_dict(state: dict, source: str = "state dict") -> LiuPC
 
 def load_pconv_unet(path: str) -> LiuPConvUNet:
     """Load a naoto0804 checkpoint (``{"model": state_dict, ...}`` or a bare state dict); the loader
-    behind ``gateprobe record --model pconv-unet:PATH.pth``."""
+    behind ``gateprobe record --model pconv-unet:PATH.pth --trust-pickle``."""
     state = read_checkpoint(path, "model")
     return pconv_unet_from_state_dict(state, str(path))
 

@@ -1,0 +1,43 @@
+"""``make bench``: every benchmark, one table at the end (machine, date, command in the header)."""
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import accuracy  # noqa: E402
+import anchors  # noqa: E402
+import memory  # noqa: E402
+import record_overhead  # noqa: E402
+import report_speed  # noqa: E402
+from common import print_table  # noqa: E402
+
+
+def main() -> None:
+    print(f"gateprobe benchmarks, {datetime.date.today()}, {platform.machine()} {os.cpu_count()} CPUs, "
+          f"python {platform.python_version()}")
+    rows = []
+    rows += record_overhead.main([])
+    rows += anchors.main([])
+    figures = accuracy.main([])
+    rows += [{"benchmark": f"accuracy: {k}", "median": v, "min": v, "max": v,
+              "target": "<= 0.005" if k == "auc_abs_error_p99" else "<= 0.02" if k == "iou_rel_error_p90" else ""}
+             for k, v in figures.items()]
+    rows += memory.main([])
+    rows += report_speed.main([])
+    try:
+        import dashboard_latency  # noqa: E402
+
+        rows += dashboard_latency.main([]) or []
+    except ImportError:
+        pass
+    print()
+    print_table(rows)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,899 @@
+"""Reliability and security (issue 10): bad input, crash safety, and the explorer's attack surface.
+
+1. **Bad input** (:data:`BAD_INPUTS`, one table): each row builds a broken input, runs ``gateprobe
+   record`` (or ``report``) through :func:`probe.cli.main` -- the function ``python -m probe``
+   calls -- with ``--out`` on a complete run and ``--overwrite``, and expects exit code 2, exactly
+   one ``gateprobe ...: error: ...`` line holding a phrase, no traceback, and the complete run
+   byte-for-byte intact afterwards (nothing already written is damaged by a failing command).
+   :data:`HANDLED_INPUTS` are inputs that look odd but must record: gray, RGBA and 16-bit images,
+   soft masks (``--mask-threshold``), all-hole and no-hole masks (statistics that are undefined
+   there are NaN, e.g. ``auc_hole``).
+2. **Crash safety**: a recording interrupted (an exception, or SIGKILL at random moments of a
+   separate process) leaves a run that ``--resume`` finishes into tables equal to an uninterrupted
+   run's (integers exactly, floats to 1e-9 relative), or an incomplete run that ``load_run``
+   refuses; never a table that fails to read. A full disk and a read-only output folder give one
+   clear line and leave earlier files intact.
+3. **The explorer**: binds 127.0.0.1 with debug off; serves only runs under its folder whatever the
+   URL parameters; run, layer and class names (here HTML/JS payloads) reach figures and the
+   report only escaped; request bodies are bounded; malformed requests get an error status with no
+   stack trace.
+
+The SIGKILL test kills forked copies of this process running ``probe.cli.main`` (the same code as
+``python -m probe``, without paying an interpreter start-up per kill) at random moments, then
+finishes the run with a real ``python -m probe record ... --resume`` subprocess.
+"""
+from __future__ import annotations
+
+import errno
+import hashlib
+from html import escape as _escape
+import json
+import multiprocessing
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from probe.checkpoints import save_checkpoint, sha256_file
+from probe.cli import main
+from probe.data import FolderDataset, parse_data
+from probe.layers import GatedConv2d
+from probe.models import create_model
+from probe.progress import PROGRESS, read_progress
+from probe.record import record
+from probe.run import TABLES, RunError, load_run
+from probe.sources import resolve_model
+
+SIZE = 32
+CLASSES = ("sky", "grass", "box")
+EVIL_CLASS = "<img src=x onerror=alert(1)>"
+EVIL_LAYER = "g<svg onload=alert(2)>"  # a module name (no dots, no slashes)
+EVIL_RUN = "r<iframe srcdoc=x onload=alert(3)>"
+EVIL = (EVIL_CLASS, EVIL_LAYER, EVIL_RUN)
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# ============================================================================ helpers and fixtures
+def make_folder(root: Path, n: int = 6, size: int | tuple = SIZE, classes=CLASSES, masks: dict | None = None,
+                seed: int = 0) -> Path:
+    """A labelled folder dataset: ``n`` RGB images ``i0..``, label maps using every class id, and
+    optional masks (name -> uint8 array)."""
+    h, w = (size, size) if isinstance(size, int) else size
+    rng = np.random.default_rng(seed)
+    for sub in ("images", "labels", "masks"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    for k in range(n):
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(root / "images" / f"i{k}.png")
+        labels = np.zeros((h, w), np.uint8)
+        labels[h // 2:] = 1
+        labels[2:h // 3, 2:w // 2] = len(classes) - 1
+        Image.fromarray(labels).save(root / "labels" / f"i{k}.png")
+    for name, mask in (masks or {}).items():
+        Image.fromarray(mask).save(root / "masks" / f"{name}.png")
+    (root / "classes.txt").write_text("\n".join(classes) + "\n")
+    return root
+
+
+def html_escape(text: str) -> str:
+    return _escape(text, quote=False)
+
+
+def digest(folder: Path) -> dict[str, str]:
+    """sha256 of every file under ``folder`` (relative path -> hex)."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def run_cli(argv: list[str], capsys) -> tuple[int, str]:
+    """``main(argv)`` in this process; returns (exit code, stderr)."""
+    capsys.readouterr()
+    code = main([str(a) for a in argv])
+    return code, capsys.readouterr().err
+
+
+def error_line(stderr: str) -> str:
+    """The one error line of a failed command (progress bars aside): checks there is exactly one."""
+    lines = [line for line in stderr.replace("\r", "\n").splitlines() if line.startswith("gateprobe ")]
+    assert len(lines) == 1, stderr
+    assert "Traceback" not in stderr, stderr
+    return lines[0]
+
+
+def assert_same_tables(a, b) -> None:
+    """Integer columns equal exactly, float columns to 1e-9 relative (NaN where NaN)."""
+    for name in TABLES:
+        x, y = getattr(a, name), getattr(b, name)
+        assert list(x.columns) == list(y.columns) and len(x) == len(y), name
+        for column in x.columns:
+            u, v = x[column].to_numpy(), y[column].to_numpy()
+            if u.dtype.kind == "f":
+                np.testing.assert_allclose(v, u, rtol=1e-9, atol=0, equal_nan=True, err_msg=f"{name}.{column}")
+            elif u.dtype == object and len(u) and isinstance(u[0], (list, np.ndarray)):
+                for p, q in zip(u, v):
+                    np.testing.assert_allclose(np.asarray(q, float), np.asarray(p, float), rtol=1e-9,
+                                               equal_nan=True, err_msg=f"{name}.{column}")
+            else:
+                assert list(u) == list(v), f"{name}.{column}"
+
+
+EVIL_MODELS = '''
+import torch
+from probe.models import create_model
+
+
+class NanOutput(torch.nn.Module):
+    accepts_sketch = False
+
+    def __init__(self):
+        super().__init__()
+        self.inner = create_model("pconv-scenes", width=8, image_size=32)
+
+    def forward(self, image, hole, sketch=None):
+        return self.inner(image, hole) * float("nan")
+
+
+def nan_output():
+    return NanOutput()
+
+
+def nan_gates():
+    model = create_model("gated-scenes", width=8, image_size=32)
+    with torch.no_grad():
+        model.encoder[2].gate.weight.fill_(float("nan"))
+    return model
+'''
+
+
+@dataclass
+class Env:
+    root: Path
+    data: Path
+    pconv: Path
+    gated: Path
+    precious: Path
+    incomplete: Path
+    precious_digest: dict = field(default_factory=dict)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """Checkpoints of pconv-scenes and gated-scenes (width 8, 32x32), a folder dataset, a complete
+    run (``precious``) that every failing command must leave intact, and an incomplete run."""
+    root = tmp_path_factory.mktemp("reliability")
+    torch.manual_seed(0)
+    save_checkpoint(create_model("pconv-scenes", width=8, image_size=SIZE), root / "ckpt-pconv")
+    save_checkpoint(create_model("gated-scenes", width=8, image_size=SIZE), root / "ckpt-gated")
+    data = make_folder(root / "data")
+    precious = root / "runs" / "precious"
+    record(resolve_model(str(root / "ckpt-pconv")), f"folder:{data}", precious, batch_size=2, samples=2,
+           progress=False)
+    incomplete = root / "runs" / "halfway"
+    shutil.copytree(precious, incomplete)
+    manifest = json.loads((incomplete / "manifest.json").read_text())
+    (incomplete / "manifest.json").write_text(json.dumps(dict(manifest, complete=False)))
+    (root / "modules").mkdir()
+    (root / "modules" / "gp_evil_models.py").write_text(EVIL_MODELS)
+    sys.path.insert(0, str(root / "modules"))
+    yield Env(root, data, root / "ckpt-pconv", root / "ckpt-gated", precious, incomplete, digest(precious))
+    sys.path.remove(str(root / "modules"))
+
+
+# ============================================================================ 1. bad input
+def _copy_data(env: Env, scratch: Path, edit=None) -> str:
+    folder = scratch / "data"
+    shutil.copytree(env.data, folder)
+    if edit is not None:
+        edit(folder)
+    return f"folder:{folder}"
+
+
+def _copy_checkpoint(env: Env, scratch: Path, edit) -> str:
+    folder = scratch / "ckpt"
+    shutil.copytree(env.pconv, folder)
+    edit(folder)
+    return str(folder)
+
+
+def _card(folder: Path, **changes) -> None:
+    card = json.loads((folder / "card.json").read_text())
+    (folder / "card.json").write_text(json.dumps(card | changes))
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _image(path: Path, array: np.ndarray) -> None:
+    Image.fromarray(array).save(path)
+
+
+def _resize(folder: Path, name: str, h: int, w: int) -> None:
+    _image(folder / "images" / f"{name}.png", np.zeros((h, w, 3), np.uint8))
+    _image(folder / "labels" / f"{name}.png", np.zeros((h, w), np.uint8))
+
+
+def _resize_all(folder: Path, h: int, w: int) -> None:
+    for path in (folder / "images").glob("*.png"):
+        _resize(folder, path.stem, h, w)
+
+
+def _nan_weights(folder: Path) -> None:
+    model = create_model("pconv-scenes", width=8, image_size=SIZE)
+    with torch.no_grad():
+        model.enc_2.weight[0, 0, 0, 0] = float("nan")
+    save_checkpoint(model, folder)
+
+
+class _Payload:
+    """Pickles as a call of os.system: what a hostile .pth file holds."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def _pickle_file(scratch: Path, hostile: bool) -> str:
+    path = scratch / "generator.pth"
+    torch.save({"G": _Payload(scratch / "PWNED") if hostile else {"w": torch.zeros(2)}}, path)
+    return str(path)
+
+
+@dataclass
+class Bad:
+    """One row of the bad-input table: ``argv(env, scratch)`` gives the command's arguments;
+    ``phrase`` must be in its one error line. ``out`` False: the arguments name their own --out
+    (otherwise ``--out PRECIOUS --overwrite`` is appended)."""
+
+    input: str
+    argv: Callable
+    phrase: str
+    out: bool = True
+
+
+def _rec(env: Env, data: str | None = None, model: str | None = None, *extra) -> list:
+    return ["record", "--model", model or env.pconv, "--data", data or f"folder:{env.data}", "--batch-size", "2",
+            "--samples", "2", *extra]
+
+
+BAD_INPUTS = [
+    Bad("truncated PNG image",
+        lambda e, s: _rec(e, _copy_data(e, s, lambda f: _truncate(f / "images" / "i3.png"))),
+        "i3.png: not a readable image"),
+    Bad("random bytes as an image",
+        lambda e, s: _rec(e, _copy_data(e, s, lambda f: (f / "images" / "i1.png").write_bytes(os.urandom(300)))),
+        "i1.png: not a readable image"),
+    Bad("image size pconv-scenes cannot take (40x40; needs multiples of 2**depth = 16)",
+        lambda e, s: _rec(e, _copy_data(e, s, lambda f: _resize_all(f, 40, 40))),
+        "pconv-scenes needs H and W divisible by 16, got (40, 40)"),
+    Bad("image size gated-scenes cannot take (30x30; needs multiples of 4)",
+        lambda e, s: _rec(e, _copy_data(e, s, lambda f: _resize_all(f, 30, 30)), e.gated),
+        "gated-scenes needs H and W divisible by 4, got (30, 30)"),
+    Bad("images of different sizes in one batch",
+        lambda e, s: _rec(e, _copy_data(e, s, lambda f: _resize(f, "i1", 48, 48))),
+        "images of different sizes"),
+    Bad("mask of the wrong size",
+        lambda e, s: _rec(e, _copy_data(e, s, lambda f: _image(f / "masks" / "i2.png", np.zeros((20, SIZE), "u1")))),
+        f"mask is {SIZE}x20 but the image is {SIZE}x{SIZE}"),
+    Bad("label map of the wrong size",
+        lambda e, s: _rec(e, _copy_data(e, s, lambda f: _image(f / "labels" / "i4.png", np.zeros((SIZE, 30), "u1")))),
+        f"label map is 30x{SIZE} but the image is {SIZE}x{SIZE}"),
+    Bad("label id missing from classes.txt",
+        lambda e, s: _rec(e, _copy_data(e, s, lambda f: (f / "classes.txt").write_text("sky\ngrass\n"))),
+        "label id 2 has no name in classes.txt (2 classes)"),
+    Bad("empty classes.txt",
+        lambda e, s: _rec(e, _copy_data(e, s, lambda f: (f / "classes.txt").write_text("\n \n"))),
+        "classes.txt: no class names"),
+    Bad("classes.txt not UTF-8",
+        lambda e, s: _rec(e, _copy_data(e, s, lambda f: (f / "classes.txt").write_bytes(b"sky\n\xff\xfe\n"))),
+        "classes.txt: not UTF-8 text"),
+    Bad("empty dataset folder",
+        lambda e, s: _rec(e, _copy_data(e, s, lambda f: [p.unlink() for p in (f / "images").glob("*")])),
+        "images: no .png/.jpg images found"),
+    Bad("image and label names that do not match",
+        lambda e, s: _rec(e, _copy_data(e, s, lambda f: (f / "labels" / "i3.png").rename(f / "labels" / "x3.png"))),
+        "1 image(s) without labels/NAME.png, e.g. ['i3']"),
+    Bad("--n larger than the data",
+        lambda e, s: _rec(e, None, None, "--n", "100"),
+        "--n 100 is larger than the data (6 images)"),
+    Bad("--mask-threshold outside (0, 1]",
+        lambda e, s: _rec(e, None, None, "--mask-threshold", "1.5"),
+        "mask threshold 1.5: expected a value in (0, 1]"),
+    Bad("--mask-threshold with Scenes data",
+        lambda e, s: _rec(e, "scenes:32", None, "--mask-threshold", "0.5"),
+        "--mask-threshold applies to folder:PATH data"),
+    Bad("truncated model.safetensors",
+        lambda e, s: _rec(e, None, _copy_checkpoint(e, s, lambda f: _truncate(f / "model.safetensors"))),
+        "sha256 does not match card.json"),
+    Bad("truncated model.safetensors whose hash the card was changed to",
+        lambda e, s: _rec(e, None, _copy_checkpoint(e, s, lambda f: (_truncate(f / "model.safetensors"), _card(
+            f, sha256=sha256_file(f / "model.safetensors"))))),
+        "not a readable safetensors file"),
+    Bad("weights hash mismatch (one byte changed)",
+        lambda e, s: _rec(e, None, _copy_checkpoint(e, s, lambda f: (f / "model.safetensors").write_bytes(
+            (f / "model.safetensors").read_bytes()[:-1] + b"\x01"))),
+        "sha256 does not match card.json"),
+    Bad("card naming another architecture than the weights",
+        lambda e, s: _rec(e, None, _copy_checkpoint(e, s, lambda f: _card(f, model="gated-scenes"))),
+        "weights do not fit gated-scenes: missing keys"),
+    Bad("card with another width than the weights",
+        lambda e, s: _rec(e, None, _copy_checkpoint(e, s, lambda f: _card(f, config={"width": 16, "image_size": 32}))),
+        "size mismatch"),
+    Bad("card naming an unknown model",
+        lambda e, s: _rec(e, None, _copy_checkpoint(e, s, lambda f: _card(f, model="no-such-model"))),
+        "the card does not describe a model this gateprobe can build"),
+    Bad("NaN weights",
+        lambda e, s: _rec(e, None, _copy_checkpoint(e, s, _nan_weights)),
+        "non-finite (NaN/inf) weights in ['enc_2.weight']"),
+    Bad("a model whose outputs are NaN",
+        lambda e, s: _rec(e, None, "gp_evil_models:nan_output"),
+        "the model produced NaN or inf outputs"),
+    Bad("a model whose gates are NaN",
+        lambda e, s: _rec(e, None, "gp_evil_models:nan_gates"),
+        "layer encoder.2: NaN or inf gate values"),
+    Bad("pickle-based .pth without --trust-pickle",
+        lambda e, s: _rec(e, None, "deepfillv2:" + _pickle_file(s, hostile=False)),
+        "is a pickle-based PyTorch file (.pth/.pt/.ckpt), refused unless you pass --trust-pickle"),
+    Bad("hostile pickle, even with --trust-pickle (weights_only=True refuses code)",
+        lambda e, s: _rec(e, None, "deepfillv2:" + _pickle_file(s, hostile=True), "--trust-pickle"),
+        "not a PyTorch checkpoint readable with weights_only=True"),
+    Bad("--model import path that does not resolve",
+        lambda e, s: _rec(e, None, "no.such:thing"),
+        "--model 'no.such:thing': cannot import 'no.such'"),
+    Bad("--model folder that does not exist",
+        lambda e, s: _rec(e, None, str(s / "nowhere")),
+        "not a checkpoint folder, a registry name"),
+    Bad("--resume on a complete run",
+        lambda e, s: _rec(e) + ["--out", e.precious, "--resume"],
+        "the run is already complete; nothing to resume", out=False),
+    Bad("--resume with other settings than the run was started with",
+        lambda e, s: (shutil.copytree(e.incomplete, s / "run"), _rec(e) + ["--out", s / "run", "--resume",
+                                                                          "--quantile", "0.01"])[1],
+        "cannot resume: the run was started with different settings", out=False),
+    Bad("--resume with a damaged checkpoint",
+        lambda e, s: (shutil.copytree(e.incomplete, s / "run"), (s / "run" / PROGRESS).write_bytes(b"\x00" * 64),
+                      _rec(e) + ["--out", s / "run", "--resume"])[2],
+        "progress.safetensors: unreadable checkpoint", out=False),
+    Bad("--resume and --overwrite together",
+        lambda e, s: _rec(e, None, None, "--resume"),
+        "--resume continues the run in --out and --overwrite replaces it"),
+    Bad("report of an incomplete run",
+        lambda e, s: ["report", e.incomplete, "--out", s / "report.html"],
+        "run is incomplete (recording stopped before the end); finish it with `gateprobe record ... --resume`",
+        out=False),
+    Bad("--out on a read-only file system (/proc)",
+        lambda e, s: _rec(e) + ["--out", f"/proc/gateprobe-test-{os.getpid()}/run"],
+        "cannot create the run folder", out=False),
+]
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS, ids=[c.input for c in BAD_INPUTS])
+def test_bad_input_gives_one_line_exit_2_and_damages_nothing(case, env, tmp_path, capsys):
+    argv = case.argv(env, tmp_path)
+    if case.out:
+        argv += ["--out", env.precious, "--overwrite"]
+    code, stderr = run_cli(argv, capsys)
+    line = error_line(stderr)
+    assert code == 2, stderr
+    assert line.startswith(f"gateprobe {argv[0]}: error: ") and case.phrase in line, line
+    assert digest(env.precious) == env.precious_digest  # the complete run is untouched...
+    assert not list(env.precious.parent.glob(".*"))  # ...and nothing was left beside it
+    load_run(env.precious)
+    assert not (tmp_path / "PWNED").exists()
+
+
+def _masks(value) -> dict:
+    return {f"i{k}": np.full((SIZE, SIZE), value, np.uint8) for k in range(6)}
+
+
+@pytest.mark.parametrize("kind", ["gray", "RGBA", "16-bit", "soft masks", "all hole", "no hole"])
+def test_handled_inputs_record(kind, env, tmp_path, capsys):
+    """Odd but valid inputs record; statistics that are undefined are NaN, never an error."""
+    data = tmp_path / "data"
+    extra = []
+    if kind == "soft masks":  # grey 100/255 = 0.39: hole only at a threshold below it
+        mask = np.zeros((SIZE, SIZE), np.uint8)
+        mask[8:24, 8:24] = 100
+        make_folder(data, masks={f"i{k}": mask for k in range(6)})
+        extra = ["--mask-threshold", "0.25"]
+    elif kind in ("all hole", "no hole"):  # (and a class that no pixel has)
+        make_folder(data, masks=_masks(255 if kind == "all hole" else 0), classes=("sky", "grass", "absent", "box"))
+    else:
+        make_folder(data)
+        rng = np.random.default_rng(1)
+        for path in (data / "images").glob("*.png"):
+            if kind == "gray":
+                _image(path, rng.integers(0, 256, (SIZE, SIZE), dtype=np.uint8))
+            elif kind == "RGBA":
+                _image(path, rng.integers(0, 256, (SIZE, SIZE, 4), dtype=np.uint8))
+            else:
+                _image(path, rng.integers(0, 65536, (SIZE, SIZE), dtype=np.uint16))
+    code, stderr = run_cli(_rec(env, f"folder:{data}", env.gated, *extra) + ["--out", tmp_path / "run"], capsys)
+    assert code == 0, stderr
+    run = load_run(tmp_path / "run")
+    hole = np.asarray(run.sample_input("hole"))
+    image = np.asarray(run.sample_input("image"), dtype=np.float32)
+    assert np.isfinite(image).all() and 0 <= image.min() and image.max() <= 1
+    ch = run.channels
+    if kind == "soft masks":
+        assert hole[:, 0, 8:24, 8:24].min() == 1 and hole.sum() == 2 * 16 * 16
+    elif kind == "all hole":  # no valid pixel: nothing to compare the hole with
+        assert hole.min() == 1
+        assert ch.auc_hole.isna().all() and ch.mean_valid.isna().all() and ch.p_hole.isna().all()
+        assert ch.mean_hole.notna().all()
+    elif kind == "no hole":  # no hole pixel: hole statistics undefined
+        assert hole.max() == 0
+        assert ch.auc_hole.isna().all() and ch.mean_hole.isna().all() and ch.auc_sketch.isna().all()
+        assert ch.mean_valid.notna().all()
+    if kind in ("all hole", "no hole"):
+        absent = run.labels[run.labels.label == "absent"]
+        assert len(absent) and (absent.pixels == 0).all() and (absent.iou == 0).all()
+        assert absent.auc.isna().all() and absent.mean_in.isna().all() and absent.p_value.isna().all()
+    else:
+        assert ch["mean"].notna().all()
+
+
+# ============================================================================ 2. crash safety
+class Interrupt:
+    """A dataset that raises KeyboardInterrupt when item ``at`` is read (a crash mid-recording)."""
+
+    def __init__(self, data, at: int):
+        self.data, self.at, self.classes = data, at, data.classes
+
+    def __len__(self):
+        return len(self.data)
+
+    def __getitem__(self, i):
+        if i == self.at:
+            raise KeyboardInterrupt
+        return self.data[i]
+
+    def spec(self):
+        return self.data.spec()
+
+
+RESUME = dict(n=24, batch_size=4, samples=6, calibration=8, checkpoint_every=2, progress=False)
+
+
+def test_resume_after_interruption_equals_an_uninterrupted_run(env, tmp_path, monkeypatch):
+    model = resolve_model(str(env.gated))
+    data = parse_data("scenes:32", n=24)
+    reference = record(model, data, tmp_path / "reference", **RESUME)
+
+    # stopped in the 5th batch (images 16-19); checkpoints were written after batches 2 and 4
+    with pytest.raises(KeyboardInterrupt):
+        record(model, Interrupt(data, 18), tmp_path / "run", **RESUME)
+    with pytest.raises(RunError, match="incomplete.*--resume"):
+        load_run(tmp_path / "run")
+    assert json.loads((tmp_path / "run" / "progress.json").read_text())["position"] == "16"
+    resumed = record(model, data, tmp_path / "run", resume=True, **RESUME)
+    assert_same_tables(reference, resumed)
+    assert digest(reference.path / "samples") == digest(resumed.path / "samples")
+    assert not (resumed.path / PROGRESS).exists() and not (resumed.path / "progress.json").exists()
+
+    # stopped while writing the tables, after the last checkpoint (position == the end)
+    record_module = sys.modules["probe.record"]  # (probe.record the attribute is the function)
+    real, written = record_module.write_table, []
+
+    def failing(path, frame):
+        if len(written) == 2:
+            raise KeyboardInterrupt
+        written.append(path)
+        real(path, frame)
+
+    monkeypatch.setattr(record_module, "write_table", failing)
+    with pytest.raises(KeyboardInterrupt):
+        record(model, data, tmp_path / "late", **RESUME)
+    monkeypatch.setattr(record_module, "write_table", real)
+    with pytest.raises(RunError, match="--resume"):
+        load_run(tmp_path / "late")
+    assert_same_tables(reference, record(model, data, tmp_path / "late", resume=True, **RESUME))
+    # resuming a run that never reached its first checkpoint starts it from the beginning
+    with pytest.raises(KeyboardInterrupt):
+        record(model, Interrupt(data, 10), tmp_path / "early", **(RESUME | {"checkpoint_every": 3}))
+    assert not (tmp_path / "early" / PROGRESS).exists()
+    assert_same_tables(reference, record(model, data, tmp_path / "early", resume=True, **RESUME))
+
+
+def _cli_child(argv: list[str]) -> None:
+    """A forked copy of this process running the CLI (``python -m probe`` without the start-up)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
+    try:
+        code = main(argv)
+    except BaseException:  # noqa: BLE001
+        code = 1
+    os._exit(code)
+
+
+def _check_after_kill(run_dir: Path, context: str) -> bool:
+    """What a killed recording may leave: every table readable; a complete run that loads, or an
+    incomplete one that load_run refuses (with a usable checkpoint, if any). Returns complete."""
+    if not run_dir.exists():
+        return False
+    for table in run_dir.glob("*.parquet"):
+        pd.read_parquet(table)  # never half written
+    for array in run_dir.glob("samples/*/*.npy"):
+        np.load(array)
+    if not (run_dir / "manifest.json").exists():
+        return False
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    if manifest["complete"]:
+        load_run(run_dir)
+        return True
+    with pytest.raises(RunError, match="--resume"):
+        load_run(run_dir)
+    read_progress(run_dir, manifest)  # None, or a checkpoint that fits the run
+    return False
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_sigkill_at_random_points_leaves_a_resumable_or_refused_run(env, tmp_path):
+    seed = int(os.environ.get("GATEPROBE_KILL_SEED", random.SystemRandom().randrange(10 ** 6)))
+    rng = random.Random(seed)
+    torch.set_num_threads(1)  # the children and the subprocess compute exactly as this reference
+    argv = ["record", "--model", str(env.pconv), "--data", "scenes:32", "--n", "48", "--batch-size", "2",
+            "--samples", "4", "--checkpoint-every", "1"]
+    start = time.perf_counter()
+    reference = record(resolve_model(str(env.pconv)), "scenes:32", tmp_path / "reference", n=48, batch_size=2,
+                       samples=4, checkpoint_every=1, progress=False)
+    duration = time.perf_counter() - start
+    run_dir = tmp_path / "killed"
+    context = multiprocessing.get_context("fork")
+    complete, kills = False, []
+    for attempt in range(3):
+        child = context.Process(target=_cli_child, args=(argv + ["--out", str(run_dir)]
+                                                         + (["--resume"] if attempt else []),))
+        child.start()
+        done = 0  # images already recorded: aim the kill within what is left (plus start-up)
+        if (run_dir / "progress.json").exists():
+            done = int(json.loads((run_dir / "progress.json").read_text())["position"])
+        delay = rng.uniform(0.0, duration * max(0.25, 1.1 * (1 - done / 48)))
+        child.join(delay)
+        if child.is_alive():
+            os.kill(child.pid, signal.SIGKILL)
+            kills.append(round(delay, 3))
+        child.join(60)
+        assert child.exitcode in (0, -signal.SIGKILL), f"seed {seed}: exit code {child.exitcode}"
+        complete = _check_after_kill(run_dir, f"seed {seed}")
+        if complete:
+            break
+    if not complete:  # finish in a fresh interpreter: `python -m probe record ... --resume`
+        result = subprocess.run([sys.executable, "-m", "probe", *argv, "--out", str(run_dir), "--resume"],
+                                cwd=ROOT, capture_output=True, text=True, timeout=300,
+                                env=dict(os.environ, OMP_NUM_THREADS="1"))
+        assert result.returncode == 0, f"seed {seed}: {result.stderr[-2000:]}"
+    print(f"SIGKILL test: seed {seed}, reference {duration:.2f} s, killed after {kills} s, "
+          f"finished by {'a fork' if complete else 'python -m probe record --resume'}")
+    assert kills, f"seed {seed}: no child was killed (every child finished first)"
+    assert_same_tables(reference, load_run(run_dir))
+    assert digest(reference.path / "samples") == digest(run_dir / "samples"), f"seed {seed}, kills {kills}"
+    assert not list(run_dir.rglob(".*.tmp*")) and not (run_dir / PROGRESS).exists()
+
+
+def _fail_fsync_of(name: str, error: int):
+    real = os.fsync
+
+    def fsync(fd):
+        if name in os.readlink(f"/proc/self/fd/{fd}"):
+            raise OSError(error, os.strerror(error))
+        return real(fd)
+
+    return fsync
+
+
+@pytest.mark.parametrize("overwrite", [False, True], ids=["new --out", "--overwrite of a complete run"])
+def test_disk_full_gives_one_line_and_keeps_previous_files(env, tmp_path, capsys, monkeypatch, overwrite):
+    target = tmp_path / "run"
+    if overwrite:
+        shutil.copytree(env.precious, target)
+    before = digest(target) if overwrite else None
+    monkeypatch.setattr(os, "fsync", _fail_fsync_of("channels.parquet", errno.ENOSPC))
+    code, stderr = run_cli(_rec(env) + ["--out", target] + (["--overwrite"] if overwrite else []), capsys)
+    monkeypatch.undo()
+    line = error_line(stderr)
+    assert code == 2 and "No space left on device" in line and "channels.parquet" in line, line
+    assert not list(tmp_path.rglob(".*.tmp*"))
+    if overwrite:
+        assert digest(target) == before and not list(tmp_path.glob(".*"))
+    else:
+        with pytest.raises(RunError, match="--resume"):
+            load_run(target)  # the layers table may be there, but the run is not complete
+        for table in target.glob("*.parquet"):
+            pd.read_parquet(table)
+
+
+def test_read_only_output_gives_one_line_and_keeps_previous_files(env, tmp_path, capsys, monkeypatch):
+    target = tmp_path / "run"
+    shutil.copytree(env.precious, target)
+    before = digest(target)
+    real = os.replace
+
+    def replace(src, dst):
+        if ".tmp" in Path(src).name:
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    code, stderr = run_cli(_rec(env) + ["--out", target, "--overwrite"], capsys)
+    monkeypatch.undo()
+    line = error_line(stderr)
+    assert code == 2 and "Permission denied" in line and str(target) in line, line
+    assert digest(target) == before and not list(tmp_path.rglob(".*tmp*"))
+
+
+def test_incomplete_runs_are_refused_by_report_and_listed_as_skipped_by_serve(env, tmp_path, capsys, monkeypatch):
+    import dash
+
+    from dashboards.data import RunStore
+
+    store = RunStore(env.root / "runs").refresh()
+    assert "precious" in store.runs and "halfway" not in store.runs
+    assert "--resume" in store.skipped["halfway"]
+    monkeypatch.setattr(dash.Dash, "run", lambda self, **kwargs: None)
+    capsys.readouterr()
+    assert main(["serve", str(env.root / "runs")]) == 0
+    listing = capsys.readouterr().out
+    assert "serving  precious" in listing
+    assert "skipped  halfway: run is incomplete" in listing and "--resume" in listing
+    code, stderr = run_cli(["report", env.incomplete, "--out", tmp_path / "report.html"], capsys)
+    assert code == 2 and "--resume" in error_line(stderr) and not (tmp_path / "report.html").exists()
+
+
+# ============================================================================ 3. the explorer
+class EvilNet(nn.Module):
+    """One gated layer whose module name is an HTML payload."""
+
+    accepts_sketch = False
+
+    def __init__(self):
+        super().__init__()
+        self.add_module(EVIL_LAYER, GatedConv2d(4, 4, 3))
+        self.to_rgb = nn.Conv2d(4, 3, 1)
+        with torch.no_grad():
+            getattr(self, EVIL_LAYER).gate.weight.mul_(8)
+
+    def forward(self, image, hole, sketch=None):
+        return self.to_rgb(getattr(self, EVIL_LAYER)(torch.cat([image * (1 - hole), hole], 1)))
+
+
+@pytest.fixture(scope="module")
+def served(env):
+    """A runs folder holding one run whose run, layer and class names are payloads, and a run
+    outside it whose names (TOPSECRET) must never be shown."""
+    runs = env.root / "served"
+    data = make_folder(env.root / "evil-data", n=4, classes=("sky", EVIL_CLASS, "box"))
+    torch.manual_seed(0)
+    record(EvilNet(), FolderDataset(data), runs / EVIL_RUN, batch_size=2, samples=2, progress=False)
+    outside = env.root / "outside"
+    shutil.copytree(runs / EVIL_RUN, outside)
+    manifest = json.loads((outside / "manifest.json").read_text())
+    manifest["data"]["classes"] = ["TOPSECRET-0", "TOPSECRET-1", "TOPSECRET-2"]
+    manifest["model"]["name"] = "TOPSECRET-model"
+    (outside / "manifest.json").write_text(json.dumps(manifest))
+    return runs
+
+
+def _strings(value):
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _strings(v)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _strings(v)
+
+
+def _displayed(figure: dict) -> dict:
+    """A figure without the parts plotly never renders as text: ``layout.meta`` and the traces'
+    ``customdata`` hold the raw names as keys for click-through (what a hover shows of them is
+    checked to be escaped through the hovertemplate's own strings and ``text``)."""
+    layout = {k: v for k, v in (figure.get("layout") or {}).items() if k != "meta"}
+    data = [{k: v for k, v in trace.items() if k != "customdata"} for trace in figure.get("data") or []]
+    return {"data": data, "layout": layout, "frames": figure.get("frames")}
+
+
+def _check_component_tree(tree) -> None:
+    """Plotly figures may show names only escaped; no component may render raw HTML."""
+    if isinstance(tree, dict):
+        if "dangerously_allow_html" in tree:
+            assert not tree["dangerously_allow_html"]
+        if tree.get("type") == "Markdown":
+            assert not any(e in s for s in _strings(tree) for e in EVIL)
+        for key, value in tree.items():
+            if key == "figure" and isinstance(value, dict):
+                raw = [s for s in _strings(_displayed(value)) for e in EVIL if e in s]
+                assert not raw, raw[:3]
+            else:
+                _check_component_tree(value)
+    elif isinstance(tree, list):
+        for item in tree:
+            _check_component_tree(item)
+
+
+def _to_json(component):
+    import plotly.io as pio
+
+    return json.loads(pio.to_json(component, validate=False))
+
+
+@pytest.fixture(scope="module")
+def app(served):
+    from dashboards.app import create_app
+
+    return create_app(served)
+
+
+def _callbacks_for(app, layout_json) -> list[dict]:
+    """Requests that the browser would send for the callbacks of a rendered page (string ids only),
+    with the components' initial values."""
+    from dash._utils import split_callback_id
+
+    values = {}
+
+    def walk(node):
+        if isinstance(node, dict):
+            props = node.get("props", {})
+            if isinstance(props, dict) and isinstance(props.get("id"), str):
+                values[props["id"]] = props
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(layout_json)
+    requests = []
+    for key, callback in app.callback_map.items():
+        deps = callback["inputs"] + callback.get("state", [])
+        if "@" in key or "{" in key or any(not isinstance(d["id"], str) or d["id"].startswith("{") for d in deps):
+            continue
+        if not all(d["id"] in values for d in deps):
+            continue
+
+        def item(d):
+            return {"id": d["id"], "property": d["property"], "value": values[d["id"]].get(d["property"])}
+
+        requests.append({"output": key, "outputs": split_callback_id(key),
+                         "inputs": [item(d) for d in callback["inputs"]],
+                         "state": [item(d) for d in callback.get("state", [])],
+                         "changedPropIds": [f"{d['id']}.{d['property']}" for d in callback["inputs"][:1]]})
+    return requests
+
+
+def test_explorer_binds_localhost_without_debug(served, monkeypatch, capsys):
+    import dash
+
+    calls = []
+    monkeypatch.setattr(dash.Dash, "run", lambda self, **kwargs: calls.append(kwargs))
+    assert main(["serve", str(served)]) == 0
+    assert calls == [{"host": "127.0.0.1", "port": 8050, "debug": False}]
+    out = capsys.readouterr()
+    assert "warning" not in out.err
+    assert main(["serve", str(served), "--host", "0.0.0.0"]) == 0  # only when asked, with a warning
+    assert calls[-1]["host"] == "0.0.0.0" and calls[-1]["debug"] is False
+    assert "anyone who can reach this address" in capsys.readouterr().err
+    from probe.cli import build_parser
+
+    assert build_parser().parse_args(["demo"]).host == "127.0.0.1"
+
+
+TRAVERSAL = ["../outside", "../../outside", "/etc/passwd", "../../../../etc/passwd", "..", ".", "%2e%2e/outside",
+             "..\\outside", "outside", "\x00", "a" * 5000]
+PARAMS = ("run", "a", "b", "layer", "sample", "channel", "label", "sort", "order", "scale", "base", "kind", "stat",
+          "metric", "layers", "x", "y")
+
+
+def _assert_no_leak(text: str) -> None:
+    assert "TOPSECRET" not in text and "root:x:0" not in text and "Traceback" not in text
+
+
+def test_url_parameters_cannot_reach_outside_the_runs_folder(served, app, env):
+    from dashboards.app import PAGES
+    from dashboards.data import RunStore
+    from dashboards.pages.common import Context
+
+    store = RunStore(served).refresh()
+    assert list(store.runs) == [EVIL_RUN]
+    for value in TRAVERSAL:
+        assert store.get(value) is None
+    context = Context(store=store, root=store.root)
+    for page in PAGES:
+        for value in TRAVERSAL:
+            layout = page.layout(store, {key: value for key in PARAMS}, context)
+            _assert_no_leak(json.dumps(_to_json(layout)))
+    client = app.server.test_client()
+    for path in ("/../outside/manifest.json", "/assets/../../outside/manifest.json",
+                 "/_dash-component-suites/../../outside/manifest.json", "/assets/%2e%2e/%2e%2e/outside/manifest.json",
+                 "/_dash-component-suites/dash/../../../../../etc/passwd", "/assets/../../../../etc/passwd"):
+        response = client.get(path)
+        _assert_no_leak(response.get_data(as_text=True))
+    for value in TRAVERSAL[:6]:  # the router callback, as the browser calls it for /layer?run=...&layer=...
+        search = "?" + "&".join(f"{k}={value}" for k in PARAMS)
+        response = client.post("/_dash-update-component", json={
+            "output": "..app-page.children...app-nav.children..",
+            "outputs": [{"id": "app-page", "property": "children"}, {"id": "app-nav", "property": "children"}],
+            "inputs": [{"id": "url", "property": "pathname", "value": "/layer"},
+                       {"id": "url", "property": "search", "value": search}],
+            "state": [{"id": "app-last", "property": "data", "value": None}],
+            "changedPropIds": ["url.search"]})
+        assert response.status_code == 200
+        _assert_no_leak(response.get_data(as_text=True))
+
+
+def test_names_are_escaped_in_figures_and_the_report(served, app, env, tmp_path, capsys):
+    from dashboards.app import PAGES
+    from dashboards.data import RunStore
+    from dashboards.pages.common import Context
+
+    run = load_run(served / EVIL_RUN)
+    assert run.classes[1] == EVIL_CLASS and list(run.layers.layer) == [EVIL_LAYER]
+    store = RunStore(served).refresh()
+    context = Context(store=store, root=store.root)
+    client = app.server.test_client()
+    fired, shown = 0, set()
+    for page in PAGES:
+        params = {"run": EVIL_RUN, "a": EVIL_RUN, "b": EVIL_RUN, "layer": EVIL_LAYER, "label": EVIL_CLASS}
+        layout = _to_json(page.layout(store, params, context))
+        _check_component_tree(layout)
+        for request in _callbacks_for(app, layout):
+            response = client.post("/_dash-update-component", json=request)
+            assert response.status_code in (200, 204), (page.PATH, request["output"], response.status_code)
+            if response.status_code == 200:
+                _check_component_tree(response.get_json())
+                fired += 1
+                shown.update(s for s in _strings(response.get_json()) for e in EVIL if html_escape(e) in s)
+    assert fired >= len(PAGES)  # the figures were really drawn...
+    assert {e for e in EVIL if any(html_escape(e) in s for s in shown)} == set(EVIL)  # ...with every name, escaped
+
+    code, stderr = run_cli(["report", served / EVIL_RUN, "--out", tmp_path / "report.html"], capsys)
+    assert code == 0, stderr
+    html = (tmp_path / "report.html").read_text()
+    md = (tmp_path / "report.md").read_text()
+    for evil in EVIL:
+        assert evil not in html and evil not in md, evil
+    assert "&lt;img src=x onerror=alert(1)&gt;" in html or "\\u0026lt;img" in html
+
+
+def test_requests_are_bounded_and_malformed_ones_get_no_trace(app):
+    client = app.server.test_client()
+    for body in (b"garbage", b"{", b"[]", b'{"output": 1}', b'{"output": "nope.children", "inputs": []}',
+                 json.dumps({"output": "..app-page.children...app-nav.children..", "inputs": "x"}).encode()):
+        response = client.post("/_dash-update-component", data=body, content_type="application/json")
+        assert response.status_code >= 400, body
+        text = response.get_data(as_text=True)
+        assert "Traceback" not in text and 'File "' not in text and "site-packages" not in text, text[:300]
+    big = b'{"output": "' + b"x" * (3 * 1024 * 1024) + b'"}'
+    assert client.post("/_dash-update-component", data=big, content_type="application/json").status_code == 413
+
+
+def test_drawn_shapes_are_bounded():
+    from dashboards.pages.live import MAX_PATH_CHARS, apply_relayout, rasterise
+
+    many = [{"type": "rect", "x0": i % 30, "x1": i % 30 + 1, "y0": 0, "y1": 1} for i in range(100_000)]
+    start = time.perf_counter()
+    shapes, changed = apply_relayout([], {"shapes": many}, max_shapes=40)
+    assert changed and len(shapes) == 40
+    long_path = "M " + " L ".join(f"{i % 32} {i % 31}" for i in range(200_000))
+    assert len(long_path) > MAX_PATH_CHARS
+    shapes, _ = apply_relayout([], {"shapes": [{"type": "path", "path": long_path}]}, max_shapes=40)
+    assert shapes == []  # an over-long path is dropped
+    hole, sketch, counts = rasterise(many, (SIZE, SIZE), max_shapes=40)
+    assert counts["hole shapes"] == 40 and counts["ignored"] == len(many) - 40
+    assert time.perf_counter() - start < 10
