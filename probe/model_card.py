@@ -30,6 +30,23 @@ def plot_loss_curve(losses_csv: str | Path, png: str | Path) -> None:
     plt.close(fig)
 
 
+def _architecture(card: dict) -> str:
+    """One line per recorded layer kind, from the registry's description and the model itself."""
+    from .adapters import find_sites
+    from .models import create_model, model_spec
+
+    model = create_model(card["model"], **card["config"])
+    sites = find_sites(model)
+    kinds = {kind: [s for s in sites if s.kind == kind] for kind in ("gated", "partial")}
+    lines = [model_spec(card["model"]).description + "."]
+    for kind, found in kinds.items():
+        if found:
+            geometry = ", ".join(f"{s.name} ({s.kernel}x{s.kernel}, stride {s.stride}, dilation {s.dilation}, "
+                                 f"{s.channels} ch)" for s in found)
+            lines.append(f"{len(found)} {kind} layers: {geometry}.")
+    return "\n".join(lines)
+
+
 def write_model_card(folder: str | Path) -> None:
     """Write ``folder/README.md`` from ``card.json``."""
     folder = Path(folder)
@@ -39,6 +56,9 @@ def write_model_card(folder: str | Path) -> None:
     text = f"""# {folder.name}: `{card['model']}`
 
 Config: `{json.dumps(card['config'])}`, {card['parameters']:,} parameters, weights sha256 `{card['sha256']}`.
+
+## Architecture
+{_architecture(card)}
 
 ## Data
 Scenes at {data['size']}x{data['size']}, classes {', '.join(data['classes'])}.
