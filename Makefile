@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: venv test demo bench
+.PHONY: venv test demo bench reports
 
 venv: $(VENV)/.installed
 
@@ -11,16 +11,24 @@ venv: $(VENV)/.installed
 # never resolves another torch.
 $(VENV)/.installed: setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -e '.[test]' torch==2.13.0
+	$(BIN)/pip install -e '.[test,ray,bench]' torch==2.13.0
 	touch $@
 
 test: venv
 	$(BIN)/pytest -x -q tests
 
-# For now: the shipped checkpoints against the biharmonic baseline (a later issue adds `gateprobe demo`).
+# Records both shipped checkpoints, analyses, writes runs/demo/scenes-pconv-vs-gated.html, serves the explorer.
 demo: venv
-	$(BIN)/gateprobe evaluate checkpoints/scenes-gated --n 64
-	$(BIN)/gateprobe evaluate checkpoints/scenes-pconv --n 64
+	$(BIN)/gateprobe demo
+
+# The canonical reports committed in reports/ (N = 1024 held-out Scenes images per model).
+CANON := runs/canonical
+reports: venv
+	$(BIN)/gateprobe record --model checkpoints/scenes-pconv --data scenes:64 --n 1024 --out $(CANON)/scenes-pconv --overwrite
+	$(BIN)/gateprobe record --model checkpoints/scenes-gated --data scenes:64 --n 1024 --out $(CANON)/scenes-gated --overwrite
+	$(BIN)/gateprobe analyze $(CANON)/scenes-gated --n 128
+	$(BIN)/gateprobe report $(CANON)/scenes-pconv $(CANON)/scenes-gated --out reports/scenes-pconv-vs-gated.html \
+		--title "gateprobe: partial vs gated convolution on Scenes (shipped checkpoints, 1024 held-out images)"
 
 bench: venv
 	$(BIN)/python benchmarks/run_all.py

@@ -48,30 +48,33 @@ def partial_claims(run: Run) -> list[dict]:
                      NOT_APPLICABLE if np.isnan(leak) else _verdict(leak == 0),
                      f"{run.name}: {len(ev)} layers", "supported if exactly 0 (renormalisation is the layer's "
                      "formula, checked against hand computation in the tests)"))
-    cov = run.evolution
-    hist = np.concatenate([np.asarray(h, float) for h in cov.coverage_hist]) if len(cov) else np.zeros(0)
-    low = sum(np.asarray(h, float)[: max(1, len(h) // 2)].sum() for h in cov.coverage_hist)
-    flipped = hist.sum()
-    share = low / flipped if flipped else np.nan
-    first = cov.iloc[0]
-    rows.append(_row("P2", "share of flipped locations (hole -> valid) whose window was at most half valid",
-                     share, NOT_APPLICABLE if not flipped else _verdict(share > 0),
-                     f"{int(flipped)} flipped locations; first layer {first.layer}: coverage histogram "
-                     f"{[int(v) for v in first.coverage_hist][:12]}...",
-                     "supported if > 0: windows with little valid input get the same mask value 1"))
+    flips = run.evolution[run.evolution.flipped > 0]
+    if flips.empty:
+        rows.append(_row("P2", "coverage of flipped locations", np.nan, NOT_APPLICABLE, "no location flipped",
+                         "needs holes that the layers fill"))
+    else:
+        first = flips.iloc[0]
+        counts = np.asarray(first.coverage_hist, float)
+        share = counts[: max(1, len(counts) // 2)].sum() / counts.sum()
+        rows.append(_row("P2", f"share of the locations that flip from hole to valid at {first.layer} (the first "
+                         "layer) whose window was at most half valid", share, _verdict(share > 0),
+                         f"{int(first.flipped)} flipped locations at {first.layer}, coverage histogram "
+                         f"{[int(v) for v in first.coverage_hist]} over {len(counts)} equal bins of (0, 1]",
+                         "supported if > 0: windows with little valid input get the same mask value 1 as full ones"))
     heights = np.array([layers.at[name, "height"] for name in ev.layer])
     encoder = ev.iloc[: int(np.argmin(heights)) + 1]  # down to the coarsest resolution
     monotone = bool(np.all(np.diff(encoder.valid_fraction.to_numpy()) >= -1e-9))
     full = ev[ev.all_valid_images >= 0.95]
     first_full = full.layer.iloc[0] if len(full) else None
     gap = float((ev.valid_fraction - ev.valid_fraction_predicted).abs().max())
-    ci = (float(encoder.ci_low.iloc[0]), float(encoder.ci_high.iloc[0]))
-    rows.append(_row("P3", "first layer whose mask is all valid for >= 95% of images; max |measured - predicted| "
-                     "valid fraction", gap, _verdict(monotone and first_full is not None and gap <= 0.01),
-                     f"first all-valid layer: {first_full}; valid fraction by layer "
-                     + ", ".join(f"{r.layer} {r.valid_fraction:.3f}" for r in ev.itertuples()),
+    rows.append(_row("P3", "max |measured - predicted| valid fraction over layers (and the first layer whose mask "
+                     "is all valid for >= 95% of images)", gap,
+                     _verdict(monotone and first_full is not None and gap <= 0.01),
+                     f"first all-valid layer: {first_full}; valid fraction by layer (95% interval over image groups) "
+                     + ", ".join(f"{r.layer} {r.valid_fraction:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}]"
+                                 for r in ev.itertuples()),
                      "supported if valid fraction never falls along the encoder, some layer is all valid for "
-                     ">= 95% of images, and geometry predicts every layer within 0.01", ci))
+                     ">= 95% of images, and geometry predicts every layer within 0.01"))
     eff = layers.loc[layers.kind == "partial", "effective_channels"].dropna()
     value = float(eff.max()) if len(eff) else np.nan
     rows.append(_row("P4", "effective number of distinct channel masks (participation ratio), max over layers "
