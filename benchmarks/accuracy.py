@@ -15,16 +15,12 @@ import argparse
 import numpy as np
 import torch
 
-from common import batches, shipped_or_random, torch_threads
+from common import batches, recorder_for, shipped_or_random, torch_threads
 from probe.adapters import find_sites
 from probe.context import BatchContext
-from probe.data import Scenes
-from probe.record import build_recorder
-from probe.stats.histograms import DEFAULT_BINS
 from probe.tables import channel_and_label_tables
 
 QUANTILE = 0.005
-SETTINGS = {"calibration": 32, "sketch": True, "bins": DEFAULT_BINS, "groups": 32, "border": 2}
 
 
 def exact_tables(model, data, n_labels: int = 8):
@@ -62,7 +58,7 @@ def main(argv=None) -> dict:
     torch_threads()
     model, label = shipped_or_random("scenes-gated", "gated-scenes")
     data = batches(args.n, 16)
-    with build_recorder(model, find_sites(model), Scenes(size=64, n=args.n, seed=1), args.n, SETTINGS) as rec:
+    with recorder_for(model) as rec:
         for b in data:
             rec.forward(b["image"], b["hole"], b["sketch"], b["labels"], torch.arange(len(b["image"])) % 32)
     channels, labels = channel_and_label_tables(rec.stats, rec.order, [str(i) for i in range(8)], QUANTILE)

@@ -37,11 +37,10 @@ def run_bare(model, data):
 
 
 def run_gateprobe(model, data):
-    from probe.adapters import find_sites
-    from probe.recorder import Recorder
+    from common import recorder_for
     from probe.tables import channel_and_label_tables
 
-    with Recorder(model, find_sites(model), 8) as rec:
+    with recorder_for(model) as rec:
         for b in data:
             rec.forward(b["image"], b["hole"], b["sketch"], b["labels"], torch.arange(len(b["image"])) % 32)
     channel_and_label_tables(rec.stats, rec.order, [str(i) for i in range(8)], 0.005)

@@ -28,6 +28,18 @@ def shipped_or_random(name: str, registry: str):
     return resolve_model(registry, random_init=True), f"{registry} (random init)"
 
 
+def recorder_for(model, size: int = 64):
+    """A Recorder with record()'s default statistics (calibrated 512-bin histograms, 32 image
+    groups, border 2, sketch when the model takes one) over every gated/partial layer."""
+    from probe.adapters import find_sites
+    from probe.record import build_recorder
+    from probe.stats.histograms import DEFAULT_BINS
+
+    settings = {"calibration": 32, "sketch": bool(getattr(model, "accepts_sketch", False)), "bins": DEFAULT_BINS,
+                "groups": 32, "border": 2}
+    return build_recorder(model, find_sites(model), Scenes(size=size, n=32, seed=1), 32, settings)
+
+
 def timed(fn) -> float:
     start = time.perf_counter()
     fn()
