@@ -37,7 +37,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from .data import dataset_from_spec, parse_data
-from .record import (DEFAULT_BINS, SampleStore, build_recorder, new_manifest, record_batches, shard_range,
+from .record import (DEFAULT_BINS, SampleStore, checked_count, build_recorder, new_manifest, record_batches, shard_range,
                      weights_sha256, write_run)
 from .run import INPUTS, Run, prepare_run_dir, replaces_safely, write_manifest
 
@@ -188,13 +188,7 @@ def record_ray(model_spec: str, data_spec, out: str | Path, n: int | None = None
     _refuse_random_init(model_spec, random_init)
     model = resolve_model(model_spec, trust_pickle=trust_pickle)
     data = parse_data(data_spec, n=n, seed=seed) if isinstance(data_spec, str) else data_spec
-    n = len(data) if n is None else n
-    if n < 1:
-        raise ValueError("--n must be at least 1")
-    if n > len(data):
-        raise ValueError(f"--n {n} is larger than the data ({len(data)} images); lower --n or add images")
-    if batch_size < 1:
-        raise ValueError("--batch-size must be at least 1")
+    n = checked_count(data, n, batch_size)
     if shards is not None and not 1 <= shards <= n:
         raise ValueError(f"--shards {shards}: use between 1 and {n} shards for {n} images")
     use_sketch = bool(getattr(model, "accepts_sketch", False)) if sketch is None else sketch

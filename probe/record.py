@@ -42,6 +42,19 @@ def weights_sha256(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
+def checked_count(data, n: int | None, batch_size: int) -> int:
+    """The number of images to record (``n``, default all of ``data``), with ``--n`` and
+    ``--batch-size`` checked: one clear line for what is wrong."""
+    n = len(data) if n is None else n
+    if n < 1:
+        raise ValueError("--n must be at least 1")
+    if n > len(data):
+        raise ValueError(f"--n {n} is larger than the data ({len(data)} images); lower --n or add images")
+    if batch_size < 1:
+        raise ValueError("--batch-size must be at least 1")
+    return n
+
+
 def shard_range(n: int, shard: tuple[int, int] | None) -> range:
     """Positions ``[0, n)`` of shard ``(i, N)``: the i-th of N contiguous, disjoint slices."""
     if shard is None:
@@ -89,13 +102,7 @@ def record(model: nn.Module, data, out: str | Path, n: int | None = None, batch_
     """
     if isinstance(data, str):
         data = parse_data(data, n=n, seed=seed)
-    n = len(data) if n is None else n
-    if n < 1:
-        raise ValueError("--n must be at least 1")
-    if n > len(data):
-        raise ValueError(f"--n {n} is larger than the data ({len(data)} images); lower --n or add images")
-    if batch_size < 1:
-        raise ValueError("--batch-size must be at least 1")
+    n = checked_count(data, n, batch_size)
     use_sketch = bool(getattr(model, "accepts_sketch", False)) if sketch is None else sketch
     if use_sketch and not getattr(model, "accepts_sketch", False):
         raise ValueError(f"{type(model).__name__} takes no sketch; record it without --sketch")

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .masks import hole_mask
-from .sketch import sketch_from_labels
+from .sketch import make_item
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -118,16 +118,7 @@ class FolderDataset(torch.utils.data.Dataset):
         if labels.max(initial=0) >= len(self.classes):
             raise DataError(f"{self.label_paths[name]}: label id {int(labels.max())} has no name in classes.txt "
                             f"({len(self.classes)} classes); add it there or fix the label map")
-        hole = self._hole(name, i, image.shape[:2])
-        sketch = sketch_from_labels(labels, hole)
-        return {
-            "image": torch.from_numpy(image.transpose(2, 0, 1).copy()),
-            "hole": torch.from_numpy(hole[None].astype(np.float32)),
-            "sketch": torch.from_numpy(sketch[None].astype(np.float32)),
-            "labels": torch.from_numpy(labels.astype(np.int64)),
-            "index": i,
-            "name": name,
-        }
+        return make_item(image, labels, self._hole(name, i, image.shape[:2]), i, name=name)
 
     def _hole(self, name: str, i: int, shape: tuple[int, int]) -> np.ndarray:
         path = self.mask_paths.get(name)

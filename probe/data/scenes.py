@@ -15,7 +15,7 @@ import torch
 
 from . import textures
 from .masks import hole_mask
-from .sketch import sketch_from_labels
+from .sketch import make_item
 
 CLASSES = ("sky", "grass", "brick wall", "gravel road", "water", "disc", "box", "triangle")
 SKY, GRASS, BRICK, ROAD, WATER, DISC, BOX, TRIANGLE = range(len(CLASSES))
@@ -103,14 +103,7 @@ def scene_item(seed: int, index: int, size: int = 64, hole_mode: str = "free",
     ``sketch`` ``[1,H,W]`` (label boundaries inside the hole), ``labels`` ``[H,W]`` int64, ``index``."""
     image, labels = render_scene(seed, index, size)
     hole = hole_mask(np.random.default_rng([seed, index, 1]), size, mode=hole_mode, area=hole_area)
-    sketch = sketch_from_labels(labels, hole)
-    return {
-        "image": torch.from_numpy(image.transpose(2, 0, 1).copy()),
-        "hole": torch.from_numpy(hole[None].astype(np.float32)),
-        "sketch": torch.from_numpy(sketch[None].astype(np.float32)),
-        "labels": torch.from_numpy(labels.astype(np.int64)),
-        "index": index,
-    }
+    return make_item(image, labels, hole, index)
 
 
 class Scenes(torch.utils.data.Dataset):

@@ -147,7 +147,7 @@ def _md(text) -> str:
 
 def _md_table(frame: pd.DataFrame) -> str:
     def cell(v):
-        text = f"{v:.4g}" if isinstance(v, float) else str(v)
+        text = ("n/a" if v != v else f"{v:.4g}") if isinstance(v, float) else str(v)
         return text.replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;").replace("\n", " ")
 
     head = "| " + " | ".join(map(cell, frame.columns)) + " |"
