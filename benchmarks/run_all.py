@@ -4,6 +4,7 @@ from __future__ import annotations
 import datetime
 import os
 import platform
+import subprocess
 import sys
 from pathlib import Path
 
@@ -29,12 +30,10 @@ def main() -> None:
              for k, v in figures.items()]
     rows += memory.main([])
     rows += report_speed.main([])
-    try:
-        import dashboard_latency  # noqa: E402
-
-        rows += dashboard_latency.main([]) or []
-    except ImportError:
-        pass
+    here = Path(__file__).resolve().parent
+    for script in ("dashboard_latency.py", "ray_scaling.py"):  # they print their own tables
+        print(f"\n== {script}", flush=True)
+        subprocess.run([sys.executable, str(here / script)], cwd=here, check=False)
     print()
     print_table(rows)
 
