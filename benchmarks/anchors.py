@@ -5,7 +5,7 @@
   with numpy and scikit-learn.
 
 Prints wall time and peak RSS of each, relative to gateprobe and to the bare forward pass.
-Run: ``python benchmarks/anchors.py [--n 32] [--repeats 3]``
+Run: ``python benchmarks/anchors.py [--n 128] [--repeats 2]``
 """
 from __future__ import annotations
 
@@ -132,8 +132,8 @@ def measure(method: str, n: int) -> dict:
 
 def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--n", type=int, default=32, help="images (64x64, batch 16)")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--n", type=int, default=128, help="images (64x64, batch 16)")
+    parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--worker", choices=sorted(METHODS), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
