@@ -686,6 +686,19 @@ def best_labels(labels: pd.DataFrame) -> pd.DataFrame:
     return best.rename(columns={"label": "best_label", "auc": "best_auc"}).reset_index(drop=True)
 
 
+def _by_role_category(frame: pd.DataFrame):
+    """Yield ``(category, rows, customdata)`` per non-empty role category of ``frame`` (which has a
+    ``category`` column), in :data:`ROLE_ORDER`; ``customdata`` rows are ``(layer, channel)``."""
+    for cat in ROLE_ORDER:
+        part = frame[frame.category == cat]
+        if part.empty:
+            continue
+        custom = np.empty((len(part), 2), dtype=object)
+        custom[:, 0] = part.layer.astype(str).to_numpy()
+        custom[:, 1] = part.channel.astype(int).to_numpy()
+        yield cat, part, custom
+
+
 def channel_scatter(channels: pd.DataFrame, labels: pd.DataFrame, highlight_layer: str | None = None,
                     title: str | None = "Every gated channel: hole selectivity vs its best label") -> go.Figure:
     """All channels: ``auc_hole`` (x) vs the AUC of their best label (y), one trace per role
@@ -698,13 +711,7 @@ def channel_scatter(channels: pd.DataFrame, labels: pd.DataFrame, highlight_laye
     roles = frame.role.fillna("none").astype(str) if "role" in frame else pd.Series("none", index=frame.index)
     frame = frame.assign(category=roles.map(role_category), role_text=roles)
     data = []
-    for cat in ROLE_ORDER:
-        part = frame[frame.category == cat]
-        if part.empty:
-            continue
-        custom = np.empty((len(part), 2), dtype=object)
-        custom[:, 0] = part.layer.astype(str).to_numpy()
-        custom[:, 1] = part.channel.astype(int).to_numpy()
+    for cat, part, custom in _by_role_category(frame):
         text = [f"{esc(layer)} · channel {channel}<br>role {esc(role)}<br>best label {esc(label)}"
                 for layer, channel, role, label in zip(part.layer, part.channel, part.role_text,
                                                        part.best_label.fillna("-"))]
@@ -839,13 +846,7 @@ def embedding_scatter(embedding: pd.DataFrame, channels: pd.DataFrame, highlight
     frame = frame.assign(role=frame.role.fillna("none").astype(str))
     frame = frame.assign(category=frame.role.map(role_category))
     data = []
-    for cat in ROLE_ORDER:
-        part = frame[frame.category == cat]
-        if part.empty:
-            continue
-        custom = np.empty((len(part), 2), dtype=object)
-        custom[:, 0] = part.layer.astype(str).to_numpy()
-        custom[:, 1] = part.channel.astype(int).to_numpy()
+    for cat, part, custom in _by_role_category(frame):
         clusters = part.cluster.astype(int).to_numpy() if "cluster" in part else np.full(len(part), -1)
         text = [f"{esc(layer)} · channel {channel}<br>role {esc(role)}<br>cluster {cluster}"
                 for layer, channel, role, cluster in zip(part.layer, part.channel, part.role, clusters)]
