@@ -76,6 +76,14 @@ class Problems(list):
             text = f"Unknown {what} {str(value)[:80]!r}"
             self.append(text + (f"; showing {fallback}." if fallback is not None else "."))
 
+    def choice(self, params: dict, key: str, allowed, default: str) -> str:
+        """``params[key]`` when it is one of ``allowed``, else ``default`` (noting the bad value)."""
+        value = params.get(key, default)
+        if value not in allowed:
+            self.bad(key, value, default)
+            return default
+        return value
+
 
 def pick_run(store, params: dict, problems: Problems, key: str = "run", kind: str | None = None):
     """The run named by ``params[key]`` if it is served (and has ``kind`` layers), else the first

@@ -26,14 +26,8 @@ def layout(store, params, context):
     if view is None:
         return no_runs(store, "runs with gated layers (label statistics are computed for gated channels)")
     layer = pick_layer(view, params, problems, kind="gated")
-    metric = params.get("metric", "auc")
-    if metric not in METRICS:
-        problems.bad("metric", metric, "auc")
-        metric = "auc"
-    scope = params.get("scope", "layer")
-    if scope not in SCOPES:
-        problems.bad("scope", scope, "layer")
-        scope = "layer"
+    metric = problems.choice(params, "metric", METRICS, "auc")
+    scope = problems.choice(params, "scope", SCOPES, "layer")
     controls = html.Div([
         control("run", dcc.Dropdown(id="labels-run", options=run_options(store, "gated"), value=view.name,
                                     clearable=False), "300px"),

@@ -35,14 +35,8 @@ def layout(store, params, context):
     if sort not in stats:
         problems.bad("statistic to sort by", sort, "channel")
         sort = "channel"
-    order = params.get("order", "asc")
-    if order not in ORDERS:
-        problems.bad("order", order, "asc")
-        order = "asc"
-    scale = params.get("scale", "fixed")
-    if scale not in SCALES:
-        problems.bad("scale", scale, "fixed")
-        scale = "fixed"
+    order = problems.choice(params, "order", ORDERS, "asc")
+    scale = problems.choice(params, "scale", SCALES, "fixed")
     controls = html.Div([
         control("run", dcc.Dropdown(id="layer-run", options=run_options(store), value=view.name, clearable=False),
                 "300px"),
