@@ -10,9 +10,9 @@ from dash.exceptions import PreventUpdate
 
 from probe import figures
 
-from .common import (Problems, card, control, frame_table, graph, header, href, kv_table, layer_options, nav_store,
-                     no_runs, pick_int, pick_layer, pick_run, problems_box, run_options, safe, view_state,
-                     view_store)
+from .common import (card, control, frame_table, graph, header, href, kv_table, layer_options, nav_store,
+                     no_runs, pick_int, pick_layer, pick_run, Problems, problems_box, register_run_switch,
+                     run_options, safe, view_state, view_store)
 
 NAME = "channel"
 PATH = "/channel"
@@ -102,12 +102,7 @@ def register(app, context):
         link = href(PATH, run=run, layer=layer, channel=channel)
         return view_state(PATH, run=run, layer=layer, channel=channel, scale=scale), link, link
 
-    @app.callback(Output({"type": "app-nav", "page": NAME}, "data"), Input("channel-run", "value"),
-                  State("channel-runname", "data"), prevent_initial_call=True)
-    def navigate(new_run, run):
-        if new_run and new_run != run and store.get(new_run) is not None:
-            return href(PATH, run=new_run)
-        raise PreventUpdate
+    register_run_switch(app, store, NAME, PATH, "channel")
 
     def _valid(view, layer, channel) -> bool:
         return (view is not None and view.has_layer(layer) and view.kind_of(layer) == "gated"

@@ -244,3 +244,17 @@ def safe(*kinds):
                 return outs[0] if len(kinds) == 1 else tuple(outs)
         return wrapper
     return deco
+
+
+def register_run_switch(app, store, name: str, path: str, prefix: str) -> None:
+    """Navigate to ``path?run=NEW`` when the page's ``{prefix}-run`` dropdown picks another served run
+    (the page keeps the current run name in ``{prefix}-runname``)."""
+    from dash import Input, Output, State
+    from dash.exceptions import PreventUpdate
+
+    @app.callback(Output({"type": "app-nav", "page": name}, "data"), Input(f"{prefix}-run", "value"),
+                  State(f"{prefix}-runname", "data"), prevent_initial_call=True)
+    def navigate(new_run, run):
+        if new_run and new_run != run and store.get(new_run) is not None:
+            return href(path, run=new_run)
+        raise PreventUpdate

@@ -10,8 +10,9 @@ from dash.exceptions import PreventUpdate
 
 from probe import figures
 
-from .common import (Problems, card, control, graph, header, href, nav_store, no_runs, pick_int, pick_layer, pick_run,
-                     problems_box, run_options, safe, sample_options, view_state, view_store)
+from .common import (card, control, graph, header, nav_store, no_runs, pick_int, pick_layer, pick_run,
+                     Problems, problems_box, register_run_switch, run_options, safe, sample_options,
+                     view_state, view_store)
 
 NAME = "evolution"
 PATH = "/evolution"
@@ -63,12 +64,7 @@ def register(app, context):
     def state(sample, index, run):
         return view_state(PATH, run=run, sample=sample, layer=_layer(store.get(run), index))
 
-    @app.callback(Output({"type": "app-nav", "page": NAME}, "data"), Input("evolution-run", "value"),
-                  State("evolution-runname", "data"), prevent_initial_call=True)
-    def navigate(new_run, run):
-        if new_run and new_run != run and store.get(new_run) is not None:
-            return href(PATH, run=new_run)
-        raise PreventUpdate
+    register_run_switch(app, store, NAME, PATH, "evolution")
 
     @app.callback(Output("evolution-layer", "value"), Input("evolution-masks", "clickData"),
                   State("evolution-runname", "data"), prevent_initial_call=True)

@@ -19,8 +19,9 @@ from dash.exceptions import PreventUpdate
 from probe import figures
 
 from ..data import live_forward, live_model
-from .common import (Problems, card, control, graph, header, href, layer_options, nav_store, no_runs, pick_int,
-                     pick_layer, pick_run, problems_box, run_options, safe, sample_options, view_state, view_store)
+from .common import (card, control, graph, header, layer_options, nav_store, no_runs, pick_int, pick_layer,
+                     pick_run, Problems, problems_box, register_run_switch, run_options, safe, sample_options,
+                     view_state, view_store)
 
 NAME = "live"
 PATH = "/live"
@@ -219,12 +220,7 @@ def register(app, context):
     def state(sample, layer, base, run):
         return view_state(PATH, run=run, sample=sample, layer=layer, base=base)
 
-    @app.callback(Output({"type": "app-nav", "page": NAME}, "data"), Input("live-run", "value"),
-                  State("live-runname", "data"), prevent_initial_call=True)
-    def navigate(new_run, run):
-        if new_run and new_run != run and store.get(new_run) is not None:
-            return href(PATH, run=new_run)
-        raise PreventUpdate
+    register_run_switch(app, store, NAME, PATH, "live")
 
     @app.callback(Output("live-shapes", "data"), Output("live-canvas", "figure"),
                   Input("live-canvas", "relayoutData"), Input("live-sample", "value"), Input("live-clear", "n_clicks"),
