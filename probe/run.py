@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 from functools import cached_property
 from pathlib import Path
@@ -30,6 +31,7 @@ SCHEMA_VERSION = 1
 TABLES = ("layers", "channels", "labels", "evolution")
 MAP_KINDS = ("gate", "valid", "coverage")
 INPUTS = ("image", "hole", "sketch", "labels", "output", "index")
+TEMPORARY = re.compile(r"\..+\.tmp\d+")  # what write_atomic leaves when killed mid-write
 
 
 class RunError(ValueError):
@@ -65,7 +67,10 @@ def prepare_run_dir(out: str | Path, overwrite: bool = False) -> Path:
                                   "another --out")
         shutil.rmtree(out)
     elif out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"{out} exists and is not a run directory; choose an empty or new --out")
+        if _holds_only_temporaries(out):  # a recording killed while writing its manifest: start afresh
+            remove_temporaries(out)
+        else:
+            raise FileExistsError(f"{out} exists and is not a run directory; choose an empty or new --out")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:  # read-only or missing file system: one clear line
@@ -235,6 +240,11 @@ def load_run(path: str | Path) -> Run:
 
 def write_manifest(out: Path, manifest: dict) -> None:
     write_json(out / "manifest.json", manifest)
+
+
+def _holds_only_temporaries(out: Path) -> bool:
+    """Whether every entry of ``out`` is a temporary left by an interrupted atomic write."""
+    return all(entry.is_file() and TEMPORARY.fullmatch(entry.name) for entry in out.iterdir())
 
 
 def remove_temporaries(out: Path) -> None:

@@ -507,6 +507,18 @@ def test_resume_after_interruption_equals_an_uninterrupted_run(env, tmp_path, mo
         record(model, Interrupt(data, 10), tmp_path / "early", **(RESUME | {"checkpoint_every": 3}))
     assert not (tmp_path / "early" / PROGRESS).exists()
     assert_same_tables(reference, record(model, data, tmp_path / "early", resume=True, **RESUME))
+    # killed while writing its manifest: only write_atomic's temporary is there; a new or resumed run starts afresh
+    for name, resume in (("manifest-new", False), ("manifest-resumed", True)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / ".manifest.json.tmp4242").write_text('{"schema": ')
+        assert_same_tables(reference, record(model, data, tmp_path / name, resume=resume, **RESUME))
+        assert not list((tmp_path / name).rglob(".*.tmp*"))
+    (tmp_path / "foreign").mkdir()  # ...but a folder with anything else in it is never taken over
+    (tmp_path / "foreign" / ".manifest.json.tmp4242").write_text("")
+    (tmp_path / "foreign" / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="not a run directory"):
+        record(model, data, tmp_path / "foreign", resume=True, **RESUME)
+    assert (tmp_path / "foreign" / "notes.txt").read_text() == "mine"
 
 
 def _cli_child(argv: list[str]) -> None:
