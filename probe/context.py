@@ -64,8 +64,8 @@ class BatchContext:
 
     def layer_inputs(self, size: tuple[int, int], regions, labels) -> tuple[Tensor, Tensor, Tensor]:
         """For a gated layer at ``size`` with histograms ``regions``/``labels``: the int32 region
-        and label offsets ``[B, C, h, w]`` and the joint one-hot ``[B, h*w, 4 + L]``, cached per
-        (size, channels) so layers of the same shape share them."""
+        and label offsets ``[B, 1, h, w]`` (see ``ConditionedHistogram.offsets``) and the joint
+        one-hot ``[B, h*w, 4 + L]``, cached per (size, channels) so layers of the same shape share them."""
         key = ("layer", size, regions.channels, regions.bins)
         if key not in self._cache:
             region, region_onehot = self.regions(size)

@@ -147,9 +147,11 @@ def record(model: nn.Module, data, out: str | Path, n: int | None = None, batch_
 
 def build_recorder(model: nn.Module, sites: list, data, n: int, settings: dict) -> Recorder:
     """A :class:`Recorder` for ``settings``, its gate bins calibrated on the first
-    ``settings["calibration"]`` images of ``data`` (the same images for every shard)."""
-    first = collate([data[i] for i in range(min(n, settings["calibration"]))])
-    ranges = calibrate_logit_ranges(model, sites, first, settings["sketch"])
+    ``settings["calibration"]`` images of ``data`` (the same images, in the same batches of
+    ``settings["batch_size"]``, for every shard)."""
+    first, size = range(min(n, settings["calibration"])), settings["batch_size"]
+    batches = [collate([data[i] for i in first[j:j + size]]) for j in range(0, len(first), size)]
+    ranges = calibrate_logit_ranges(model, sites, batches, settings["sketch"])
     return Recorder(model, sites, len(data.classes), bins=settings["bins"], groups=settings["groups"],
                     border=settings["border"], logit_ranges=ranges)
 

@@ -16,7 +16,6 @@ from torch import Tensor, nn
 from .adapters import Site
 from .context import REGIONS, BatchContext
 from .stats import ConditionedHistogram
-from .stats.histograms import logit_bins
 
 VALID_FRACTION_BINS = 101  # per-image valid fraction in bins of 0.01; the last holds exactly 1.0
 COVERAGE_BINS_MAX = 64
@@ -33,7 +32,6 @@ class GatedLayerStats:
         self.site = site
         self.regions = ConditionedHistogram(site.channels, len(REGIONS), bins, lo, hi, groups)
         self.labels = ConditionedHistogram(site.channels, n_labels, bins, lo, hi, groups)
-        self._affine = self.regions.affine()
         self.n_ = 0
         self.mean_ = torch.zeros(site.channels, dtype=torch.float64)
         self.comoment_ = torch.zeros(site.channels, site.channels, dtype=torch.float64)
@@ -52,7 +50,7 @@ class GatedLayerStats:
         size = (h, w)
         self.size_ = size
         region_offsets, label_offsets, onehot = ctx.layer_inputs(size, self.regions, self.labels)
-        bins = logit_bins(logits, *self._affine, self.regions.bins)
+        bins = self.regions.flat_bins(logits)  # the labels share the regions' binning
         flat = gates.reshape(b, c, h * w)
         sums = torch.bmm(flat, onehot).transpose(1, 2)  # [B, 4 + L, C]: one product for both partitions
         pixels = onehot.sum(1)
@@ -80,7 +78,6 @@ class GatedLayerStats:
     def load_state_dict(self, state: dict) -> None:
         self.regions = ConditionedHistogram.from_state_dict(_sub(state, "regions."))
         self.labels = ConditionedHistogram.from_state_dict(_sub(state, "labels."))
-        self._affine = self.regions.affine()
         self.n_, self.mean_ = int(state["moments_n"][0]), state["moments_mean"].clone()
         self.comoment_ = state["comoment"].clone()
         self.size_ = tuple(int(v) for v in state["size"]) or None
@@ -310,16 +307,21 @@ class _Sink:
 RANGE_GRID = 64  # calibrated ranges are rounded outwards to 1/64 logit: robust to 1-ulp differences
 
 
-def calibrate_logit_ranges(model: nn.Module, sites: list[Site], batch: dict, use_sketch: bool,
+def calibrate_logit_ranges(model: nn.Module, sites: list[Site], batches: list[dict], use_sketch: bool,
                            margin: float = 0.25, tail: float = 5e-4) -> dict[str, tuple[Tensor, Tensor]]:
-    """Per gated layer, the logit range ``(lo [C], hi [C])`` of each channel on ``batch`` (the
-    first images of the data, the same for every shard): its ``tail`` and ``1 - tail`` quantiles,
-    widened by ``margin`` of their span on both sides and rounded outwards to 1/64. Rare outliers
-    then fall in the open end bins instead of stretching every bin; the top-0.005 threshold of
-    the IoU stays inside the range."""
-    ranges: dict[str, tuple[Tensor, Tensor]] = {}
+    """Per gated layer, the logit range ``(lo [C], hi [C])`` of each channel on ``batches`` (the
+    first images of the data, the same for every shard): its ``tail`` and ``1 - tail`` quantiles
+    (linear interpolation, as ``torch.quantile``), widened by ``margin`` of their span on both sides
+    and rounded outwards to 1/64. Rare outliers then fall in the open end bins instead of
+    stretching every bin; the top-0.005 threshold of the IoU stays inside the range.
 
-    class _Range:
+    The quantiles are exact over all the images, yet only the ``k`` smallest and largest logits of
+    each channel are kept from batch to batch (``k`` = the tail's order statistics plus one), so
+    calibration costs one recording batch of memory, not a sort of every logit."""
+    n_images = sum(len(b["image"]) for b in batches)
+    tails: dict[str, TailQuantiles] = {}
+
+    class _Collect:
         def __init__(self, name):
             self.name = name
 
@@ -327,24 +329,58 @@ def calibrate_logit_ranges(model: nn.Module, sites: list[Site], batch: dict, use
             if not bool(torch.isfinite(logits).all()):
                 raise FloatingPointError(f"layer {self.name}: NaN or inf gate values on the calibration images; "
                                          "check the model's weights and inputs")
-            per_channel = logits.transpose(0, 1).reshape(logits.shape[1], -1).double()
-            lo, hi = torch.quantile(per_channel, torch.tensor([tail, 1 - tail], dtype=torch.float64), dim=1)
-            pad = margin * (hi - lo) + 1.0 / RANGE_GRID
-            ranges[self.name] = (torch.floor((lo - pad) * RANGE_GRID) / RANGE_GRID,
-                                 torch.ceil((hi + pad) * RANGE_GRID) / RANGE_GRID)
+            if self.name not in tails:
+                tails[self.name] = TailQuantiles(n_images * logits.shape[-2] * logits.shape[-1], tail)
+            tails[self.name].add(logits.transpose(0, 1).reshape(logits.shape[1], -1))
 
         def partial(self, *args, **kwargs):
             pass
 
     gated = [s for s in sites if s.kind == "gated"]
-    handles = [h for s in gated for h in s.adapter.attach(s.module, _Range(s.name))]
+    handles = [h for s in gated for h in s.adapter.attach(s.module, _Collect(s.name))]
     try:
         with eval_mode(model), torch.inference_mode():
-            model(batch["image"], batch["hole"], batch["sketch"] if use_sketch else None)
+            for batch in batches:
+                model(batch["image"], batch["hole"], batch["sketch"] if use_sketch else None)
     finally:
         for h in handles:
             h.remove()
+    ranges = {}
+    for name, t in tails.items():
+        lo, hi = t.quantiles()
+        pad = margin * (hi - lo) + 1.0 / RANGE_GRID
+        ranges[name] = (torch.floor((lo - pad) * RANGE_GRID) / RANGE_GRID,
+                        torch.ceil((hi + pad) * RANGE_GRID) / RANGE_GRID)
     return ranges
+
+
+class TailQuantiles:
+    """The ``q`` and ``1 - q`` quantiles per channel of ``n`` values arriving in chunks ``[C, m]``,
+    exact, keeping only the ``k`` smallest and ``k`` largest values of each channel."""
+
+    def __init__(self, n: int, q: float):
+        self.n, self.position = n, q * (n - 1)  # the lower quantile's (fractional) rank
+        self.k = min(n, int(self.position) + 2)  # ranks floor(position) and the one above it
+        self.low: Tensor | None = None  # [C, <= k], the smallest so far
+        self.high: Tensor | None = None  # [C, <= k], the negated largest so far
+
+    def add(self, values: Tensor) -> None:
+        self.low = self._keep(self.low, values)
+        self.high = self._keep(self.high, -values)
+
+    def _keep(self, kept: Tensor | None, values: Tensor) -> Tensor:
+        pool = values if kept is None else torch.cat([kept, values], dim=1)
+        return pool.topk(min(self.k, pool.shape[1]), dim=1, largest=False, sorted=False).values
+
+    def _order_statistic(self, smallest: Tensor) -> Tensor:
+        ordered = smallest.double().sort(dim=1).values
+        below = int(self.position)
+        above = min(below + 1, ordered.shape[1] - 1)
+        return torch.lerp(ordered[:, below], ordered[:, above], self.position - below)
+
+    def quantiles(self) -> tuple[Tensor, Tensor]:
+        """float64 ``[C]`` lower and upper quantiles."""
+        return self._order_statistic(self.low), -self._order_statistic(self.high)
 
 
 def participation_ratio(covariance: np.ndarray) -> float:

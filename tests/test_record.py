@@ -50,7 +50,7 @@ from probe.layers import GatedConv2d, PartialConv2d
 from probe.merge import load_stats, merge_runs
 from probe.models import create_model
 from probe.record import record
-from probe.recorder import Recorder
+from probe.recorder import Recorder, TailQuantiles
 from probe.run import RunError
 from probe.stats.histograms import DEFAULT_BINS
 
@@ -323,6 +323,21 @@ def exact(tmp_path_factory):
               if hasattr(s, "regions")}
     oracle = Oracle(logits, gates, hole, sketch, labels, len(data.classes), ranges)
     return run, oracle, gates, hole
+
+
+@pytest.mark.parametrize("n, chunk, q", [(5000, 700, 5e-4), (5000, 3, 5e-4), (9, 4, 0.3), (1, 1, 5e-4), (4096, 4096, 0.1)])
+def test_tail_quantiles_equal_numpy_over_all_chunks(n, chunk, q):
+    """Streamed in chunks, keeping k values per side, the quantiles equal numpy's on all values
+    (ties included: values are rounded to a coarse grid)."""
+    values = np.round(np.random.default_rng(n + chunk).standard_cauchy((6, n)) * 4) / 4
+    tails = TailQuantiles(n, q)
+    for start in range(0, n, chunk):
+        tails.add(torch.from_numpy(values[:, start:start + chunk]).float())
+    lo, hi = tails.quantiles()
+    expected = np.quantile(values.astype(np.float32).astype(np.float64), [q, 1 - q], axis=1)
+    np.testing.assert_allclose(lo.numpy(), expected[0], rtol=0, atol=1e-9)
+    np.testing.assert_allclose(hi.numpy(), expected[1], rtol=0, atol=1e-9)
+    assert tails.low.shape[1] <= int(q * (n - 1)) + 2  # bounded memory
 
 
 def test_bins_are_calibrated_by_the_documented_rule(exact):

@@ -11,9 +11,10 @@ each channel is calibrated on the first images of the data (see
 :func:`probe.recorder.calibrate_logit_ranges`), the same images for every shard, so shard
 histograms stay mergeable. Binning a logit is one fused multiply-add, a clamp and a truncation.
 
-The fast path (see :class:`probe.recorder.GatedLayerStats`) bins a layer's logits once, adds a
-precomputed int32 offset per (condition, channel) and histograms everything with one
-``bincount``; sums come from one batched matrix product with the conditions' one-hot matrix.
+The fast path (see :class:`probe.recorder.GatedLayerStats`) bins a layer's logits once into
+flat ``channel * bins + bin`` indices, adds a broadcast int32 offset per pixel's condition and
+histograms everything with one ``bincount``; sums come from one batched matrix product with the
+conditions' one-hot matrix. No temporary larger than one int32 copy of the gate map is made.
 """
 from __future__ import annotations
 
@@ -54,6 +55,8 @@ class ConditionedHistogram:
         self.hi = torch.broadcast_to(torch.as_tensor(hi, dtype=torch.float64), (channels,)).clone()
         if not bool((self.hi > self.lo).all()):
             raise ValueError("every channel's logit range must satisfy lo < hi")
+        self._binning = self.affine()  # lo and hi never change: the float32 scale/offset, once
+        self._channel_base = torch.arange(channels, dtype=torch.int32).view(1, -1, 1, 1) * bins
         self.counts_ = torch.zeros(conditions, channels, bins, dtype=torch.int64)
         self.sums_ = torch.zeros(groups, conditions, channels, dtype=torch.float64)
         self.pixels_ = torch.zeros(groups, conditions, dtype=torch.int64)
@@ -68,15 +71,20 @@ class ConditionedHistogram:
         scale = self.bins / (self.hi - self.lo)
         return scale.float().view(1, -1, 1, 1), (-self.lo * scale).float().view(1, -1, 1, 1)
 
+    def flat_bins(self, logits: Tensor) -> Tensor:
+        """int32 ``[B, C, h, w]``: ``channel * bins + bin`` of each logit, the index into one
+        condition's ``[C, bins]`` block of ``counts_`` (one extra in-place pass over :func:`logit_bins`)."""
+        index = logit_bins(logits, *self._binning, self.bins)
+        index += self._channel_base
+        return index
+
     def offsets(self, condition: Tensor) -> Tensor:
-        """int32 ``[B, C, h, w]`` offset of each (pixel, channel) into ``counts_`` for ``condition``
-        ``[B, 1, h, w]`` (int64 ids in ``[0, K)``); reusable by every layer of the same shape."""
-        c = self.channels
-        channel = torch.arange(c, dtype=torch.int32).view(1, c, 1, 1) * self.bins
-        return (condition.to(torch.int32) * (c * self.bins) + channel).contiguous()
+        """int32 ``[B, 1, h, w]`` offset of each pixel's block in ``counts_`` for ``condition``
+        ``[B, 1, h, w]`` (int64 ids in ``[0, K)``); broadcast over the channels of :meth:`flat_bins`."""
+        return condition.to(torch.int32) * (self.channels * self.bins)
 
     def add_binned(self, bins: Tensor, offsets: Tensor, sums: Tensor, pixels: Tensor, group: Tensor) -> None:
-        """Accumulate one batch: ``bins`` int32 ``[B, C, h, w]`` (from :func:`logit_bins`), ``offsets``
+        """Accumulate one batch: ``bins`` int32 ``[B, C, h, w]`` from :meth:`flat_bins`, ``offsets``
         from :meth:`offsets`, per-image ``sums`` ``[B, K, C]`` and ``pixels`` ``[B, K]``, ``group`` ``[B]``."""
         index = bins + offsets
         self.counts_ += torch.bincount(index.view(-1), minlength=self.counts_.numel()).view_as(self.counts_)
@@ -90,8 +98,7 @@ class ConditionedHistogram:
         b, c, h, w = gates.shape
         onehot = torch.nn.functional.one_hot(condition.flatten(1), self.conditions).float()  # [B, hw, K]
         sums = torch.bmm(gates.reshape(b, c, h * w).float(), onehot).transpose(1, 2)
-        self.add_binned(logit_bins(logits, *self.affine(), self.bins), self.offsets(condition), sums,
-                        onehot.sum(1).round(), group)
+        self.add_binned(self.flat_bins(logits), self.offsets(condition), sums, onehot.sum(1).round(), group)
 
     def merge(self, other: "ConditionedHistogram") -> "ConditionedHistogram":
         """Add ``other``'s counts and sums into this one (exact: integer counts, float64 sums)."""
