@@ -165,6 +165,10 @@ def test_report_is_complete_offline_and_matches_claims(runs, tmp_path):
     page = re.sub(r"<script>.*?</script>", "", html, count=1, flags=re.S)  # drop the library itself
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)
     assert "<link" not in page and "@import" not in page
+    ids = re.findall(r'<div id="([^"]+)" class="plotly-graph-div"', html)
+    assert ids and len(set(ids)) == len(ids)  # every figure has its own element
+    again, _ = build_report([partial.path, gated.path], tmp_path / "again.html")
+    assert again.read_text() == html  # the same runs give the same bytes
     claims = probe.claims(partial, gated)
     md = md_path.read_text()
     for row in claims.itertuples():

@@ -4,6 +4,7 @@ Markdown summary beside it, from recorded runs. Figures come from :mod:`probe.fi
 class name is data, never markup."""
 from __future__ import annotations
 
+import hashlib
 import platform
 from pathlib import Path
 
@@ -25,8 +26,11 @@ SECTIONS = ("models", "mask-evolution", "diversity", "extra-inputs", "roles", "l
 
 
 def _fig(fig) -> Markup:
-    """A figure as an HTML fragment that uses the page's single inlined plotly.js."""
-    return Markup(fig.to_html(full_html=False, include_plotlyjs=False, config={"displaylogo": False}))
+    """A figure as an HTML fragment that uses the page's single inlined plotly.js. Its element id
+    is a hash of the figure (plotly's default is random), so the same runs give the same bytes."""
+    div_id = "fig-" + hashlib.sha256(fig.to_json().encode()).hexdigest()[:16]
+    return Markup(fig.to_html(full_html=False, include_plotlyjs=False, config={"displaylogo": False},
+                              div_id=div_id))
 
 
 def _metrics(run: Run) -> list[dict]:
