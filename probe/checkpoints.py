@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -26,6 +27,14 @@ def sha256_file(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+_TEMPORARY = re.compile(r"\..+\.tmp\d+")  # the names write_atomic writes to before its rename
+
+
+def is_temporary(name: str) -> bool:
+    """Whether ``name`` is one of :func:`write_atomic`'s temporaries (left behind only by a kill)."""
+    return bool(_TEMPORARY.fullmatch(name))
 
 
 def write_atomic(path: str | Path, data: bytes) -> None:

@@ -359,7 +359,7 @@ class TailQuantiles:
     exact, keeping only the ``k`` smallest and ``k`` largest values of each channel."""
 
     def __init__(self, n: int, q: float):
-        self.n, self.position = n, q * (n - 1)  # the lower quantile's (fractional) rank
+        self.position = q * (n - 1)  # the lower quantile's (fractional) rank among the n values
         self.k = min(n, int(self.position) + 2)  # ranks floor(position) and the one above it
         self.low: Tensor | None = None  # [C, <= k], the smallest so far
         self.high: Tensor | None = None  # [C, <= k], the negated largest so far

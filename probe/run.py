@@ -17,7 +17,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import re
 import shutil
 from functools import cached_property
 from pathlib import Path
@@ -25,13 +24,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .checkpoints import write_atomic, write_json
+from .checkpoints import is_temporary, write_atomic, write_json
 
 SCHEMA_VERSION = 1
 TABLES = ("layers", "channels", "labels", "evolution")
 MAP_KINDS = ("gate", "valid", "coverage")
 INPUTS = ("image", "hole", "sketch", "labels", "output", "index")
-TEMPORARY = re.compile(r"\..+\.tmp\d+")  # what write_atomic leaves when killed mid-write
 
 
 class RunError(ValueError):
@@ -244,9 +242,11 @@ def write_manifest(out: Path, manifest: dict) -> None:
 
 def _holds_only_temporaries(out: Path) -> bool:
     """Whether every entry of ``out`` is a temporary left by an interrupted atomic write."""
-    return all(entry.is_file() and TEMPORARY.fullmatch(entry.name) for entry in out.iterdir())
+    return all(entry.is_file() and is_temporary(entry.name) for entry in out.iterdir())
 
 
 def remove_temporaries(out: Path) -> None:
-    for tmp in out.rglob(".*.tmp*"):
-        os.unlink(tmp)
+    """Delete what interrupted atomic writes left anywhere under ``out``."""
+    for tmp in out.rglob(".*"):
+        if tmp.is_file() and is_temporary(tmp.name):
+            os.unlink(tmp)
