@@ -14,11 +14,11 @@ import argparse
 
 import numpy as np
 import torch
-
 from common import batches, recorder_for, shipped_or_random, torch_threads
+
 from probe.adapters import find_sites
-from probe.context import BatchContext
-from probe.tables import channel_and_label_tables
+from probe.recording.context import BatchContext
+from probe.rundir.tables import channel_and_label_tables
 
 QUANTILE = 0.005
 

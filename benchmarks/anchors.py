@@ -38,7 +38,8 @@ def run_bare(model, data):
 
 def run_gateprobe(model, data):
     from common import recorder_for
-    from probe.tables import channel_and_label_tables
+
+    from probe.rundir.tables import channel_and_label_tables
 
     with recorder_for(model) as rec:
         for b in data:
@@ -64,7 +65,7 @@ def run_store_sklearn(model, data):
     from sklearn.metrics import roc_auc_score
 
     from probe.adapters import find_sites
-    from probe.context import BatchContext
+    from probe.recording.context import BatchContext
 
     sites = [s for s in find_sites(model) if s.kind == "gated"]
     maps = {s.name: [] for s in sites}

@@ -20,7 +20,7 @@ def batches(n: int, batch_size: int, size: int = 64) -> list[dict]:
 
 def shipped_or_random(name: str, registry: str):
     """The shipped checkpoint ``checkpoints/name`` if present, else a random-init ``registry`` model."""
-    from probe.sources import resolve_model
+    from probe.models.sources import resolve_model
 
     folder = ROOT / "checkpoints" / name
     if (folder / "card.json").is_file():
@@ -32,7 +32,7 @@ def recorder_for(model, size: int = 64):
     """A Recorder with record()'s default statistics (calibrated 512-bin histograms, 32 image
     groups, border 2, sketch when the model takes one) over every gated/partial layer."""
     from probe.adapters import find_sites
-    from probe.record import build_recorder
+    from probe.recording.loop import build_recorder
     from probe.stats.histograms import DEFAULT_BINS
 
     settings = {"calibration": 32, "sketch": bool(getattr(model, "accepts_sketch", False)), "bins": DEFAULT_BINS,

@@ -36,7 +36,7 @@ TARGET_MS = 150.0
 
 
 def record_runs(root: Path) -> None:
-    from probe.record import record
+    from probe.recording.loop import record
 
     for name, registry in (("scenes-gated", "gated-scenes"), ("scenes-pconv", "pconv-scenes")):
         model, label = shipped_or_random(name, registry)

@@ -18,9 +18,9 @@ HERE = Path(__file__).resolve().parent
 
 def worker(n: int, name: str, registry: str) -> None:
     import torch
-
     from common import shipped_or_random
-    from probe.record import record
+
+    from probe.recording.loop import record
 
     torch.set_num_threads(2)
     model, _ = shipped_or_random(name, registry)

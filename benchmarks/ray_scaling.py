@@ -27,7 +27,6 @@ import time
 from pathlib import Path
 
 import torch
-
 from common import ROOT, timed
 
 WEIGHT_FILES = ("model.safetensors", "card.json")
@@ -36,8 +35,9 @@ WEIGHT_FILES = ("model.safetensors", "card.json")
 def snapshot_checkpoint(dest: Path, size: int) -> tuple[str, str]:
     """Copy the shipped pconv checkpoint (retrying if a training rewrites it meanwhile), else save a
     random-weight one. Returns (folder, description)."""
-    from probe.checkpoints import CheckpointError, load_model, save_checkpoint
+    from probe.errors import CheckpointError
     from probe.models import create_model
+    from probe.models.checkpoints import load_model, save_checkpoint
 
     source = ROOT / "checkpoints" / "scenes-pconv"
     if (source / "card.json").is_file():
@@ -68,10 +68,10 @@ def main(argv=None) -> list[dict]:
 
     import ray
 
-    from probe.distributed import record_ray
-    from probe.merge import merge_runs
-    from probe.record import record
-    from probe.sources import resolve_model
+    from probe.models.sources import resolve_model
+    from probe.recording.distributed import record_ray
+    from probe.recording.loop import record
+    from probe.rundir.merge import merge_runs
 
     tmp = Path(tempfile.mkdtemp(prefix="ray_scaling_"))
     try:

@@ -9,9 +9,7 @@ from __future__ import annotations
 import argparse
 
 import torch
-
-from common import batches, print_table, ratio_row, shipped_or_random, timed, torch_threads
-from common import recorder_for
+from common import batches, print_table, ratio_row, recorder_for, shipped_or_random, timed, torch_threads
 
 
 def bare(model, data):
@@ -56,7 +54,7 @@ def main(argv=None) -> list[dict]:
         model, label = shipped_or_random(name, registry)
         rec, base = measure(model, data, args.repeats)
         rows.append(ratio_row(f"record / bare forward: {label}, 64x64, batch 16", rec, base, "<= 1.15"))
-    from probe.models.deepfillv2 import DeepFillV2
+    from probe.models.ported.deepfillv2 import DeepFillV2
 
     torch.manual_seed(0)
     model = DeepFillV2().eval()  # the published size (cnum 48, 4.05 M parameters), random weights

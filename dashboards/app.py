@@ -8,7 +8,7 @@ the page itself wrote it, the router leaves the page alone; a changed URL from a
 (a link, back/forward, a pasted address) re-renders the page from it.
 
 Pages live in :mod:`dashboards.pages`, one module each, their component ids prefixed by the page
-name. Figures come from :mod:`probe.figures`; data from :mod:`dashboards.data`.
+name. Figures come from :mod:`probe.viz`; runs from :mod:`dashboards.store`, the live model from :mod:`dashboards.live`.
 """
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ from pathlib import Path
 import dash
 from dash import ALL, Input, Output, State, ctx, dcc, html, no_update
 
-from .data import RunStore
 from .pages import channel, compare, evolution, labels, layer, live, overview
 from .pages.common import Context, href, parse_params
+from .store import RunStore
 
 PAGES = (overview, layer, channel, labels, evolution, compare, live)
 ROUTES = {page.PATH: page for page in PAGES}

@@ -1,27 +1,27 @@
 """The ``gateprobe`` command line: ``main(argv=None) -> int``.
 
-Every subcommand lives in a small ``_cmd_*`` function; errors that users can fix are turned into
-one line on stderr and exit code 2 (see :data:`USER_ERRORS`).
+Every subcommand lives in a small ``_cmd_*`` function. Exit codes: 0 done; 2 a mistake the user
+can fix (a :class:`~probe.errors.GateprobeError` or an ``OSError`` such as a full disk, printed as
+one line); 1 the user's own model raised (one line naming the module; ``--debug`` shows its
+traceback); 130 interrupted. Any other exception is a bug in gateprobe and shows its traceback.
 """
 from __future__ import annotations
 
 import argparse
 import shlex
 import sys
+import traceback
 
 import numpy as np
 
-from .checkpoints import CheckpointError
-from .data import DataError
+from .errors import GateprobeError, SettingsError, UserModelError
 
-# RunError is a ValueError; OSError covers a full disk or a read-only --out (the message names the file);
-# FloatingPointError: NaN/inf gates or outputs (the message names the layer)
-USER_ERRORS = (CheckpointError, DataError, FileExistsError, FileNotFoundError, KeyError, ValueError, TypeError,
-               FloatingPointError, OSError)
+# OSError covers a full disk, a read-only --out or a missing file (the message names the file)
+USER_ERRORS = (GateprobeError, OSError)
 
 
 def _cmd_train(args) -> int:
-    from .train import train
+    from .training.train import train
 
     command = _command_line()
     card = train(args.model, args.out, steps=args.steps, minutes=args.minutes, batch_size=args.batch_size,
@@ -33,13 +33,13 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_evaluate(args) -> int:
-    from .checkpoints import load_model
-    from .data import heldout_items
-    from .evaluate import format_table, metrics_table
+    from .data import HELDOUT_SEED, heldout_items
+    from .models import load_model
+    from .training.evaluate import format_table, metrics_table
 
     model = load_model(args.checkpoint)
     items = heldout_items(args.n, size=model.config["image_size"])
-    print(f"{args.checkpoint}: held-out Scenes seed 1, {args.n} images")
+    print(f"{args.checkpoint}: held-out Scenes seed {HELDOUT_SEED}, {args.n} images")
     print(format_table(metrics_table(model, items, progress=True)))
     return 0
 
@@ -52,46 +52,51 @@ def _command_line() -> str:
     return "gateprobe " + " ".join(shlex.quote(a) for a in _ARGV)
 
 
+def _record_settings(args):
+    """The :class:`~probe.rundir.settings.RecordSettings` of a ``record`` command line."""
+    from .rundir.settings import RecordSettings
+
+    return RecordSettings(batch_size=args.batch_size, samples=args.samples, quantile=args.quantile,
+                          sketch={"auto": None, "on": True, "off": False}[args.sketch], layers=args.layers)
+
+
+def _record_data(args):
+    """``--data`` as given, or parsed here when a folder option needs passing to the reader."""
+    if args.mask_threshold is None:
+        return args.data
+    from .data import parse_data
+
+    return parse_data(args.data, n=args.n, seed=args.seed, mask_threshold=args.mask_threshold)
+
+
 def _cmd_record(args) -> int:
-    from .record import record
-    from .sources import resolve_model
+    from .models.sources import resolve_model
+    from .recording.loop import record
 
-    sketch = {"auto": None, "on": True, "off": False}[args.sketch]
+    settings = _record_settings(args)
     if args.ray is not None:
-        return _record_ray(args, sketch)
+        return _record_ray(args, settings)
     if args.shards is not None:
-        raise ValueError("--shards splits a --ray run into tasks; without --ray, record one slice with --shard I/N")
-    data = args.data
-    if args.mask_threshold is not None:
-        from .data import parse_data
-
-        data = parse_data(args.data, n=args.n, seed=args.seed, mask_threshold=args.mask_threshold)
+        raise SettingsError("--shards splits a --ray run into tasks; without --ray, record one slice with --shard I/N")
+    data = _record_data(args)
     model = resolve_model(args.model, random_init=args.random_init, trust_pickle=args.trust_pickle)
-    run = record(model, data, args.out, n=args.n, batch_size=args.batch_size, samples=args.samples,
-                 seed=args.seed, layers=args.layers, sketch=sketch, quantile=args.quantile,
-                 shard=args.shard, overwrite=args.overwrite, resume=args.resume,
-                 checkpoint_every=args.checkpoint_every, checkpoint_seconds=args.checkpoint_seconds,
-                 command=_command_line())
+    run = record(model, data, args.out, n=args.n, settings=settings, seed=args.seed, shard=args.shard,
+                 overwrite=args.overwrite, resume=args.resume, checkpoint_every=args.checkpoint_every,
+                 checkpoint_seconds=args.checkpoint_seconds, command=_command_line())
     print(f"wrote {run.path} ({run.manifest['n_images']} images, {len(run.layers)} layers)")
     return 0
 
 
-def _record_ray(args, sketch) -> int:
-    from .distributed import import_ray, record_ray
+def _record_ray(args, settings) -> int:
+    from .recording.distributed import import_ray, record_ray
 
     import_ray()  # a one-line error before anything else when Ray is missing
     if args.shard is not None:
-        raise ValueError("--ray splits the images into shards itself; use --shards N instead of --shard I/N")
+        raise SettingsError("--ray splits the images into shards itself; use --shards N instead of --shard I/N")
     if getattr(args, "resume", False):
-        raise ValueError("--resume does not apply to --ray runs (a failed task is retried by Ray); record again")
-    data = args.data
-    if args.mask_threshold is not None:
-        from .data import parse_data
-
-        data = parse_data(args.data, n=args.n, seed=args.seed, mask_threshold=args.mask_threshold)
-    run = record_ray(args.model, data, args.out, n=args.n, shards=args.shards,
-                     address=None if args.ray == "local" else args.ray, batch_size=args.batch_size,
-                     samples=args.samples, seed=args.seed, layers=args.layers, sketch=sketch, quantile=args.quantile,
+        raise SettingsError("--resume does not apply to --ray runs (a failed task is retried by Ray); record again")
+    run = record_ray(args.model, _record_data(args), args.out, n=args.n, shards=args.shards,
+                     address=None if args.ray == "local" else args.ray, settings=settings, seed=args.seed,
                      overwrite=args.overwrite, random_init=args.random_init, command=_command_line(),
                      trust_pickle=args.trust_pickle)
     print(f"wrote {run.path} ({run.manifest['n_images']} images from {len(run.manifest['shards'])} Ray shards, "
@@ -100,7 +105,7 @@ def _record_ray(args, sketch) -> int:
 
 
 def _cmd_merge(args) -> int:
-    from .merge import merge_runs
+    from .rundir.merge import merge_runs
 
     run = merge_runs(args.runs, args.out, overwrite=args.overwrite)
     print(f"wrote {run.path} ({run.manifest['n_images']} images from {len(args.runs)} runs)")
@@ -119,7 +124,7 @@ def _cmd_analyze(args) -> int:
 
 def _cmd_claims(args) -> int:
     from .analysis import claims
-    from .run import load_run
+    from .rundir.run import load_run
 
     table = claims(load_run(args.run_a), load_run(args.run_b))
     if args.csv:
@@ -153,30 +158,9 @@ def _shard(text: str) -> tuple[int, int]:
     return int(i), int(n)
 
 
-def serve_runs(runs_dir, host: str = "127.0.0.1", port: int = 8050, allow_import_models: bool = False) -> None:
-    """Serve the runs under ``runs_dir`` in the Dash explorer until interrupted. The CLI is the one
-    place where ``probe`` reaches into ``dashboards`` (imported lazily, here only)."""
-    from pathlib import Path
-
-    if not Path(runs_dir).is_dir():
-        raise FileNotFoundError(f"{runs_dir}: no such folder; record runs into it with `gateprobe record --out "
-                                f"{runs_dir}/NAME ...`")
-    try:
-        from dashboards.app import create_app, describe
-    except ImportError as err:
-        raise ValueError(f"the dashboard needs Dash ({err}); install gateprobe with its dependencies") from None
-
-    app = create_app(runs_dir, allow_import_models=allow_import_models)
-    for line in describe(app.run_store):
-        print(line)
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"warning: serving on {host}: anyone who can reach this address can browse these runs and run "
-              "their models", file=sys.stderr)
-    print(f"explorer at http://{host}:{port}/  (Ctrl+C to stop)", flush=True)
-    app.run(host=host, port=port, debug=False)
-
-
 def _cmd_serve(args) -> int:
+    from .serve import serve_runs
+
     serve_runs(args.runs_dir, args.host, args.port, args.allow_import_models)
     return 0
 
@@ -185,10 +169,9 @@ def _cmd_layers(args) -> int:
     import torch
 
     from .adapters import find_sites
-    from .recorder import Recorder
-    from .tables import layer_table
-
-    from .sources import resolve_model
+    from .models.sources import resolve_model
+    from .recording.recorder import Recorder
+    from .rundir.tables import layer_table
 
     model = resolve_model(args.model, random_init=args.random_init, trust_pickle=args.trust_pickle)
     sites = find_sites(model, args.layers)
@@ -196,7 +179,7 @@ def _cmd_layers(args) -> int:
     image = torch.rand(1, 3, size, size)
     hole = torch.zeros(1, 1, size, size)
     hole[..., size // 4: size // 2, size // 4: size // 2] = 1
-    with Recorder(model, sites, n_labels=1, groups=1) as recorder:
+    with Recorder(model, sites, n_labels=1) as recorder:
         recorder.forward(image, hole, None, torch.zeros(1, size, size, dtype=torch.long), torch.zeros(1, dtype=torch.long))
     table = layer_table(recorder.stats, recorder.order, (size, size))
     columns = ["layer", "kind", "channels", "height", "width", "kernel", "stride", "dilation", "receptive_field"]
@@ -209,6 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gateprobe", description=(
         "Open up image-inpainting networks: record gate maps and partial-conv mask evolution, "
         "analyse them, and explore them in reports and a dashboard."))
+    parser.add_argument("--debug", action="store_true",
+                        help="on an error raised by your model, show its full traceback")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", help="train a reference model into a checkpoint folder")
@@ -347,10 +332,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except USER_ERRORS as err:
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        message = " ".join(str(message).split()) or type(err).__name__  # always one line
-        print(f"gateprobe {args.command}: error: {message}", file=sys.stderr)
+        print(f"gateprobe {args.command}: error: {_one_line(err)}", file=sys.stderr)
         return 2
+    except UserModelError as err:
+        if args.debug:
+            traceback.print_exception(err.original)
+        hint = "" if args.debug else " (--debug shows its traceback)"
+        print(f"gateprobe {args.command}: error: {_one_line(err)}{hint}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split()) or type(err).__name__

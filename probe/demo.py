@@ -10,8 +10,10 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .checkpoints import read_card
-from .run import RunError, load_run
+from .data import HELDOUT_SEED
+from .errors import RunError
+from .models import read_card
+from .rundir.run import load_run
 
 CHECKPOINTS = Path(__file__).resolve().parent.parent / "checkpoints"
 DEMO_MODELS = ("scenes-pconv", "scenes-gated")
@@ -25,16 +27,16 @@ def _reusable(run_dir: Path, sha256: str, n: int) -> bool:
         return False
     m = run.manifest
     return m["model"].get("sha256") == sha256 and m["data"]["n"] == n and m["data"]["kind"] == "scenes" \
-        and m["data"]["seed"] == 1 and m["data"]["size"] == 64
+        and m["data"]["seed"] == HELDOUT_SEED and m["data"]["size"] == 64
 
 
 def run_demo(out: str | Path = "runs/demo", n: int = 512, analysis_images: int = 64, serve: bool = True,
              host: str = "127.0.0.1", port: int = 8050, checkpoints: str | Path = CHECKPOINTS) -> Path:
     """Run the demo; returns the report's path."""
     from .analysis import analyze
-    from .record import record
+    from .models.sources import resolve_model
+    from .recording.loop import record
     from .report import build_report
-    from .sources import resolve_model
 
     out, checkpoints = Path(out), Path(checkpoints)
     missing = [name for name in DEMO_MODELS if not (checkpoints / name / "card.json").is_file()]
@@ -74,7 +76,7 @@ def run_demo(out: str | Path = "runs/demo", n: int = 512, analysis_images: int =
     print(f"report: {html.resolve()}\nsummary: {md.resolve()}")
     print("timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
     if serve:
-        from .cli import serve_runs
+        from .serve import serve_runs
 
         serve_runs(out, host, port)
     return html

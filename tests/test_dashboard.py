@@ -15,14 +15,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from dashboards.live import live_forward, live_model
+from dashboards.store import RunStore
 
 from dashboards.app import create_app, describe
-from dashboards.data import RunStore, live_forward, live_model
 from dashboards.pages import channel as channel_page
 from dashboards.pages import layer as layer_page
 from dashboards.pages.live import apply_relayout, parse_path, rasterise
-from probe.record import record
-from probe.sources import resolve_model
+from probe.models.sources import resolve_model
+from probe.recording.loop import record
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -44,8 +45,9 @@ def runs_dir(tmp_path_factory):
     record(resolve_model("pconv-scenes", random_init=True), "scenes:32", root / "pconv", n=16, samples=4,
            progress=False)
     # an analysis table as `gateprobe analyze` writes it, for one channel the channel page is opened on
-    from probe.run import write_table
     import pandas as pd
+
+    from probe.rundir.files import write_table
 
     write_table(root / "gated" / "interventions.parquet", pd.DataFrame({
         "intervention": ["sketch_off"], "layer": ["encoder.2"], "channel": [5], "quantity": ["gate_in_hole"],

@@ -26,13 +26,14 @@ import pytest
 import torch
 
 import probe
-from probe.checkpoints import save_checkpoint
 from probe.cli import main
-from probe.distributed import check_coverage, record_ray
-from probe.merge import load_stats, merge_runs
 from probe.models import create_model
-from probe.record import record
-from probe.sources import resolve_model
+from probe.models.checkpoints import save_checkpoint
+from probe.models.sources import resolve_model
+from probe.recording.distributed import check_coverage, record_ray
+from probe.recording.loop import record
+from probe.rundir.merge import merge_runs
+from probe.rundir.state import load_stats
 
 ray = pytest.importorskip("ray")
 
@@ -256,5 +257,5 @@ def test_a_shard_whose_worker_always_dies_fails_the_run_without_completing_it(lo
     with pytest.raises(RuntimeError, match="shard 0"):
         record_ray(checkpoints["pconv-scenes"], DATA, tmp_path / "run", n=8, shards=2, batch_size=4,
                    progress=False, max_retries=0, fault_hook=always_die)
-    with pytest.raises(probe.run.RunError, match="incomplete"):
+    with pytest.raises(probe.RunError, match="incomplete"):
         probe.load_run(tmp_path / "run")

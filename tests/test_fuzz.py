@@ -27,11 +27,12 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from probe.checkpoints import CARD, CARD_FORMAT, WEIGHTS, CheckpointError, load_model, save_checkpoint
 from probe.data import DataError, FolderDataset, collate
+from probe.errors import CheckpointError, RunError
 from probe.models import create_model
-from probe.record import record
-from probe.run import TABLES, RunError, load_run
+from probe.models.checkpoints import CARD, WEIGHTS, load_model, save_checkpoint
+from probe.recording.loop import record
+from probe.rundir.run import TABLES, load_run
 
 EXAMPLES = int(os.environ.get("GATEPROBE_FUZZ_EXAMPLES", "40"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None,

@@ -7,6 +7,7 @@ from torch import nn
 
 from probe.data import Scenes, collate
 from probe.layers import GatedConv2d, HookPoint, PartialConv2d
+from probe.errors import ModelError
 from probe.models import create_model, list_models, model_config
 from probe.models.pconv import encoder_depth
 
@@ -132,14 +133,14 @@ def test_pconv_model_refuses_a_sketch(batch):
 
 
 def test_create_model_unknown_option():
-    with pytest.raises(TypeError, match="no option"):
+    with pytest.raises(ModelError, match="no option"):
         create_model("gated-scenes", depth=3)
-    with pytest.raises(TypeError, match="no option"):
+    with pytest.raises(ModelError, match="no option"):
         model_config("pconv-scenes", dilation=2)
 
 
 def test_unknown_model_lists_the_registered_names():
-    with pytest.raises(KeyError) as info:
+    with pytest.raises(ModelError) as info:
         create_model("resnet-scenes")
     message = str(info.value)
     assert "resnet-scenes" in message

@@ -17,16 +17,29 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from probe.adapters import ADAPTERS, find_sites, register_adapter
+from probe.adapters import (
+    ADAPTERS,
+    NvidiaPartialConv2dAdapter,
+    SigmoidModuleGateAdapter,
+    SplitGateAdapter,
+    TuplePartialAdapter,
+    find_sites,
+    register_adapter,
+)
 from probe.cli import main
 from probe.data import collate, parse_data
-from probe.models.deepfillv2 import (DeepFillV2, DeepFillV2TF, GConv, RGBConv, deepfillv2_from_state_dict,
-                                     load_deepfillv2, tree_state_to_flat)
-from probe.models.pconv_unet import LiuPConvUNet, PartialConv, load_pconv_unet
-from probe.recorder import Recorder
-from probe.run import Run
-from probe.thirdparty import (NvidiaPartialConv2dAdapter, SigmoidModuleGateAdapter, SplitGateAdapter,
-                              TuplePartialAdapter)
+from probe.models.ported.deepfillv2 import (
+    DeepFillV2,
+    DeepFillV2TF,
+    GConv,
+    RGBConv,
+    deepfillv2_from_state_dict,
+    load_deepfillv2,
+    tree_state_to_flat,
+)
+from probe.models.ported.pconv_unet import LiuPConvUNet, PartialConv, load_pconv_unet
+from probe.recording.recorder import Recorder
+from probe.rundir.run import Run
 
 SIZE = 256
 N_IMAGES = 2
@@ -210,7 +223,7 @@ def test_deepfill_captured_gates_are_the_real_gates_and_hooks_change_nothing(dee
         assert torch.allclose(gates[defined], gate[defined], rtol=1e-4, atol=1e-6), name
     # and through the recorder: same output as without hooks, no hook left behind
     sites = find_sites(model)
-    with Recorder(model, sites, n_labels=int(batch["labels"].max()) + 1, groups=2) as recorder:
+    with Recorder(model, sites, n_labels=int(batch["labels"].max()) + 1) as recorder:
         out = recorder.forward(image, hole, None, batch["labels"], torch.arange(N_IMAGES))
     assert torch.equal(out, plain) and no_hooks_left(model)
 
@@ -341,7 +354,7 @@ def test_pconv_captured_masks_and_coverage_are_the_layers_and_hooks_change_nothi
         assert torch.equal(new_valid[:, :1], (count > 0).float())
     # the image mask is 3-channel; the first layer sees the valid mask (1 - hole)
     assert torch.equal(store.partial["enc_1.conv"][0], (1 - hole).expand(-1, 3, -1, -1))
-    with Recorder(model, find_sites(model), n_labels=int(batch["labels"].max()) + 1, groups=2) as recorder:
+    with Recorder(model, find_sites(model), n_labels=int(batch["labels"].max()) + 1) as recorder:
         out = recorder.forward(image, hole, None, batch["labels"], torch.arange(N_IMAGES))
     assert torch.equal(out, plain) and no_hooks_left(model)
 
@@ -521,7 +534,7 @@ def test_third_party_adapters_on_tiny_reference_classes(third_party_adapters):
     assert torch.equal(new_valid, (coverage > 0).float())
     assert torch.allclose(coverage, F.conv2d(1 - hole, torch.ones(1, 1, 5, 5), stride=2, padding=2) / 25)
     # end to end through the recorder
-    with Recorder(model, list(sites.values()), n_labels=int(batch["labels"].max()) + 1, groups=2) as recorder:
+    with Recorder(model, list(sites.values()), n_labels=int(batch["labels"].max()) + 1) as recorder:
         out = recorder.forward(image, hole, None, batch["labels"], torch.arange(2), capture=1)
     assert torch.equal(out, plain) and no_hooks_left(model)
     assert recorder.order == list(sites) and set(recorder.captured) == set(sites)
@@ -591,7 +604,7 @@ def test_split_gate_adapter_skips_ungated_instances_of_a_shared_class():
         with torch.no_grad():
             raw = model.layers[0].conv(torch.cat([batch["image"] * (1 - batch["hole"]), batch["hole"]], 1))
         assert torch.equal(store.gated["layers.0"][0], raw[:, 6:])
-        with Recorder(model, sites, n_labels=int(batch["labels"].max()) + 1, groups=2) as recorder:
+        with Recorder(model, sites, n_labels=int(batch["labels"].max()) + 1) as recorder:
             out = recorder.forward(batch["image"], batch["hole"], None, batch["labels"], torch.arange(2))
         assert recorder.order == ["layers.0", "layers.1"] and torch.equal(out, hooked) and no_hooks_left(model)
     finally:

@@ -46,12 +46,14 @@ import probe
 from probe.adapters import find_sites
 from probe.cli import main
 from probe.data import Scenes, collate
+from probe.errors import RunError
 from probe.layers import GatedConv2d, PartialConv2d
-from probe.merge import load_stats, merge_runs
 from probe.models import create_model
-from probe.record import record
-from probe.recorder import Recorder, TailQuantiles
-from probe.run import RunError
+from probe.recording.calibration import TailQuantiles
+from probe.recording.loop import record
+from probe.recording.recorder import Recorder
+from probe.rundir.merge import merge_runs
+from probe.rundir.state import load_stats
 from probe.stats.histograms import DEFAULT_BINS
 
 BINS, QUANTILE, BORDER = DEFAULT_BINS, 0.005, 2  # record()'s documented defaults
@@ -424,11 +426,15 @@ def test_threshold_and_iou_match_the_exact_quantile_within_one_bin(exact):
 
 
 def test_roles_follow_the_documented_rule(exact):
-    from probe.analysis.roles import MIN_EFFECT, ALPHA
+    # the documented defaults, written out here (not read from the code under test)
+    MIN_EFFECT, ALPHA = 0.2, 0.05
     run, _, _, _ = exact
     ch, lab = run.channels, run.labels
     for row in ch.itertuples():
         parts = row.role.split("+")
+        assert row.is_hole == ("hole" in parts) and row.is_valid == ("valid" in parts)
+        assert row.is_sketch == ("sketch" in parts)
+        assert (row.semantic_label != "") == any(p.startswith("semantic:") for p in parts)
         assert ("hole" in parts) == bool(row.auc_hole >= 0.5 + MIN_EFFECT and row.q_hole < ALPHA)
         assert ("valid" in parts) == bool(row.auc_hole <= 0.5 - MIN_EFFECT and row.q_hole < ALPHA)
         assert ("sketch" in parts) == bool(row.auc_sketch >= 0.5 + MIN_EFFECT and row.q_sketch < ALPHA)
@@ -780,8 +786,9 @@ def test_a_model_that_raises_leaves_no_hooks_and_an_incomplete_run(tmp_path):
     model.g2 = Exploding(6, 6, 3, stride=2)  # the second gated layer raises after its gate fired
     model.train()
     before, modes = state_copy(model), {n: m.training for n, m in model.named_modules()}
-    with pytest.raises(RuntimeError, match="boom"):
+    with pytest.raises(probe.UserModelError, match="module 'g2' \\(Exploding\\).*boom") as info:
         record(model, scenes(n=6), tmp_path / "run", batch_size=4, progress=False)
+    assert isinstance(info.value.original, RuntimeError) and info.value.module == "g2"
     assert_untouched(model, before, modes)
     assert json.loads((tmp_path / "run" / "manifest.json").read_text())["complete"] is False
     with pytest.raises(RunError, match="--resume"):

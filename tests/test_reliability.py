@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-from html import escape as _escape
 import json
 import multiprocessing
 import os
@@ -37,6 +36,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from html import escape as _escape
 from pathlib import Path
 from typing import Callable
 
@@ -47,15 +47,17 @@ import torch
 from PIL import Image
 from torch import nn
 
-from probe.checkpoints import save_checkpoint, sha256_file
 from probe.cli import main
 from probe.data import FolderDataset, parse_data
+from probe.errors import RunError
 from probe.layers import GatedConv2d
 from probe.models import create_model
-from probe.progress import PROGRESS, read_progress
-from probe.record import record
-from probe.run import TABLES, RunError, load_run
-from probe.sources import resolve_model
+from probe.models.checkpoints import save_checkpoint
+from probe.models.sources import resolve_model
+from probe.recording.loop import record
+from probe.recording.resume import PROGRESS, read_progress
+from probe.rundir.files import sha256_file
+from probe.rundir.run import TABLES, load_run
 
 SIZE = 32
 CLASSES = ("sky", "grass", "box")
@@ -257,12 +259,14 @@ def _pickle_file(scratch: Path, hostile: bool) -> str:
 class Bad:
     """One row of the bad-input table: ``argv(env, scratch)`` gives the command's arguments;
     ``phrase`` must be in its one error line. ``out`` False: the arguments name their own --out
-    (otherwise ``--out PRECIOUS --overwrite`` is appended)."""
+    (otherwise ``--out PRECIOUS --overwrite`` is appended). ``code``: the exit code (2 for a
+    mistake gateprobe recognises, 1 when the model itself refused the input)."""
 
     input: str
     argv: Callable
     phrase: str
     out: bool = True
+    code: int = 2
 
 
 def _rec(env: Env, data: str | None = None, model: str | None = None, *extra) -> list:
@@ -279,10 +283,12 @@ BAD_INPUTS = [
         "i1.png: not a readable image"),
     Bad("image size pconv-scenes cannot take (40x40; needs multiples of 2**depth = 16)",
         lambda e, s: _rec(e, _copy_data(e, s, lambda f: _resize_all(f, 40, 40))),
-        "pconv-scenes needs H and W divisible by 16, got (40, 40)"),
+        "your model raised ValueError in PConvUNet during the calibration pass: pconv-scenes needs H and W "
+        "divisible by 16, got (40, 40)", code=1),
     Bad("image size gated-scenes cannot take (30x30; needs multiples of 4)",
         lambda e, s: _rec(e, _copy_data(e, s, lambda f: _resize_all(f, 30, 30)), e.gated),
-        "gated-scenes needs H and W divisible by 4, got (30, 30)"),
+        "your model raised ValueError in GatedGenerator during the calibration pass: gated-scenes needs H and W "
+        "divisible by 4, got (30, 30)", code=1),
     Bad("images of different sizes in one batch",
         lambda e, s: _rec(e, _copy_data(e, s, lambda f: _resize(f, "i1", 48, 48))),
         "images of different sizes"),
@@ -388,7 +394,7 @@ def test_bad_input_gives_one_line_exit_2_and_damages_nothing(case, env, tmp_path
         argv += ["--out", env.precious, "--overwrite"]
     code, stderr = run_cli(argv, capsys)
     line = error_line(stderr)
-    assert code == 2, stderr
+    assert code == case.code, stderr
     assert line.startswith(f"gateprobe {argv[0]}: error: ") and case.phrase in line, line
     assert digest(env.precious) == env.precious_digest  # the complete run is untouched...
     assert not list(env.precious.parent.glob(".*"))  # ...and nothing was left beside it
@@ -486,7 +492,7 @@ def test_resume_after_interruption_equals_an_uninterrupted_run(env, tmp_path, mo
     assert not (resumed.path / PROGRESS).exists() and not (resumed.path / "progress.json").exists()
 
     # stopped while writing the tables, after the last checkpoint (position == the end)
-    record_module = sys.modules["probe.record"]  # (probe.record the attribute is the function)
+    record_module = sys.modules["probe.rundir.write"]  # where write_run writes its tables
     real, written = record_module.write_table, []
 
     def failing(path, frame):
@@ -655,8 +661,7 @@ def test_read_only_output_gives_one_line_and_keeps_previous_files(env, tmp_path,
 
 def test_incomplete_runs_are_refused_by_report_and_listed_as_skipped_by_serve(env, tmp_path, capsys, monkeypatch):
     import dash
-
-    from dashboards.data import RunStore
+    from dashboards.store import RunStore
 
     store = RunStore(env.root / "runs").refresh()
     assert "precious" in store.runs and "halfway" not in store.runs
@@ -821,8 +826,9 @@ def _assert_no_leak(text: str) -> None:
 
 
 def test_url_parameters_cannot_reach_outside_the_runs_folder(served, app, env):
+    from dashboards.store import RunStore
+
     from dashboards.app import PAGES
-    from dashboards.data import RunStore
     from dashboards.pages.common import Context
 
     store = RunStore(served).refresh()
@@ -854,8 +860,9 @@ def test_url_parameters_cannot_reach_outside_the_runs_folder(served, app, env):
 
 
 def test_names_are_escaped_in_figures_and_the_report(served, app, env, tmp_path, capsys):
+    from dashboards.store import RunStore
+
     from dashboards.app import PAGES
-    from dashboards.data import RunStore
     from dashboards.pages.common import Context
 
     run = load_run(served / EVIL_RUN)

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from probe.checkpoints import load_model
 from probe.data import heldout_items
-from probe.evaluate import evaluate_biharmonic, evaluate_model
+from probe.models.checkpoints import load_model
+from probe.training.evaluate import evaluate_biharmonic, evaluate_model
 
 CHECKPOINTS = Path(__file__).resolve().parent.parent / "checkpoints"
 SUBSET = 64

@@ -8,11 +8,30 @@ import numpy as np
 from dash import Input, Output, State, ctx, dcc, html
 from dash.exceptions import PreventUpdate
 
-from probe import figures
+from probe import viz
 
-from .common import (card, control, frame_table, graph, header, href, kv_table, layer_options, nav_store,
-                     no_runs, pick_int, pick_layer, pick_run, Problems, problems_box, register_run_switch,
-                     run_options, safe, view_state, view_store)
+from .common import (
+    Problems,
+    card,
+    control,
+    frame_table,
+    graph,
+    header,
+    href,
+    kv_table,
+    layer_options,
+    nav_store,
+    no_runs,
+    pick_int,
+    pick_layer,
+    pick_run,
+    problems_box,
+    register_run_switch,
+    run_options,
+    safe,
+    view_state,
+    view_store,
+)
 
 NAME = "channel"
 PATH = "/channel"
@@ -115,11 +134,11 @@ def register(app, context):
     def samples(layer, channel, scale, run):
         view = store.get(run)
         if not _valid(view, layer, channel):
-            return figures.message_figure("Unknown run, layer or channel."), ""
+            return viz.message_figure("Unknown run, layer or channel."), ""
         images = np.asarray(view.sample("image"), dtype=np.float32)
         holes = np.asarray(view.sample("hole"), dtype=np.float32)
         sketches = np.asarray(view.sample("sketch"), dtype=np.float32)
-        fig = figures.channel_samples(images, holes, view.channel_maps(layer, channel), sketches=sketches,
+        fig = viz.channel_samples(images, holes, view.channel_maps(layer, channel), sketches=sketches,
                                       normalize=scale == "contrast")
         row = view.channels_of(layer)
         role = row[row.channel == channel].role.iloc[0] if "role" in row and (row.channel == channel).any() else "?"
@@ -132,7 +151,7 @@ def register(app, context):
     def details(layer, channel, run):
         view = store.get(run)
         if not _valid(view, layer, channel):
-            msg = figures.message_figure("Unknown run, layer or channel.")
+            msg = viz.message_figure("Unknown run, layer or channel.")
             return msg, msg, "", ""
         maps = view.channel_maps(layer, channel)
         hole_cells = [view.hole_at(k, maps.shape[-2:]) for k in range(view.n_samples)]
@@ -141,10 +160,10 @@ def register(app, context):
         channels = view.channels_of(layer)
         stats = channels[channels.channel == channel]
         s = stats.iloc[0] if len(stats) else None
-        hist = figures.gate_histograms(hole_values, valid_values,
+        hist = viz.gate_histograms(hole_values, valid_values,
                                        None if s is None else float(s.mean_hole),
                                        None if s is None else float(s.mean_valid))
-        bars = figures.label_bars(view.labels_of(layer, channel), view.classes)
+        bars = viz.label_bars(view.labels_of(layer, channel), view.classes)
         table = kv_table(_statistics(s)) if s is not None else "No statistics."
         return hist, bars, table, _extra(view, layer, channel)
 
@@ -160,8 +179,6 @@ EFFECT_COLUMNS = ["intervention", "quantity", "baseline", "intervened", "delta",
 def _extra(view, layer: str, channel: int) -> html.Div:
     """The rows of the optional analysis tables (``gateprobe analyze``) about this channel, or a
     note that the run has none."""
-    from probe import analysis_figures
-
     blocks, missing = [], []
     for name, (heading, what) in EXTRA_TABLES.items():
         table = view.optional_table(name)
@@ -177,7 +194,7 @@ def _extra(view, layer: str, channel: int) -> html.Div:
         if part.empty:
             blocks.append(html.P("not measured for this channel", className="muted"))
         elif name == "attributions":
-            fig = analysis_figures.attribution_bars(part, title="")
+            fig = viz.attribution_bars(part, title="")
             fig.update_layout(height=150, margin={"l": 130, "r": 10, "t": 10, "b": 30})
             blocks.append(graph({"type": "channel-extra-graph", "name": name}, fig, config={"displayModeBar": False}))
         else:

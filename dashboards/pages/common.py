@@ -16,7 +16,7 @@ from urllib.parse import parse_qs, urlencode
 import plotly.graph_objects as go
 from dash import dcc, html
 
-from probe import figures
+from probe import viz
 
 log = logging.getLogger("dashboards")
 
@@ -159,7 +159,7 @@ def control(label: str, component, width: str | None = None) -> html.Div:
 
 def graph(id_, figure: go.Figure | None = None, **kwargs) -> dcc.Graph:
     config = dict(GRAPH_CONFIG, **kwargs.pop("config", {}))
-    return dcc.Graph(id=id_, figure=figure if figure is not None else figures.message_figure("loading…", 120),
+    return dcc.Graph(id=id_, figure=figure if figure is not None else viz.message_figure("loading…", 120),
                      config=config, **kwargs)
 
 
@@ -186,13 +186,13 @@ def header(title: str, subtitle: str | None = None, view=None) -> html.Div:
 
 def role_legend() -> html.Div:
     return html.Div([html.Span([html.Span(className="swatch", style={"background": color}), name],
-                               className="legend-item") for name, color in figures.ROLE_COLORS.items()],
+                               className="legend-item") for name, color in viz.ROLE_COLORS.items()],
                     className="legend")
 
 
 def label_legend(classes) -> html.Div:
     return html.Div([html.Span([html.Span(className="swatch", style={"background": color}), name],
-                               className="legend-item") for name, color in figures.label_legend(classes)],
+                               className="legend-item") for name, color in viz.label_legend(classes)],
                     className="legend")
 
 
@@ -239,7 +239,7 @@ def safe(*kinds):
             except Exception as err:  # noqa: BLE001 - the explorer must never show a trace
                 log.exception("callback %s failed", fn.__name__)
                 message = f"Could not draw this view ({type(err).__name__}: {str(err)[:200]})."
-                outs = [figures.message_figure(message) if kind == "figure" else
+                outs = [viz.message_figure(message) if kind == "figure" else
                         (message if kind == "text" else no_update) for kind in kinds]
                 return outs[0] if len(kinds) == 1 else tuple(outs)
         return wrapper

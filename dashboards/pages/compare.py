@@ -7,10 +7,28 @@ from __future__ import annotations
 from dash import Input, Output, State, dcc, html
 from dash.exceptions import PreventUpdate
 
-from probe import figures
+from probe import viz
 
-from .common import (Problems, card, control, graph, header, href, layer_options, nav_store, no_runs, pick_int,
-                     pick_layer, pick_run, problems_box, run_options, safe, sample_options, view_state, view_store)
+from .common import (
+    Problems,
+    card,
+    control,
+    graph,
+    header,
+    href,
+    layer_options,
+    nav_store,
+    no_runs,
+    pick_int,
+    pick_layer,
+    pick_run,
+    problems_box,
+    run_options,
+    safe,
+    sample_options,
+    view_state,
+    view_store,
+)
 
 NAME = "compare"
 PATH = "/compare"
@@ -91,8 +109,8 @@ def register(app, context):
     def diversity(names):
         views = [store.get(n) for n in names]
         if any(v is None for v in views):
-            return figures.message_figure("Unknown run.")
-        return figures.diversity_bars({v.name: v.layers for v in dict.fromkeys(views)}, title=None)
+            return viz.message_figure("Unknown run.")
+        return viz.diversity_bars({v.name: v.layers for v in dict.fromkeys(views)}, title=None)
 
 
 def _register_side(app, store, key: str, index: int):
@@ -102,9 +120,9 @@ def _register_side(app, store, key: str, index: int):
     def panel(sample, names):
         view = store.get(names[index])
         if view is None or not isinstance(sample, int) or not 0 <= sample < view.n_samples:
-            return figures.message_figure("Unknown run or sample.")
+            return viz.message_figure("Unknown run or sample.")
         s = view.inputs(sample)
-        return figures.image_panel(s["image"], s["hole"], s["sketch"], s["labels"], view.classes, s["output"],
+        return viz.image_panel(s["image"], s["hole"], s["sketch"], s["labels"], view.classes, s["output"],
                                    title=f"{view.name} · {view.model_name}", height=200)
 
     @app.callback(Output(f"compare-maps-{key}", "figure"), Output(f"compare-title-{key}", "children"),
@@ -114,14 +132,14 @@ def _register_side(app, store, key: str, index: int):
         view = store.get(names[index])
         if view is None or not view.has_layer(layer) or not isinstance(sample, int) \
                 or not 0 <= sample < view.n_samples:
-            return figures.message_figure("Unknown run, layer or sample."), ""
+            return viz.message_figure("Unknown run, layer or sample."), ""
         arrays, labels, value_name = view.layer_maps(layer, sample)
         row = view.layer_row(layer)
         if view.kind_of(layer) == "gated":
             ch = view.channels_of(layer)
-            fig = figures.channel_grid(arrays, roles=list(ch.role) if "role" in ch else None, tile_px=34)
+            fig = viz.channel_grid(arrays, roles=list(ch.role) if "role" in ch else None, tile_px=34)
         else:
-            fig = figures.channel_grid(arrays, tile_labels=labels, columns=2, value_name=value_name, unit="map",
+            fig = viz.channel_grid(arrays, tile_labels=labels, columns=2, value_name=value_name, unit="map",
                                        tile_px=110)
         return fig, f"{layer} · {row.kind} · {row.channels}×{row.height}×{row.width}"
 
@@ -131,7 +149,7 @@ def _register_side(app, store, key: str, index: int):
     def summary(layer, names):
         view = store.get(names[index])
         if view is None or not view.has_layer(layer):
-            return figures.message_figure("Unknown run or layer.")
+            return viz.message_figure("Unknown run or layer.")
         if view.kind_of(layer) == "gated":
-            return figures.layer_summary(view.channels, view.layers, highlight=layer, title=None)
-        return figures.valid_fraction_curve(view.evolution, highlight=layer, title=None)
+            return viz.layer_summary(view.channels, view.layers, highlight=layer, title=None)
+        return viz.valid_fraction_curve(view.evolution, highlight=layer, title=None)

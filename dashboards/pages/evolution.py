@@ -8,11 +8,27 @@ from __future__ import annotations
 from dash import Input, Output, Patch, State, ctx, dcc, html
 from dash.exceptions import PreventUpdate
 
-from probe import figures
+from probe import viz
 
-from .common import (card, control, graph, header, nav_store, no_runs, pick_int, pick_layer, pick_run,
-                     Problems, problems_box, register_run_switch, run_options, safe, sample_options,
-                     view_state, view_store)
+from .common import (
+    Problems,
+    card,
+    control,
+    graph,
+    header,
+    nav_store,
+    no_runs,
+    pick_int,
+    pick_layer,
+    pick_run,
+    problems_box,
+    register_run_switch,
+    run_options,
+    safe,
+    sample_options,
+    view_state,
+    view_store,
+)
 
 NAME = "evolution"
 PATH = "/evolution"
@@ -85,20 +101,20 @@ def register(app, context):
         view = store.get(run)
         layer = _layer(view, index)
         if layer is None or not isinstance(sample, int) or not 0 <= sample < view.n_samples:
-            msg = figures.message_figure("Unknown run, sample or layer.")
+            msg = viz.message_figure("Unknown run, sample or layer.")
             return msg, "", msg
         valid = [view.maps(name, sample, "valid")[0] for name in view.partial_layers]
         size = view.image_size
         s = view.inputs(sample)
         hole = s["hole"][0] > 0.5
         # the input's valid mask first, so the evolution starts where the model starts
-        fig = figures.mask_evolution([1.0 - hole] + valid, ["input"] + view.partial_layers, size, highlight=layer)
+        fig = viz.mask_evolution([1.0 - hole] + valid, ["input"] + view.partial_layers, size, highlight=layer)
         first = next((n for n, v in zip(view.partial_layers, valid) if v.min() >= 1), None)
         title = (f"sample {sample} · hole {hole.mean():.0%} of the image · " +
                  (f"all valid from {first}" if first else "never all valid") + " · click a mask to select its layer")
         maps, _, _ = view.layer_maps(layer, sample)
         row = view.layer_row(layer)
-        detail = figures.mask_detail(s["image"], s["hole"], maps[0], maps[1],
+        detail = viz.mask_detail(s["image"], s["hole"], maps[0], maps[1],
                                      title=f"{layer} · {row.kernel}×{row.kernel} kernel, stride "
                                            f"{row.stride}, dilation {row.dilation}")
         return fig, title, detail
@@ -110,11 +126,11 @@ def register(app, context):
         view = store.get(run)
         layer = _layer(view, index)
         if layer is None:
-            msg = figures.message_figure("Unknown run or layer.")
+            msg = viz.message_figure("Unknown run or layer.")
             return msg, msg
         if ctx.triggered_id == "evolution-layer":
             curve = Patch()  # the curve is drawn already: move its highlight band only
-            curve["layout"]["shapes"] = figures.highlight_band(view.partial_layers, layer)
+            curve["layout"]["shapes"] = viz.highlight_band(view.partial_layers, layer)
         else:
-            curve = figures.valid_fraction_curve(view.evolution, highlight=layer)
-        return curve, figures.coverage_histogram(view.evolution, layer, title=layer)
+            curve = viz.valid_fraction_curve(view.evolution, highlight=layer)
+        return curve, viz.coverage_histogram(view.evolution, layer, title=layer)

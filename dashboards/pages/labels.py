@@ -8,10 +8,26 @@ import numpy as np
 from dash import Input, Output, Patch, State, ctx, dcc, html
 from dash.exceptions import PreventUpdate
 
-from probe import figures
+from probe import viz
 
-from .common import (Problems, card, control, graph, header, href, layer_options, nav_store, no_runs, pick_layer,
-                     pick_run, problems_box, run_options, safe, view_state, view_store)
+from .common import (
+    Problems,
+    card,
+    control,
+    graph,
+    header,
+    href,
+    layer_options,
+    nav_store,
+    no_runs,
+    pick_layer,
+    pick_run,
+    problems_box,
+    run_options,
+    safe,
+    view_state,
+    view_store,
+)
 
 NAME = "labels"
 PATH = "/labels"
@@ -95,9 +111,9 @@ def register(app, context):
     def heatmap(layer, metric, run):
         view = store.get(run)
         if view is None or not view.has_layer(layer) or metric not in METRICS:
-            return figures.message_figure("Unknown run, layer or metric."), ""
+            return viz.message_figure("Unknown run, layer or metric."), ""
         fig = view._memo(("figure", "heatmap", layer, metric),
-                         lambda: figures.label_heatmap(view.labels, layer, metric, view.classes))
+                         lambda: viz.label_heatmap(view.labels, layer, metric, view.classes))
         return fig, f"{layer} · {METRICS[metric]} per class (rows) and channel (columns)"
 
     @app.callback(Output("labels-scatter", "figure"), Output("labels-embedding", "figure"),
@@ -106,7 +122,7 @@ def register(app, context):
     def scatter(layer, scope, run):
         view = store.get(run)
         if view is None or not view.has_layer(layer):
-            msg = figures.message_figure("Unknown run or layer.")
+            msg = viz.message_figure("Unknown run or layer.")
             return msg, msg
         highlight = layer if scope == "layer" else None
         if ctx.triggered_id == "labels-layer" and highlight is not None:
@@ -118,9 +134,9 @@ def register(app, context):
 def _figure(view, which: str, highlight):
     if which == "scatter":
         return view._memo(("figure", which, highlight),
-                          lambda: figures.channel_scatter(view.channels, view.labels, highlight_layer=highlight))
+                          lambda: viz.channel_scatter(view.channels, view.labels, highlight_layer=highlight))
     return view._memo(("figure", which, highlight),
-                      lambda: figures.embedding_scatter(view.optional_table("embedding"), view.channels,
+                      lambda: viz.embedding_scatter(view.optional_table("embedding"), view.channels,
                                                         highlight_layer=highlight))
 
 

@@ -10,11 +10,31 @@ import numpy as np
 from dash import Input, Output, Patch, State, ctx, dcc, html
 from dash.exceptions import PreventUpdate
 
-from probe import figures
+from probe import viz
 
-from .common import (Problems, card, control, graph, header, href, kv_table, label_legend, layer_options, nav_store,
-                     no_runs, pick_int, pick_layer, pick_run, problems_box, role_legend, run_options, safe,
-                     sample_options, view_state, view_store)
+from .common import (
+    Problems,
+    card,
+    control,
+    graph,
+    header,
+    href,
+    kv_table,
+    label_legend,
+    layer_options,
+    nav_store,
+    no_runs,
+    pick_int,
+    pick_layer,
+    pick_run,
+    problems_box,
+    role_legend,
+    run_options,
+    safe,
+    sample_options,
+    view_state,
+    view_store,
+)
 
 NAME = "layer"
 PATH = "/layer"
@@ -109,9 +129,9 @@ def register(app, context):
     def panel(sample, run):
         view = store.get(run)
         if view is None or not isinstance(sample, int) or not 0 <= sample < view.n_samples:
-            return figures.message_figure("Unknown run or sample.")
+            return viz.message_figure("Unknown run or sample.")
         s = view.inputs(sample)
-        return view._memo(("figure", "panel", sample), lambda: figures.image_panel(
+        return view._memo(("figure", "panel", sample), lambda: viz.image_panel(
             s["image"], s["hole"], s["sketch"], s["labels"], view.classes, s["output"], height=190))
 
     @app.callback(Output("layer-grid", "figure"), Output("layer-title", "children"), Output("layer-info", "children"),
@@ -122,19 +142,19 @@ def register(app, context):
         view = store.get(run)
         if view is None or not view.has_layer(layer) or not isinstance(sample, int) \
                 or not 0 <= sample < view.n_samples:
-            return figures.message_figure("Unknown run, layer or sample."), "", ""
+            return viz.message_figure("Unknown run, layer or sample."), "", ""
         row = view.layer_row(layer)
         maps, tile_labels, value_name = view.layer_maps(layer, sample)
         if view.kind_of(layer) == "gated":
             channels = view.channels_of(layer)
             roles = list(channels.role) if "role" in channels else None
             ids = sorted_channels(channels, sort, order)
-            fig = figures.channel_grid(maps, order=ids, roles=roles, normalize=scale == "contrast")
+            fig = viz.channel_grid(maps, order=ids, roles=roles, normalize=scale == "contrast")
             what = "sorted by " + (f"{sort} ({'descending' if order == 'desc' else 'ascending'})")
             title = f"{layer} · {row.channels} gate maps at {row.height}×{row.width} · sample {sample} · {what}"
             info = _gated_info(row, channels)
         else:
-            fig = figures.channel_grid(maps, tile_labels=tile_labels, columns=2, value_name=value_name,
+            fig = viz.channel_grid(maps, tile_labels=tile_labels, columns=2, value_name=value_name,
                                        unit="map", tile_px=150)
             title = (f"{layer} · partial convolution: one valid mask shared by all {row.channels} channels "
                      f"(claim P4) · sample {sample}")
@@ -146,17 +166,17 @@ def register(app, context):
     def summary(layer, run):
         view = store.get(run)
         if view is None or not view.has_layer(layer):
-            return figures.message_figure("Unknown run or layer.")
+            return viz.message_figure("Unknown run or layer.")
         kind = view.kind_of(layer)
         if ctx.triggered_id == "layer-layer" and view.kind != "mixed":
             # same figure, another highlighted layer: move the band only
             patch = Patch()
             order = view.gated_layers if kind == "gated" else view.partial_layers
-            patch["layout"]["shapes"] = figures.highlight_band(order, layer)
+            patch["layout"]["shapes"] = viz.highlight_band(order, layer)
             return patch
         if kind == "gated":
-            return figures.layer_summary(view.channels, view.layers, highlight=layer)
-        return figures.valid_fraction_curve(view.evolution, highlight=layer)
+            return viz.layer_summary(view.channels, view.layers, highlight=layer)
+        return viz.valid_fraction_curve(view.evolution, highlight=layer)
 
 
 def _geometry(row) -> list:
@@ -174,10 +194,10 @@ def _gated_info(row, channels) -> html.Div:
                  ("mean gate valid", float(np.nanmean(channels.mean_valid)))]
     counts = []
     if "role" in channels:
-        cats = channels.role.map(figures.role_category).value_counts()
-        for cat in figures.ROLE_ORDER:
+        cats = channels.role.map(viz.role_category).value_counts()
+        for cat in viz.ROLE_ORDER:
             if cats.get(cat, 0):
-                counts.append(html.Span([html.Span(className="swatch", style={"background": figures.ROLE_COLORS[cat]}),
+                counts.append(html.Span([html.Span(className="swatch", style={"background": viz.ROLE_COLORS[cat]}),
                                          f"{cat} {cats[cat]}"], className="legend-item"))
     return html.Div([kv_table(rows), html.Div("channels by role", className="control-label"),
                      html.Div(counts, className="legend")])

@@ -3,7 +3,7 @@
 Plotly's drawing tools do the drawing in the browser (rectangle, ellipse and closed path add hole;
 open path and line are sketch strokes); the shapes arrive in the canvas's ``relayoutData`` and are
 rasterised here, server side, at the image's resolution. The number of shapes, the points per path
-and the path text are bounded. The model is rebuilt from the manifest (:func:`dashboards.data.live_model`)
+and the path text are bounded. The model is rebuilt from the manifest (:func:`dashboards.live.live_model`)
 and run once per change with hooks on the chosen layer only.
 URL: ``/live?run=&sample=&layer=&base=``.
 """
@@ -16,12 +16,29 @@ import numpy as np
 from dash import Input, Output, State, ctx, dcc, html, no_update
 from dash.exceptions import PreventUpdate
 
-from probe import figures
+from probe import viz
 
-from ..data import live_forward, live_model
-from .common import (card, control, graph, header, layer_options, nav_store, no_runs, pick_int, pick_layer,
-                     pick_run, Problems, problems_box, register_run_switch, run_options, safe, sample_options,
-                     view_state, view_store)
+from ..live import live_forward, live_model
+from .common import (
+    Problems,
+    card,
+    control,
+    graph,
+    header,
+    layer_options,
+    nav_store,
+    no_runs,
+    pick_int,
+    pick_layer,
+    pick_run,
+    problems_box,
+    register_run_switch,
+    run_options,
+    safe,
+    sample_options,
+    view_state,
+    view_store,
+)
 
 NAME = "live"
 PATH = "/live"
@@ -233,9 +250,9 @@ def register(app, context):
             return updated, no_update
         view = store.get(run)
         if view is None or not isinstance(sample, int) or not 0 <= sample < view.n_samples:
-            return [], figures.message_figure("Unknown run or sample.")
+            return [], viz.message_figure("Unknown run or sample.")
         s = view.inputs(sample)
-        canvas = figures.drawing_canvas(s["image"], s["hole"] if base == "recorded" else None,
+        canvas = viz.drawing_canvas(s["image"], s["hole"] if base == "recorded" else None,
                                         s["sketch"] if base == "recorded" else None)
         canvas.update_layout(uirevision=f"{sample}-{base}-{_clear}")
         return [], canvas
@@ -250,12 +267,12 @@ def register(app, context):
         view = store.get(run)
         if view is None or not view.has_layer(layer) or not isinstance(sample, int) \
                 or not 0 <= sample < view.n_samples:
-            msg = figures.message_figure("Unknown run, layer or sample.")
+            msg = viz.message_figure("Unknown run, layer or sample.")
             return msg, msg, "", "", ""
         live = live_model(view, context.root, context.allow_import_paths)
         notes = [html.Div(n, className="note") for n in live.notes]
         if live.model is None:
-            msg = figures.message_figure("The model of this run cannot be run here.")
+            msg = viz.message_figure("The model of this run cannot be run here.")
             return msg, msg, "", "", [html.Div(live.error, className="problem")] + notes
         s = view.inputs(sample)
         H, W = s["image"].shape[-2:]
@@ -269,20 +286,20 @@ def register(app, context):
                                     sketch[None].astype(np.float32) if takes_sketch else None, layer)
         ms = (time.perf_counter() - start) * 1000
         composite = np.where(hole[None], output, s["image"])
-        model_input = figures.masked_input(s["image"], hole[None], sketch[None] if takes_sketch else None)
-        result = figures.image_row([model_input, output, composite],
+        model_input = viz.masked_input(s["image"], hole[None], sketch[None] if takes_sketch else None)
+        result = viz.image_row([model_input, output, composite],
                                    ["model input", "model output", "output in the hole, image elsewhere"])
         status = (f"{counts['hole shapes']} hole shape(s), {counts['sketch strokes']} sketch stroke(s) drawn"
                   + (f", {counts['ignored']} ignored" if counts["ignored"] else "")
                   + f" · hole {hole.mean():.0%} of the image · model ran in {ms:.0f} ms")
         if maps is None:
-            gates, gates_title = figures.message_figure(f"No maps captured for {layer}."), ""
+            gates, gates_title = viz.message_figure(f"No maps captured for {layer}."), ""
         elif maps[0] == "gate":
             ch = view.channels_of(layer)
-            gates = figures.channel_grid(maps[1], roles=list(ch.role) if "role" in ch else None, tile_px=38)
+            gates = viz.channel_grid(maps[1], roles=list(ch.role) if "role" in ch else None, tile_px=38)
             gates_title = f"{layer} · gates of this input (outlines: roles measured on the recorded run)"
         else:
-            gates = figures.channel_grid(maps[1], tile_labels=["valid mask", "window coverage"], columns=2,
+            gates = viz.channel_grid(maps[1], tile_labels=["valid mask", "window coverage"], columns=2,
                                          value_name="value", unit="map", tile_px=140)
             gates_title = f"{layer} · the valid mask all channels share, for this input"
         return result, gates, status, gates_title, notes

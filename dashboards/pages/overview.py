@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dash import dcc, html
 
-from probe import figures
+from probe import viz
 
 from .common import card, graph, header, href
 
@@ -57,16 +57,16 @@ def layout(store, params, context):
                            html.P("Participation ratio of the channel covariance of each layer's maps: 1 means every "
                                   "channel shares one mask (partial convolution, claim P4); larger means distinct "
                                   "per-channel soft gates (claim G3).", className="explain"),
-                           graph("overview-diversity", figures.diversity_bars({v.name: v.layers for v in views},
+                           graph("overview-diversity", viz.diversity_bars({v.name: v.layers for v in views},
                                                                               title=None))))
         cards = []
         for view in views[:MAX_FIGURES]:
             if view.gated_layers:
-                fig = view._memo(("figure", "summary"), lambda v=view: figures.layer_summary(v.channels, v.layers,
+                fig = view._memo(("figure", "summary"), lambda v=view: viz.layer_summary(v.channels, v.layers,
                                                                                              title=None))
                 what = "mean gate in hole vs valid per layer"
             else:
-                fig = view._memo(("figure", "curve"), lambda v=view: figures.valid_fraction_curve(v.evolution,
+                fig = view._memo(("figure", "curve"), lambda v=view: viz.valid_fraction_curve(v.evolution,
                                                                                                   title=None))
                 what = "valid fraction per partial layer"
             cards.append(card(None, html.H3([dcc.Link(view.name, href=href("/layer", run=view.name)), f" · {what}"]),

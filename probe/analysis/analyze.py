@@ -12,7 +12,10 @@ import pandas as pd
 from torch import nn
 
 from ..data import dataset_from_spec
-from ..run import Run, RunError, load_run, write_manifest, write_table
+from ..errors import RunError
+from ..rundir.files import write_table
+from ..rundir.folder import write_manifest
+from ..rundir.run import Run, load_run
 from .attribution import attribute_channels
 from .embedding import channel_embedding
 from .interventions import ablation, sketch_intervention, strongest_channels
@@ -20,7 +23,7 @@ from .interventions import ablation, sketch_intervention, strongest_channels
 
 def model_of_run(run: Run) -> nn.Module:
     """Rebuild the model a run recorded, from its manifest (checkpoint folder or loader path)."""
-    from ..sources import resolve_model
+    from ..models.sources import resolve_model
 
     source = run.manifest["model"].get("source")
     if not source or source in ("random-init", "python object"):

@@ -20,8 +20,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..adapters import find_sites
-from ..recorder import eval_mode
 from ..data import collate
+from ..errors import calling_model
+from ..hooks import eval_mode, hooks_attached
 
 GROUPS = ("image", "hole", "sketch")
 
@@ -55,8 +56,8 @@ def attribute_channels(model: nn.Module, data, channels: list[tuple[str, int]], 
                 cells = torch.nn.functional.adaptive_avg_pool2d(out_hole, gates.shape[-2:]) >= 0.5
                 return (gates * cells).sum((1, 2, 3)) / cells.sum((1, 2, 3)).clamp_min(1)
 
-            handles = site.adapter.attach(site.module, _Sink())
-            try:
+            with hooks_attached(model, [lambda: site.adapter.attach(site.module, _Sink())]), \
+                    calling_model(model, "attribution"):
                 baselines = (image.mean((2, 3), keepdim=True).expand_as(image).contiguous(),
                              torch.zeros_like(hole), torch.zeros_like(sketch))
                 ig = IntegratedGradients(target)
@@ -64,9 +65,6 @@ def attribute_channels(model: nn.Module, data, channels: list[tuple[str, int]], 
                                                    internal_batch_size=n * 4, return_convergence_delta=True)
                 with torch.no_grad():
                     value = target(image, hole, sketch).mean().item()
-            finally:
-                for h in handles:
-                    h.remove()
             sums = [a.sum((1, 2, 3)).detach().numpy() for a in attributions]
             total = sum(np.abs(s.mean()) for s in sums) or 1.0
             for group, s in zip(GROUPS, sums):

@@ -9,8 +9,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ..run import Run
-from .summary import gated_layer_summary, partial_layer_summary
+from ..errors import RunError
+from ..rundir.roles import DEFAULT_RULE, ROLE_COLUMNS, RoleRule, assign_roles, has_role
+from ..rundir.run import Run
+from .summary import partial_layer_summary
 
 SUPPORTED, NOT_SUPPORTED, NOT_APPLICABLE = "supported", "not supported", "not applicable"
 STATEMENTS = {
@@ -83,8 +85,10 @@ def partial_claims(run: Run) -> list[dict]:
     return rows
 
 
-def gated_claims(run: Run) -> list[dict]:
-    ch, layers = run.channels, run.layers
+def gated_claims(run: Run, rule: RoleRule = DEFAULT_RULE) -> list[dict]:
+    layers = run.layers
+    ch = run.channels.drop(columns=[c for c in ROLE_COLUMNS if c in run.channels])
+    ch = pd.concat([ch, assign_roles(ch, run.labels, rule)], axis=1)  # the roles under ``rule``
     rows = []
     soft = float(ch.soft_fraction.median())
     varying = float((ch["std"] > 0.01).mean())
@@ -114,8 +118,8 @@ def gated_claims(run: Run) -> list[dict]:
                      _verdict(median >= 2), ", ".join(f"{l} {v:.1f}" for l, v in zip(layers.layer, layers.effective_channels)
                                                       if l in set(ch.layer)),
                      "supported if the median is >= 2 (a partial layer measures exactly 1)"))
-    counts = {k: int(ch.role.str.contains(k).sum()) for k in ("hole", "valid", "sketch", "semantic")}
-    rows.append(_row("G4", "channels per role (effect AUC >= 0.7 and q < 0.05)",
+    counts = {k: int(has_role(ch, k).sum()) for k in ("hole", "valid", "sketch", "semantic")}
+    rows.append(_row("G4", f"channels per role ({rule.describe()})",
                      float(min(counts["hole"] + counts["valid"], counts["sketch"], counts["semantic"])),
                      _verdict(counts["hole"] + counts["valid"] > 0 and counts["sketch"] > 0 and counts["semantic"] > 0),
                      ", ".join(f"{k}: {v}" for k, v in counts.items()),
@@ -128,8 +132,8 @@ def gated_claims(run: Run) -> list[dict]:
         if layer not in deep:
             continue
         sub = ch[ch.layer == layer]
-        hole = set(sub.channel[sub.role.str.contains("hole|valid")])
-        sketch = set(sub.channel[sub.role.str.contains("sketch")])
+        hole = set(sub.channel[has_role(sub, "hole") | has_role(sub, "valid")])
+        sketch = set(sub.channel[has_role(sub, "sketch")])
         if hole and sketch and (hole - sketch) and (sketch - hole):
             both.append(layer)
     rows.append(_row("G5", "deep layers (second half by depth) with distinct hole/valid and sketch channels",
@@ -145,19 +149,20 @@ def split_runs(run_a: Run, run_b: Run) -> tuple[Run, Run]:
         return run_a, run_b
     if "gated" in kinds[0] and "partial" in kinds[1]:
         return run_b, run_a
-    raise ValueError(f"claims need one partial-convolution run and one gated run; got {run_a.name} "
+    raise RunError(f"claims need one partial-convolution run and one gated run; got {run_a.name} "
                      f"({'/'.join(sorted(kinds[0]))}) and {run_b.name} ({'/'.join(sorted(kinds[1]))})")
 
 
-def claims(run_a: Run, run_b: Run) -> pd.DataFrame:
-    """The claims table for a partial-convolution run and a gated run, given in either order."""
+def claims(run_a: Run, run_b: Run, rule: RoleRule = DEFAULT_RULE) -> pd.DataFrame:
+    """The claims table for a partial-convolution run and a gated run, given in either order;
+    channel roles (G4, G5) follow ``rule``."""
     run_partial, run_gated = split_runs(run_a, run_b)
     rows = partial_claims(run_partial)
     accepts = bool(run_partial.manifest["model"].get("accepts_sketch"))
     rows.append(_row("P5", "the partial model's sketch input (accepts_sketch)", float(accepts), _verdict(not accepts),
                      f"{run_partial.manifest['model']['name']} accepts_sketch={accepts}",
                      "supported if the model has no sketch input"))
-    rows += gated_claims(run_gated)
+    rows += gated_claims(run_gated, rule)
     frame = pd.DataFrame(rows)
     order = {c: i for i, c in enumerate(STATEMENTS)}
     return frame.sort_values("claim", key=lambda s: s.map(order), ignore_index=True)

@@ -10,8 +10,6 @@ Effects are per image, so images are the unit of inference: a t-test over images
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import numpy as np
 import pandas as pd
 import torch
@@ -19,10 +17,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..adapters import find_sites
-from ..recorder import eval_mode
-from ..context import BatchContext
 from ..data import collate
-from .significance import bh_qvalues, bootstrap_ci, group_t_test
+from ..errors import ModelError, calling_model
+from ..hooks import eval_mode, hooks_attached, site_attachers
+from ..recording.context import BatchContext
+from ..rundir.roles import has_role
+from ..stats.significance import bh_qvalues, bootstrap_ci, group_t_test
 
 
 class _HoleMeans:
@@ -45,15 +45,6 @@ class _HoleMeans:
                 pass
 
         return _Sink()
-
-
-@contextmanager
-def _hooks(handles: list):
-    try:
-        yield
-    finally:
-        for h in handles:
-            h.remove()
 
 
 def _batches(data, n: int, batch_size: int):
@@ -80,23 +71,22 @@ def sketch_intervention(model: nn.Module, data, n: int = 64, batch_size: int = 1
     (intervened), their per-image difference ``delta = without - with``; plus one row
     (``layer='output'``) for the output's hole L1. Requires a model that accepts a sketch."""
     if not getattr(model, "accepts_sketch", False):
-        raise ValueError(f"{type(model).__name__} takes no sketch: the sketch intervention does not apply (claim P5)")
+        raise ModelError(f"{type(model).__name__} takes no sketch: the sketch intervention does not apply (claim P5)")
     sites = [s for s in find_sites(model) if s.kind == "gated"]
     tap = _HoleMeans()
-    handles = [h for s in sites for h in s.adapter.attach(s.module, tap.for_layer(s.name))]
     with_sketch = {s.name: [] for s in sites}
     without = {s.name: [] for s in sites}
     l1_with, l1_without = [], []
-    with eval_mode(model):
-        with _hooks(handles), torch.inference_mode():
-            for batch in tqdm(list(_batches(data, n, batch_size)), desc="sketch on/off", disable=not progress):
-                image, hole, sketch = batch["image"], batch["hole"], batch["sketch"]
-                for store, l1, given in ((with_sketch, l1_with, sketch), (without, l1_without, None)):
-                    tap.ctx = BatchContext(hole, given, batch["labels"], torch.zeros(len(image), dtype=torch.long), 1)
-                    out = model(image, hole, given)
-                    l1.append(_hole_l1(image, hole, out).numpy())
-                    for name in store:
-                        store[name].append(tap.means[name].numpy())
+    with eval_mode(model), hooks_attached(model, site_attachers(sites, tap.for_layer)), torch.inference_mode(), \
+            calling_model(model, "sketch intervention"):
+        for batch in tqdm(list(_batches(data, n, batch_size)), desc="sketch on/off", disable=not progress):
+            image, hole, sketch = batch["image"], batch["hole"], batch["sketch"]
+            for store, l1, given in ((with_sketch, l1_with, sketch), (without, l1_without, None)):
+                tap.ctx = BatchContext(hole, given, batch["labels"], torch.zeros(len(image), dtype=torch.long), 1)
+                out = model(image, hole, given)
+                l1.append(_hole_l1(image, hole, out).numpy())
+                for name in store:
+                    store[name].append(tap.means[name].numpy())
     rows = []
     for s in sites:
         on, off = np.concatenate(with_sketch[s.name]), np.concatenate(without[s.name])  # [n, C]
@@ -119,19 +109,18 @@ def ablation(model: nn.Module, data, channels: list[tuple[str, int]], n: int = 6
     sites = {s.name: s for s in find_sites(model) if s.kind == "gated"}
     unknown = [layer for layer, _ in channels if layer not in sites]
     if unknown:
-        raise ValueError(f"not gated layers of this model: {sorted(set(unknown))}")
+        raise ModelError(f"not gated layers of this model: {sorted(set(unknown))}")
     use_sketch = bool(getattr(model, "accepts_sketch", False)) if use_sketch is None else use_sketch
     intact, ablated = [], {key: [] for key in channels}
-    with eval_mode(model):
-        with torch.inference_mode():
-            for batch in tqdm(list(_batches(data, n, batch_size)), desc="ablation", disable=not progress):
-                image, hole = batch["image"], batch["hole"]
-                sketch = batch["sketch"] if use_sketch else None
-                intact.append(_hole_l1(image, hole, model(image, hole, sketch)).numpy())
-                for layer, c in channels:
-                    site = sites[layer]
-                    with _hooks(site.adapter.ablate(site.module, c, value)):
-                        ablated[(layer, c)].append(_hole_l1(image, hole, model(image, hole, sketch)).numpy())
+    with eval_mode(model), torch.inference_mode(), calling_model(model, "ablation"):
+        for batch in tqdm(list(_batches(data, n, batch_size)), desc="ablation", disable=not progress):
+            image, hole = batch["image"], batch["hole"]
+            sketch = batch["sketch"] if use_sketch else None
+            intact.append(_hole_l1(image, hole, model(image, hole, sketch)).numpy())
+            for layer, c in channels:
+                site = sites[layer]
+                with hooks_attached(model, [lambda: site.adapter.ablate(site.module, c, value)]):
+                    ablated[(layer, c)].append(_hole_l1(image, hole, model(image, hole, sketch)).numpy())
     base = np.concatenate(intact)
     rows = []
     for (layer, c), parts in ablated.items():
@@ -153,11 +142,11 @@ def strongest_channels(channels: pd.DataFrame, labels: pd.DataFrame, per_role: i
     best_label = labels.groupby(["layer", "channel"]).auc.max().rename("best_label_auc")
     frame = channels.join(best_label, on=["layer", "channel"])
     families = {
-        "hole": (frame.role.str.contains("hole"), frame.auc_hole),
-        "valid": (frame.role.str.contains("valid"), 0.5 - frame.auc_hole),
-        "sketch": (frame.role.str.contains("sketch"), frame.auc_sketch),
-        "semantic": (frame.role.str.contains("semantic"), frame.best_label_auc),
-        "none": (frame.role.eq("none"), -(frame.auc_hole - 0.5).abs()),
+        "hole": (has_role(frame, "hole"), frame.auc_hole),
+        "valid": (has_role(frame, "valid"), 0.5 - frame.auc_hole),
+        "sketch": (has_role(frame, "sketch"), frame.auc_sketch),
+        "semantic": (has_role(frame, "semantic"), frame.best_label_auc),
+        "none": (has_role(frame, "none"), -(frame.auc_hole - 0.5).abs()),
     }
     picks = []
     for mask, score in families.values():

@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ..context import BORDER, FAR, HOLE_PLAIN, HOLE_SKETCH
-from ..run import Run
-from .significance import bootstrap_ci
+from ..rundir.run import Run
+from ..stats.regions import BORDER, FAR, HOLE_PLAIN, HOLE_SKETCH
+from ..stats.significance import bootstrap_ci
 
 
 def gated_layer_summary(run: Run) -> pd.DataFrame:

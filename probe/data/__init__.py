@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import torch
 
-from .folder import DataError, FolderDataset
-from .masks import hole_mask
+from ..errors import DataError
+from .folder import FolderDataset
+from .masks import HOLE_AREA, hole_mask
 from .scenes import CLASSES, HELDOUT_SEED, TRAIN_SEED, Scenes, heldout_items, render_scene, scene_item
 from .sketch import label_boundaries, sketch_from_labels
 
@@ -50,13 +51,13 @@ def dataset_from_spec(spec: dict):
     """Rebuild a dataset from its ``spec()``."""
     if spec["kind"] == "scenes":
         return Scenes(size=spec["size"], n=spec["n"], seed=spec["seed"], start=spec.get("start", 0),
-                      hole_mode=spec.get("hole_mode", "free"), hole_area=tuple(spec.get("hole_area", (0.1, 0.35))))
+                      hole_mode=spec.get("hole_mode", "free"), hole_area=tuple(spec.get("hole_area", HOLE_AREA)))
     if spec["kind"] == "folder":
         return FolderDataset(spec["path"], seed=spec.get("seed", 0), hole_area=tuple(spec["hole_area"]),
                              mask_threshold=spec.get("mask_threshold", 0.5))
     raise DataError(f"unknown data kind {spec['kind']!r} in spec")
 
 
-__all__ = ["CLASSES", "HELDOUT_SEED", "TRAIN_SEED", "DataError", "FolderDataset", "Scenes", "collate",
+__all__ = ["CLASSES", "HELDOUT_SEED", "HOLE_AREA", "TRAIN_SEED", "DataError", "FolderDataset", "Scenes", "collate",
            "dataset_from_spec", "heldout_items", "hole_mask", "label_boundaries", "parse_data",
            "render_scene", "scene_item", "sketch_from_labels"]

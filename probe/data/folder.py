@@ -17,14 +17,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .masks import hole_mask
+from ..errors import DataError
+from .masks import HOLE_AREA, hole_mask
 from .sketch import make_item
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-
-
-class DataError(ValueError):
-    """Bad input data: the message says what is wrong and how to fix it."""
 
 
 # Modes whose pixels ``_to_rgb_float`` reads directly; anything else (palette "P", "LA", "CMYK",
@@ -67,7 +64,7 @@ class FolderDataset(torch.utils.data.Dataset):
     """Items like :class:`~probe.data.scenes.Scenes`: ``image`` ``[3,H,W]``, ``hole`` ``[1,H,W]``,
     ``sketch`` ``[1,H,W]``, ``labels`` ``[H,W]`` int64, ``index``, plus ``name``."""
 
-    def __init__(self, root: str | Path, seed: int = 0, hole_area: tuple[float, float] = (0.1, 0.35),
+    def __init__(self, root: str | Path, seed: int = 0, hole_area: tuple[float, float] = HOLE_AREA,
                  mask_threshold: float = 0.5):
         self.root = Path(root)
         self.seed, self.hole_area, self.mask_threshold = seed, tuple(hole_area), mask_threshold

@@ -3,6 +3,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import DataError
+
+HOLE_AREA = (0.1, 0.35)  # share of the image a generated hole covers, drawn uniformly in this range
+
 HOLE_MODES = ("free", "rect", "centre")
 
 
@@ -38,7 +42,7 @@ def _box(rng: np.random.Generator, size: int, area: float) -> np.ndarray:
 
 
 def hole_mask(rng: np.random.Generator, size: int, mode: str = "free",
-              area: tuple[float, float] = (0.1, 0.35), max_tries: int = 20) -> np.ndarray:
+              area: tuple[float, float] = HOLE_AREA, max_tries: int = 20) -> np.ndarray:
     """A ``[size, size]`` bool hole mask whose hole fraction lies in ``area`` (best effort for
     ``free``: strokes are added until the minimum is reached and redrawn when over the maximum).
 
@@ -47,7 +51,7 @@ def hole_mask(rng: np.random.Generator, size: int, mode: str = "free",
     """
     lo, hi = area
     if not 0 < lo <= hi < 1:
-        raise ValueError(f"hole area range must satisfy 0 < min <= max < 1, got {area}")
+        raise DataError(f"hole area range must satisfy 0 < min <= max < 1, got {area}")
     if mode == "centre":
         side = int(round(size * np.sqrt(rng.uniform(lo, hi))))
         start = (size - side) // 2
@@ -57,7 +61,7 @@ def hole_mask(rng: np.random.Generator, size: int, mode: str = "free",
     if mode == "rect":
         return _box(rng, size, rng.uniform(lo, hi))
     if mode != "free":
-        raise ValueError(f"unknown hole mode {mode!r}; choose one of {HOLE_MODES}")
+        raise DataError(f"unknown hole mode {mode!r}; choose one of {HOLE_MODES}")
     hole = np.zeros((size, size), bool)
     for _ in range(max_tries):
         hole = _box(rng, size, rng.uniform(lo, hi) / 2) if rng.random() < 0.5 else np.zeros((size, size), bool)

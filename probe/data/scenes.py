@@ -13,8 +13,9 @@ import colorsys
 import numpy as np
 import torch
 
+from ..errors import DataError
 from . import textures
-from .masks import hole_mask
+from .masks import HOLE_AREA, hole_mask
 from .sketch import make_item
 
 CLASSES = ("sky", "grass", "brick wall", "gravel road", "water", "disc", "box", "triangle")
@@ -37,7 +38,7 @@ def render_scene(seed: int, index: int, size: int = 64) -> tuple[np.ndarray, np.
     """Render scene ``index`` of stream ``seed``: image ``[H, W, 3]`` float32 in [0, 1] and labels
     ``[H, W]`` uint8 (ids into :data:`CLASSES`)."""
     if not MIN_SIZE <= size <= MAX_SIZE:
-        raise ValueError(f"Scenes size must be between {MIN_SIZE} and {MAX_SIZE}, got {size}")
+        raise DataError(f"Scenes size must be between {MIN_SIZE} and {MAX_SIZE}, got {size}")
     rng = np.random.default_rng([seed, index])
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
     image = np.zeros((size, size, 3), np.float32)
@@ -98,7 +99,7 @@ def render_scene(seed: int, index: int, size: int = 64) -> tuple[np.ndarray, np.
 
 
 def scene_item(seed: int, index: int, size: int = 64, hole_mode: str = "free",
-               hole_area: tuple[float, float] = (0.1, 0.35)) -> dict:
+               hole_area: tuple[float, float] = HOLE_AREA) -> dict:
     """One item as tensors: ``image`` ``[3,H,W]`` float32 in [0,1], ``hole`` ``[1,H,W]`` (1 = hole),
     ``sketch`` ``[1,H,W]`` (label boundaries inside the hole), ``labels`` ``[H,W]`` int64, ``index``."""
     image, labels = render_scene(seed, index, size)
@@ -116,9 +117,9 @@ class Scenes(torch.utils.data.Dataset):
     classes = CLASSES
 
     def __init__(self, size: int = 64, n: int = 1024, seed: int = TRAIN_SEED, hole_mode: str = "free",
-                 hole_area: tuple[float, float] = (0.1, 0.35), start: int = 0):
+                 hole_area: tuple[float, float] = HOLE_AREA, start: int = 0):
         if not MIN_SIZE <= size <= MAX_SIZE:
-            raise ValueError(f"Scenes size must be between {MIN_SIZE} and {MAX_SIZE}, got {size}")
+            raise DataError(f"Scenes size must be between {MIN_SIZE} and {MAX_SIZE}, got {size}")
         self.size, self.n, self.seed, self.start = size, n, seed, start
         self.hole_mode, self.hole_area = hole_mode, tuple(hole_area)
 

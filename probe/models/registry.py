@@ -6,6 +6,8 @@ from typing import Callable
 
 from torch import nn
 
+from ..errors import ModelError
+
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -21,7 +23,7 @@ _REGISTRY: dict[str, ModelSpec] = {}
 def register_model(name: str, builder: Callable[..., nn.Module], description: str = "", **defaults) -> None:
     """Register ``builder(**config)`` under ``name`` with default ``config`` values."""
     if name in _REGISTRY:
-        raise ValueError(f"model {name!r} is already registered")
+        raise ModelError(f"model {name!r} is already registered")
     _REGISTRY[name] = ModelSpec(name, builder, dict(defaults), description)
 
 
@@ -32,7 +34,7 @@ def list_models() -> list[str]:
 
 def model_spec(name: str) -> ModelSpec:
     if name not in _REGISTRY:
-        raise KeyError(f"unknown model {name!r}; registered models: {', '.join(list_models())}")
+        raise ModelError(f"unknown model {name!r}; registered models: {', '.join(list_models())}")
     return _REGISTRY[name]
 
 
@@ -41,7 +43,7 @@ def model_config(name: str, **overrides) -> dict:
     spec = model_spec(name)
     unknown = set(overrides) - set(spec.defaults)
     if unknown:
-        raise TypeError(f"model {name!r} has no option(s) {sorted(unknown)}; options: {sorted(spec.defaults)}")
+        raise ModelError(f"model {name!r} has no option(s) {sorted(unknown)}; options: {sorted(spec.defaults)}")
     return {**spec.defaults, **overrides}
 
 

@@ -1,7 +1,6 @@
 """``build_report``: one self-contained HTML file (plotly.js inlined once, no other host) and a
-Markdown summary beside it, from recorded runs. Figures come from :mod:`probe.figures` and
-:mod:`probe.analysis_figures`; HTML from an autoescaping Jinja2 template, so every run, layer and
-class name is data, never markup."""
+Markdown summary beside it, from recorded runs. Figures come from :mod:`probe.viz`; HTML from an
+autoescaping Jinja2 template, so every run, layer and class name is data, never markup."""
 from __future__ import annotations
 
 import hashlib
@@ -12,14 +11,14 @@ import numpy as np
 import pandas as pd
 from markupsafe import Markup
 
-from .. import figures as F
-from .. import analysis_figures as AF
+from .. import viz
 from ..analysis.claims import claims as claims_table
 from ..analysis.claims import split_runs
 from ..analysis.interventions import strongest_channels
 from ..analysis.summary import partial_layer_summary
-from ..checkpoints import write_atomic
-from ..run import Run, load_run
+from ..errors import SettingsError
+from ..rundir.files import write_atomic
+from ..rundir.run import Run, load_run
 
 SECTIONS = ("models", "mask-evolution", "diversity", "extra-inputs", "roles", "labels", "ablation-attribution",
             "claims", "reproducibility")
@@ -48,14 +47,15 @@ def _model_rows(runs: list[Run]) -> list[dict]:
 def _partial_section(run: Run) -> dict:
     ev = run.evolution
     layers = ev.layer.tolist()
-    figs = [F.valid_fraction_curve(ev, title=f"{run.name}: valid fraction per partial layer, measured vs predicted")]
+    figs = [viz.valid_fraction_curve(ev, title=f"{run.name}: valid fraction per partial layer, measured vs predicted")]
     flipped = ev[ev.flipped > 0]
     for layer in flipped.layer.tolist()[:2]:
-        figs.append(F.coverage_histogram(ev, layer, title=f"{run.name} {layer}: coverage of locations that flipped to valid"))
+        figs.append(viz.coverage_histogram(ev, layer,
+                                           title=f"{run.name} {layer}: coverage of locations that flipped to valid"))
     if run.n_samples:
         maps = [run.sample_map(layer, "valid")[0] for layer in layers]
         size = tuple(run.sample_input("image").shape[-2:])
-        figs.append(F.mask_evolution(maps, layers, size, title=f"{run.name}: valid mask of sample 0 at every layer"))
+        figs.append(viz.mask_evolution(maps, layers, size, title=f"{run.name}: valid mask of sample 0 at every layer"))
     return {"run": run.name, "figures": [_fig(f) for f in figs], "table": partial_layer_summary(run).round(4)}
 
 
@@ -68,9 +68,9 @@ def _role_examples(run: Run, per_role: int = 1) -> list[Markup]:
     for layer, channel in strongest_channels(run.channels, run.labels, per_role):
         row = run.channels[(run.channels.layer == layer) & (run.channels.channel == channel)].iloc[0]
         maps = np.asarray(run.sample_map(layer, "gate")[:, channel])
-        out.append(_fig(F.channel_samples(images, holes, maps, sketches=sketches,
-                                          title=f"{run.name} {layer} channel {channel}: role {row.role}, "
-                                                f"auc_hole {row.auc_hole:.2f}, auc_sketch {row.auc_sketch:.2f}")))
+        out.append(_fig(viz.channel_samples(images, holes, maps, sketches=sketches,
+                                            title=f"{run.name} {layer} channel {channel}: role {row.role}, "
+                                                  f"auc_hole {row.auc_hole:.2f}, auc_sketch {row.auc_sketch:.2f}")))
     return out
 
 
@@ -82,18 +82,18 @@ def _gated_section(run: Run) -> dict:
     sketch_output = inter[inter.quantity == "hole_l1"] if inter is not None else None
     return {
         "run": run.name,
-        "summary": _fig(F.layer_summary(run.channels, run.layers)),
-        "role_counts": _fig(AF.role_counts(run.channels, run.layers)),
+        "summary": _fig(viz.layer_summary(run.channels, run.layers)),
+        "role_counts": _fig(viz.role_counts(run.channels, run.layers)),
         "examples": _role_examples(run),
-        "heatmaps": [_fig(F.label_heatmap(run.labels, layer, "auc", run.classes)) for layer in picks],
-        "scatter": _fig(F.channel_scatter(run.channels, run.labels)),
-        "sketch": _fig(AF.effect_bars(sketch_gates, f"{run.name}: change of the gate in the hole when the sketch is "
-                                      "removed (red: q < 0.05)", xaxis="gate without - with sketch"))
+        "heatmaps": [_fig(viz.label_heatmap(run.labels, layer, "auc", run.classes)) for layer in picks],
+        "scatter": _fig(viz.channel_scatter(run.channels, run.labels)),
+        "sketch": _fig(viz.effect_bars(sketch_gates, f"{run.name}: change of the gate in the hole when the sketch is "
+                                       "removed (red: q < 0.05)", xaxis="gate without - with sketch"))
         if sketch_gates is not None else None,
         "sketch_output": sketch_output.round(5).to_dict("records") if sketch_output is not None else [],
-        "ablation": _fig(AF.effect_bars(ablation, f"{run.name}: hole L1 change when one gate channel is forced to 0",
-                                        xaxis="hole L1 ablated - intact")) if ablation is not None else None,
-        "attribution": _fig(AF.attribution_bars(attributions)) if attributions is not None else None,
+        "ablation": _fig(viz.effect_bars(ablation, f"{run.name}: hole L1 change when one gate channel is forced to 0",
+                                         xaxis="hole L1 ablated - intact")) if ablation is not None else None,
+        "attribution": _fig(viz.attribution_bars(attributions)) if attributions is not None else None,
     }
 
 
@@ -120,7 +120,7 @@ def build_report(run_paths: list[str | Path], out: str | Path, title: str | None
     runs = [load_run(p) for p in run_paths]
     out = Path(out)
     if out.suffix != ".html":
-        raise ValueError(f"--out {out}: the report must be an .html file")
+        raise SettingsError(f"--out {out}: the report must be an .html file")
     out.parent.mkdir(parents=True, exist_ok=True)
     claims = _claims(runs)
     context = {
@@ -129,7 +129,7 @@ def build_report(run_paths: list[str | Path], out: str | Path, title: str | None
         "models": _model_rows(runs),
         "partial": [_partial_section(r) for r in runs if not r.evolution.empty],
         "gated": [_gated_section(r) for r in runs if not r.channels.empty],
-        "diversity": _fig(F.diversity_bars({r.name: r.layers for r in runs})),
+        "diversity": _fig(viz.diversity_bars({r.name: r.layers for r in runs})),
         "claims": claims.to_dict("records") if claims is not None else [],
         "reproducibility": _reproducibility(runs),
         "python": platform.python_version(),
@@ -180,7 +180,7 @@ def markdown_summary(runs: list[Run], claims: pd.DataFrame | None, title: str) -
                                    for r in runs]).round(3)), ""]
     for run in runs:
         if not run.channels.empty:
-            roles = run.channels.assign(family=run.channels.role.map(F.role_category))
+            roles = run.channels.assign(family=run.channels.role.map(viz.role_category))
             counts = roles.pivot_table(index="layer", columns="family", values="channel", aggfunc="count",
                                        fill_value=0).reindex(run.layers[run.layers.kind == "gated"].layer)
             parts += [f"## Channel roles (first role of each channel): {_md(run.name)}", "",

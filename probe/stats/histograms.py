@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..errors import RunError
 
 DEFAULT_BINS = 512  # per channel; AUC p99 error 0.00025, IoU p90 2.1% at 64 images (benchmarks/accuracy.py)
 
@@ -105,8 +106,8 @@ class ConditionedHistogram:
         if (other.channels, other.conditions, other.bins, other.groups) != (
                 self.channels, self.conditions, self.bins, self.groups) or not (
                 torch.equal(other.lo, self.lo) and torch.equal(other.hi, self.hi)):
-            raise ValueError("cannot merge histograms of different shapes or binning (were the shards "
-                             "calibrated on the same images?)")
+            raise RunError("cannot merge histograms of different shapes or binning (were the shards "
+                           "calibrated on the same images?)")
         self.counts_ += other.counts_
         self.sums_ += other.sums_
         self.pixels_ += other.pixels_

@@ -1,0 +1,99 @@
+"""Where a model comes from: a checkpoint folder, a registry name, or ``package.module:function``.
+
+``resolve_model(spec)`` returns an ``nn.Module`` following the calling convention
+``model(image, hole, sketch=None)``, with ``model.source_info`` describing it for the manifest.
+Import paths are resolved with importlib and getattr only: no string is ever evaluated.
+"""
+from __future__ import annotations
+
+import importlib
+import re
+from pathlib import Path
+
+from torch import nn
+
+from ..errors import ModelError
+from ..rundir.files import sha256_file
+from .checkpoints import load_model
+from .registry import create_model, list_models
+
+IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+LOADERS: dict[str, callable] = {}  # prefix -> loader(path, **options), e.g. third-party architectures
+PICKLE_LOADERS: set[str] = set()  # prefixes whose loader reads pickle-based files (torch.load)
+
+
+def register_loader(prefix: str, loader, pickle: bool = True) -> None:
+    """Make ``--model PREFIX:PATH`` load weights with ``loader(PATH, **options) -> nn.Module``.
+    ``pickle``: the loader reads a pickle-based file (``torch.load``, even with ``weights_only=True``),
+    which :func:`resolve_model` refuses unless ``trust_pickle``."""
+    LOADERS[prefix] = loader
+    if pickle:
+        PICKLE_LOADERS.add(prefix)
+    else:
+        PICKLE_LOADERS.discard(prefix)
+
+
+def resolve_model(spec: str, random_init: bool = False, trust_pickle: bool = False, **options) -> nn.Module:
+    """Build the model named by ``spec`` (see module docstring) in eval mode. Pickle-based weight
+    files (``deepfillv2:PATH.pth``...) are read only with ``trust_pickle`` (``--trust-pickle``), and
+    then only with ``torch.load(weights_only=True)``."""
+    prefix, _, rest = spec.partition(":")
+    if prefix in LOADERS and rest:
+        if not Path(rest).is_file():
+            raise FileNotFoundError(f"--model {spec!r}: no such file {rest!r}")
+        if prefix in PICKLE_LOADERS and not trust_pickle:
+            raise ModelError(f"--model {spec!r}: {Path(rest).name} is a pickle-based PyTorch file (.pth/.pt/.ckpt), "
+                             "refused unless you pass --trust-pickle (only for files from a source you trust; "
+                             "it is then read with torch.load(weights_only=True))")
+        model = LOADERS[prefix](rest, **options)
+        model.source_info = {"name": prefix, "source": spec, "sha256": sha256_file(rest),
+                             "trust_pickle": prefix in PICKLE_LOADERS}
+        return model.eval()
+    path = Path(spec)
+    if path.is_dir():
+        model = load_model(path)
+        model.source_info = {"name": model.card["model"], "source": str(path), "sha256": model.card["sha256"],
+                             "config": model.card["config"], "checkpoint": path.name,
+                             "metrics": model.card.get("metrics")}
+        return model
+    if spec in list_models():
+        if not random_init:
+            raise ModelError(f"{spec!r} is a registry name, which has no trained weights; pass --random-init "
+                             "to probe a randomly initialised model, or give a checkpoint folder")
+        model = create_model(spec)
+        model.source_info = {"name": spec, "source": "random-init", "sha256": None, "config": model.config}
+        return model.eval()
+    if IMPORT_PATH.match(spec):
+        return _from_import_path(spec).eval()
+    raise ModelError(f"--model {spec!r}: not a checkpoint folder, a registry name ({', '.join(list_models())}), "
+                     f"a loader prefix ({', '.join(sorted(LOADERS)) or 'none'}) or package.module:function")
+
+
+def _from_import_path(spec: str) -> nn.Module:
+    module_name, function_name = spec.split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ModelError(f"--model {spec!r}: cannot import {module_name!r} ({err}); check the module is on PYTHONPATH")
+    factory = getattr(module, function_name, None)
+    if not callable(factory):
+        raise ModelError(f"--model {spec!r}: {module_name} has no callable {function_name!r}")
+    model = factory()
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"--model {spec!r}: {function_name}() returned {type(model).__name__}, not an nn.Module")
+    model.source_info = {"name": spec, "source": spec, "sha256": None}
+    return model
+
+
+def _register_public_loaders() -> None:
+    """``--model deepfillv2:PATH.pth`` (nipponjo/deepfillv2-pytorch, both key layouts) and
+    ``--model pconv-unet:PATH.pth`` (naoto0804/pytorch-inpainting-with-partial-conv); both read
+    pickle-based files, so they need ``--trust-pickle``."""
+    from .ported.deepfillv2 import load_deepfillv2
+    from .ported.pconv_unet import load_pconv_unet
+
+    register_loader("deepfillv2", load_deepfillv2)
+    register_loader("pconv-unet", load_pconv_unet)
+
+
+_register_public_loaders()

@@ -1,0 +1,84 @@
+"""Calibration of the gate histograms: each channel's logit range, measured on the first images of
+the data (the same images, in the same batches, for every shard, so shard runs stay mergeable)."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ..adapters import Site
+from ..errors import NumericalError, calling_model
+from ..hooks import eval_mode, hooks_attached, site_attachers
+
+RANGE_GRID = 64  # calibrated ranges are rounded outwards to 1/64 logit: robust to 1-ulp differences
+
+
+def calibrate_logit_ranges(model: nn.Module, sites: list[Site], batches: list[dict], use_sketch: bool,
+                           margin: float = 0.25, tail: float = 5e-4) -> dict[str, tuple[Tensor, Tensor]]:
+    """Per gated layer, the logit range ``(lo [C], hi [C])`` of each channel on ``batches`` (the
+    first images of the data, the same for every shard): its ``tail`` and ``1 - tail`` quantiles
+    (linear interpolation, as ``torch.quantile``), widened by ``margin`` of their span on both sides
+    and rounded outwards to 1/64. Rare outliers then fall in the open end bins instead of
+    stretching every bin; the top-0.005 threshold of the IoU stays inside the range.
+
+    The quantiles are exact over all the images, yet only the ``k`` smallest and largest logits of
+    each channel are kept from batch to batch (``k`` = the tail's order statistics plus one), so
+    calibration costs one recording batch of memory, not a sort of every logit."""
+    n_images = sum(len(b["image"]) for b in batches)
+    tails: dict[str, TailQuantiles] = {}
+
+    class _Collect:
+        def __init__(self, name):
+            self.name = name
+
+        def gated(self, logits, gates):
+            if not bool(torch.isfinite(logits).all()):
+                raise NumericalError(f"layer {self.name}: NaN or inf gate values on the calibration images; "
+                                     "check the model's weights and inputs")
+            if self.name not in tails:
+                tails[self.name] = TailQuantiles(n_images * logits.shape[-2] * logits.shape[-1], tail)
+            tails[self.name].add(logits.transpose(0, 1).reshape(logits.shape[1], -1))
+
+        def partial(self, *args, **kwargs):
+            pass
+
+    gated = [s for s in sites if s.kind == "gated"]
+    with hooks_attached(model, site_attachers(gated, _Collect)), eval_mode(model), torch.inference_mode(), \
+            calling_model(model, "calibration pass"):
+        for batch in batches:
+            model(batch["image"], batch["hole"], batch["sketch"] if use_sketch else None)
+    ranges = {}
+    for name, t in tails.items():
+        lo, hi = t.quantiles()
+        pad = margin * (hi - lo) + 1.0 / RANGE_GRID
+        ranges[name] = (torch.floor((lo - pad) * RANGE_GRID) / RANGE_GRID,
+                        torch.ceil((hi + pad) * RANGE_GRID) / RANGE_GRID)
+    return ranges
+
+
+class TailQuantiles:
+    """The ``q`` and ``1 - q`` quantiles per channel of ``n`` values arriving in chunks ``[C, m]``,
+    exact, keeping only the ``k`` smallest and ``k`` largest values of each channel."""
+
+    def __init__(self, n: int, q: float):
+        self.position = q * (n - 1)  # the lower quantile's (fractional) rank among the n values
+        self.k = min(n, int(self.position) + 2)  # ranks floor(position) and the one above it
+        self.low: Tensor | None = None  # [C, <= k], the smallest so far
+        self.high: Tensor | None = None  # [C, <= k], the negated largest so far
+
+    def add(self, values: Tensor) -> None:
+        self.low = self._keep(self.low, values)
+        self.high = self._keep(self.high, -values)
+
+    def _keep(self, kept: Tensor | None, values: Tensor) -> Tensor:
+        pool = values if kept is None else torch.cat([kept, values], dim=1)
+        return pool.topk(min(self.k, pool.shape[1]), dim=1, largest=False, sorted=False).values
+
+    def _order_statistic(self, smallest: Tensor) -> Tensor:
+        ordered = smallest.double().sort(dim=1).values
+        below = int(self.position)
+        above = min(below + 1, ordered.shape[1] - 1)
+        return torch.lerp(ordered[:, below], ordered[:, above], self.position - below)
+
+    def quantiles(self) -> tuple[Tensor, Tensor]:
+        """float64 ``[C]`` lower and upper quantiles."""
+        return self._order_statistic(self.low), -self._order_statistic(self.high)

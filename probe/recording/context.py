@@ -1,0 +1,79 @@
+"""The per-batch conditions (regions, sketch, labels) brought to each layer's resolution.
+
+How masks and labels reach a layer of resolution ``h x w`` from the image's ``H x W``:
+
+* hole: the share of hole pixels in each cell (area average); a cell is hole when >= 0.5;
+* border: valid cells within ``border`` cells (Chebyshev distance) of a hole cell; far: the rest;
+* sketch: a hole cell holding any sketch pixel (max pooling), so thin strokes survive;
+* labels: the label at the centre pixel of each cell (nearest, never averaged ids).
+
+Each is computed once per batch and resolution and shared by every layer at that resolution.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..stats.regions import BORDER, FAR, HOLE_PLAIN, HOLE_SKETCH, REGIONS
+
+
+class BatchContext:
+    """Conditions of one batch: ``hole``/``sketch`` ``[B,1,H,W]``, ``labels`` ``[B,H,W]`` int64,
+    ``group`` ``[B]`` int64 (image group), ``n_labels`` classes, ``border`` cells."""
+
+    def __init__(self, hole: Tensor, sketch: Tensor | None, labels: Tensor, group: Tensor,
+                 n_labels: int, border: int = 2):
+        self.hole, self.labels, self.group = hole, labels, group
+        self.sketch = sketch if sketch is not None else torch.zeros_like(hole)
+        self.n_labels, self.border = n_labels, border
+        self._cache: dict[tuple, tuple] = {}
+        self.predicted_valid = 1 - hole  # advanced layer by layer for the P3 prediction
+
+    def hole_at(self, size: tuple[int, int]) -> Tensor:
+        """``[B, 1, h, w]`` bool hole cells at ``size``."""
+        return F.adaptive_avg_pool2d(self.hole, size) >= 0.5
+
+    def regions(self, size: tuple[int, int]) -> tuple[Tensor, Tensor]:
+        """Region id ``[B,1,h,w]`` int64 and its one-hot ``[B, h*w, 4]`` float32 at ``size``."""
+        key = ("regions", size)
+        if key not in self._cache:
+            hole = self.hole_at(size)
+            sketch = (F.adaptive_max_pool2d(self.sketch, size) > 0) & hole
+            k = 2 * self.border + 1
+            near = F.max_pool2d(hole.float(), k, stride=1, padding=self.border) > 0
+            region = torch.full(hole.shape, FAR, dtype=torch.int64)
+            region[near & ~hole] = BORDER
+            region[hole] = HOLE_PLAIN
+            region[sketch] = HOLE_SKETCH
+            self._cache[key] = (region, _onehot(region, len(REGIONS)))
+        return self._cache[key]
+
+    def label_ids(self, size: tuple[int, int]) -> tuple[Tensor, Tensor]:
+        """Label id ``[B,1,h,w]`` int64 (centre pixel of each cell) and one-hot ``[B, h*w, L]``."""
+        key = ("labels", size)
+        if key not in self._cache:
+            H, W = self.labels.shape[-2:]
+            ys = ((torch.arange(size[0]) + 0.5) * H / size[0]).long()
+            xs = ((torch.arange(size[1]) + 0.5) * W / size[1]).long()
+            labels = self.labels[:, ys][:, :, xs].unsqueeze(1)
+            self._cache[key] = (labels, _onehot(labels, self.n_labels))
+        return self._cache[key]
+
+
+    def layer_inputs(self, size: tuple[int, int], regions, labels) -> tuple[Tensor, Tensor, Tensor]:
+        """For a gated layer at ``size`` with histograms ``regions``/``labels``: the int32 region
+        and label offsets ``[B, 1, h, w]`` (see ``ConditionedHistogram.offsets``) and the joint
+        one-hot ``[B, h*w, 4 + L]``, cached per (size, channels) so layers of the same shape share them."""
+        key = ("layer", size, regions.channels, regions.bins)
+        if key not in self._cache:
+            region, region_onehot = self.regions(size)
+            label, label_onehot = self.label_ids(size)
+            self._cache[key] = (regions.offsets(region), labels.offsets(label),
+                                torch.cat([region_onehot, label_onehot], dim=2))
+        return self._cache[key]
+
+
+def _onehot(ids: Tensor, n: int) -> Tensor:
+    """``[B,1,h,w]`` ids -> ``[B, h*w, n]`` float32."""
+    return F.one_hot(ids.flatten(1), n).float()

@@ -1,0 +1,315 @@
+"""``record`` on Ray: the shards of a run as Ray tasks, merged exactly by the driver.
+
+    record_ray("checkpoints/scenes-pconv", "scenes:64", "runs/pconv", n=4096, shards=16)
+    gateprobe record --model checkpoints/scenes-pconv --n 4096 --out runs/pconv --ray [ADDRESS]
+
+Every task rebuilds the model from its spec string (a checkpoint folder, a loader prefix such as
+``deepfillv2:PATH.pth``, or ``package.module:function``) with :func:`probe.sources.resolve_model` and
+the dataset from its ``spec()`` with :func:`probe.data.dataset_from_spec`; a worker process keeps
+the model it built, so each worker builds it once. The task records shard ``(i, N)``
+(:func:`probe.record.shard_range`) through :func:`probe.record.record_batches`, the loop that
+``record`` itself runs, and returns its accumulators' state dicts (plus the sample maps when the
+shard holds some of the first ``samples`` images) instead of writing files.
+
+The driver takes the results as they finish (``ray.wait``) and merges them in order of their first
+image (a result that arrives early waits for its predecessors), so the run is bit for bit the
+:func:`probe.merge.merge_runs` of the same shards recorded one at a time with ``--shard I/N``.
+Counts and histograms are exact; float sums equal a single-process run's up to float rounding.
+
+Failures: a task whose worker process dies (killed, out of memory, machine lost) is run again by
+Ray, up to ``max_retries`` times. A task has no side effect (it writes nothing), each shard's
+result is taken once, and before writing the driver checks that the shards' spans cover
+``[0, n)`` exactly once and that the image count is ``n``. Errors raised by the recording itself
+(bad data, NaN outputs) are not retried: they would only recur.
+
+Every worker must see the same model and data: on a cluster, the checkpoint (or weights file) and
+a ``folder:`` dataset must exist at the same absolute path on every machine, and gateprobe must be
+installed there. Each worker checks that the weights it built hash to the driver's
+(``weights_sha256``) and refuses otherwise, which is also why a ``--random-init`` registry model
+is refused: each worker would draw other random weights. Save it with
+:func:`probe.checkpoints.save_checkpoint` and pass the folder instead.
+"""
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from ..data import dataset_from_spec, parse_data
+from ..errors import ModelError, SettingsError
+from ..rundir.folder import prepare_run_dir, replaces_safely, write_manifest
+from ..rundir.run import INPUTS, Run
+from ..rundir.samples import SampleStore
+from ..rundir.settings import RecordSettings
+from ..rundir.state import new_layer_stats
+from ..rundir.write import write_run
+from .loop import build_recorder, checked_count, record_batches, shard_range, with_values
+from .manifest import new_manifest, weights_sha256
+
+INSTALL_HINT = "pip install 'gateprobe[ray]'"
+
+_WORKER_MODEL: dict = {}  # (spec, weights sha256) -> model: one model per worker process
+_WORKER_RANGES: dict = {}  # job -> calibrated gate logit ranges: one calibration per worker and job
+
+
+def import_ray():
+    """``ray``, or a one-line :class:`~probe.errors.SettingsError` saying how to install it."""
+    try:
+        import ray
+    except ImportError:
+        raise SettingsError(f"--ray needs Ray, which is not installed; install it with {INSTALL_HINT}") from None
+    return ray
+
+
+def worker_spec(model_spec: str) -> str:
+    """``model_spec`` with a local checkpoint folder or weights file made absolute (a worker's
+    working directory is not the driver's)."""
+    from ..models.sources import LOADERS
+
+    prefix, _, rest = model_spec.partition(":")
+    if prefix in LOADERS and rest and Path(rest).exists():
+        return f"{prefix}:{Path(rest).resolve()}"
+    if Path(model_spec).is_dir():
+        return str(Path(model_spec).resolve())
+    return model_spec
+
+
+def _refuse_random_init(model_spec: str, random_init: bool) -> None:
+    from ..models import list_models
+
+    if random_init or (model_spec in list_models() and not Path(model_spec).is_dir()):
+        raise SettingsError(f"--ray rebuilds the model on every worker, and a random-init registry model ({model_spec!r}) "
+                         "would get other weights on each; save it first with probe.checkpoints.save_checkpoint("
+                         "model, FOLDER) and pass --model FOLDER")
+
+
+def _worker_model(spec: str, expected_sha256: str, trust_pickle: bool = False):
+    key = (spec, expected_sha256, trust_pickle)
+    if key not in _WORKER_MODEL:
+        from ..models.sources import resolve_model
+
+        _WORKER_MODEL.clear()
+        model = resolve_model(spec, trust_pickle=trust_pickle)
+        got = weights_sha256(model)
+        if got != expected_sha256:
+            raise ModelError(f"the worker on {socket.gethostname()} built {spec!r} with other weights (sha256 "
+                             f"{got[:12]}, the driver's {expected_sha256[:12]}); make the same model available at the "
+                             "same path on every machine")
+        _WORKER_MODEL[key] = model
+    return _WORKER_MODEL[key]
+
+
+def _worker_recorder(job: dict, model, sites: list, data):
+    """A fresh Recorder for one shard, its gate bins calibrated like :func:`probe.record.record`'s
+    (:func:`probe.record.build_recorder`, on images 0.. whatever the shard). The calibration runs
+    once per worker and job; later shards of the job reuse its logit ranges."""
+    import json
+
+    from ..stats.layer_stats import GatedLayerStats
+    from .recorder import Recorder
+
+    settings = RecordSettings.from_dict(job["settings"])
+    key = json.dumps([job["model"], job["weights_sha256"], job["data"], job["n"], job["settings"]], sort_keys=True)
+    ranges = _WORKER_RANGES.get(key)
+    if ranges is None:
+        calibrated = build_recorder(model, sites, data, job["n"], settings)
+        ranges = {name: (s.regions.lo, s.regions.hi) for name, s in calibrated.stats.items()
+                  if isinstance(s, GatedLayerStats)}
+        _WORKER_RANGES.clear()
+        _WORKER_RANGES[key] = ranges
+    return Recorder(model, sites, len(data.classes), settings, logit_ranges=ranges)
+
+
+def record_shard(job: dict, index: int, fault_hook=None) -> dict:
+    """The Ray task: record shard ``(index, job["shards"])`` and return its accumulators.
+
+    ``fault_hook(index, batch_positions)``, for tests, runs in the worker after every batch."""
+    from ..adapters import find_sites
+
+    settings = RecordSettings.from_dict(job["settings"])
+    model = _worker_model(job["model"], job["weights_sha256"], job.get("trust_pickle", False))
+    data = dataset_from_spec(job["data"])
+    positions = shard_range(job["n"], (index, job["shards"]))
+    sites = find_sites(model, settings.layers)
+    recorder = _worker_recorder(job, model, sites, data)
+    kept = SampleStore(max(0, min(settings.samples, positions.stop) - positions.start))
+    hook = None if fault_hook is None else (lambda done: fault_hook(index, done))
+    with recorder:
+        size = record_batches(recorder, data, positions, settings, kept, on_batch=hook)
+    samples = None
+    if kept.taken:
+        import numpy as np
+
+        samples = {"inputs": {name: np.concatenate(kept.inputs[name]) for name in INPUTS},
+                   "maps": {key: np.concatenate(parts) for key, parts in kept.maps.items()}}
+    return {"index": index, "start": positions.start, "stop": positions.stop, "n_images": len(positions),
+            "image_size": size, "order": list(recorder.order), "host": socket.gethostname(),
+            "state": {name: s.state_dict() for name, s in recorder.stats.items()}, "samples": samples}
+
+
+def check_coverage(spans: list[tuple[int, int]], n: int) -> None:
+    """Raise unless the half-open ``spans`` cover ``[0, n)`` exactly once."""
+    expected = 0
+    for start, stop in sorted(spans):
+        if start != expected:
+            what = "overlap" if start < expected else "gap"
+            raise RuntimeError(f"shards {what} at image {min(start, expected)}: spans {sorted(spans)} must cover "
+                               f"[0, {n}) exactly once")
+        expected = stop
+    if expected != n:
+        raise RuntimeError(f"shards cover [0, {expected}), not [0, {n})")
+
+
+@replaces_safely
+def record_ray(model_spec: str, data_spec, out: str | Path, n: int | None = None, shards: int | None = None,
+               address: str | None = None, *, settings: RecordSettings | None = None, seed: int | None = None,
+               overwrite: bool = False, progress: bool = True, command: str = "", num_cpus: int | None = None,
+               max_retries: int = 3, random_init: bool = False, fault_hook=None, trust_pickle: bool = False,
+               **setting_values) -> Run:
+    """Record ``model_spec`` over ``n`` images of ``data_spec`` as ``shards`` Ray tasks into ``out``.
+
+    Args:
+        model_spec: a checkpoint folder, ``LOADER:PATH`` or ``package.module:function`` (not a
+            registry name: random weights cannot be rebuilt identically on the workers).
+        data_spec: a spec string (``scenes:64``, ``folder:PATH``) or a dataset with ``spec()``.
+        shards: number of tasks (default: two per CPU of the cluster, at most ``n``).
+        address: a Ray cluster (``auto``, ``ray://HOST:10001``, ``HOST:6379``); ``None`` or
+            ``"local"`` starts a local instance with ``num_cpus`` CPUs (default: all) and shuts it
+            down at the end. An instance already running in this process is used as it is.
+        max_retries: times Ray runs a task again whose worker process died.
+        fault_hook: for tests, ``fault_hook(shard_index, batch_positions)`` runs in the worker
+            after every batch (e.g. to kill the worker once).
+        The other arguments (``settings`` and single setting values) are :func:`probe.record`'s.
+
+    Returns the :class:`~probe.run.Run`; its manifest lists every shard's span.
+    """
+    ray = import_ray()
+    from ..adapters import find_sites
+    from ..models.sources import resolve_model
+
+    settings = with_values(settings, setting_values)
+    _refuse_random_init(model_spec, random_init)
+    model = resolve_model(model_spec, trust_pickle=trust_pickle)
+    data = parse_data(data_spec, n=n, seed=seed) if isinstance(data_spec, str) else data_spec
+    n = checked_count(data, n)
+    if shards is not None and not 1 <= shards <= n:
+        raise SettingsError(f"--shards {shards}: use between 1 and {n} shards for {n} images")
+    settings = settings.resolved(bool(getattr(model, "accepts_sketch", False)), type(model).__name__)
+    sites = find_sites(model, settings.layers)
+    fresh = not Path(out).exists()
+    out = prepare_run_dir(out, overwrite)
+    job = {"model": worker_spec(model_spec), "weights_sha256": weights_sha256(model), "data": data.spec(), "n": n,
+           "settings": settings.to_dict(), "trust_pickle": trust_pickle}
+
+    started = not ray.is_initialized()
+    if started:
+        try:
+            _init(ray, None if address in (None, "local") else address, num_cpus)
+        except BaseException:
+            if fresh:
+                out.rmdir()
+            raise
+    pending: dict = {}
+    try:
+        if shards is None:
+            shards = max(1, min(n, 2 * int(ray.cluster_resources().get("CPU", 1))))
+        job["shards"] = shards
+        spans = [shard_range(n, (i, shards)) for i in range(shards)]
+        manifest = new_manifest(model, data, n, settings, sites,
+                                [{"shard": [i, shards], "start": r.start, "stop": r.stop} for i, r in enumerate(spans)],
+                                min(settings.samples, n), command)
+        manifest["ray"] = {"address": address or "local", "shards": shards, "max_retries": max_retries}
+        write_manifest(out, manifest)
+
+        task = ray.remote(num_cpus=1, max_retries=max_retries)(record_shard)
+        job_ref = ray.put(job)
+        pending = {task.remote(job_ref, i, fault_hook): i for i in range(shards)}
+        def new_stats() -> dict:
+            return new_layer_stats(sites, len(data.classes), settings)
+
+        merged, waiting, kept_parts, done = None, {}, {}, []
+        next_index, order, size = 0, None, None
+        with tqdm(total=shards, desc=f"record {out.name} (ray)", unit="shard", disable=not progress) as bar:
+            while pending:
+                (ref,), _ = ray.wait(list(pending), num_returns=1)
+                index = pending.pop(ref)
+                result = _get(ray, ref, index)
+                if result["index"] != index or index in waiting or any(d["index"] == index for d in done):
+                    raise RuntimeError(f"shard {index} came back twice or as shard {result['index']}")
+                span = spans[index]
+                if (result["start"], result["stop"]) != (span.start, span.stop) or result["n_images"] != len(span):
+                    raise RuntimeError(f"shard {index} recorded [{result['start']}, {result['stop']}), "
+                                       f"not [{span.start}, {span.stop})")
+                order, size = order or result["order"], size or result["image_size"]
+                if (result["order"], result["image_size"]) != (order, size):
+                    raise RuntimeError(f"shard {index} (on {result['host']}) saw other layers or image sizes than "
+                                       "the first shard; every worker must run the same model and data")
+                if result["samples"] is not None:
+                    kept_parts[index] = result.pop("samples")
+                waiting[index] = result
+                while next_index in waiting:  # merge in shard order: deterministic, = merge_runs
+                    part = waiting.pop(next_index)
+                    stats = _load(new_stats(), part["state"])
+                    if merged is None:
+                        merged = stats
+                    else:
+                        for name, s in stats.items():
+                            merged[name].merge(s)
+                    done.append({"index": next_index, "start": part["start"], "stop": part["stop"],
+                                 "n_images": part["n_images"], "host": part["host"]})
+                    next_index += 1
+                bar.update(1)
+                bar.set_postfix(images=sum(d["n_images"] for d in done))
+        check_coverage([(d["start"], d["stop"]) for d in done], n)
+        if sum(d["n_images"] for d in done) != n or len(done) != shards:
+            raise RuntimeError(f"the shards hold {sum(d['n_images'] for d in done)} images, not {n}")
+        kept = SampleStore(min(settings.samples, n))
+        for index in sorted(kept_parts):
+            part = kept_parts[index]
+            kept.add_arrays(part["inputs"], part["maps"])
+        manifest.update(n_images=n, layers=order, image_size=size, samples=kept.taken)
+        manifest["ray"]["hosts"] = sorted({d["host"] for d in done})
+        return write_run(out, manifest, merged, kept)
+    finally:
+        for ref in pending:  # an error left tasks running: stop them
+            ray.cancel(ref, force=True)
+        if started:
+            ray.shutdown()
+
+
+def _init(ray, address: str | None, num_cpus: int | None) -> None:
+    """Start a local instance (``address`` None) or connect to a cluster, with one-line errors."""
+    if address and address.startswith("ray://"):
+        try:
+            import grpc  # noqa: F401  (Ray Client)
+        except ImportError:
+            raise SettingsError(f"--ray {address}: ray:// addresses go through Ray Client; install it with "
+                             "pip install 'ray[client]', or run on the head node with --ray auto") from None
+    try:
+        # "local": a new instance even where `ray start` left a cluster address behind
+        ray.init(address=address or "local", num_cpus=num_cpus if address is None else None,
+                 include_dashboard=False, log_to_driver=False, logging_level="warning")
+    except ConnectionError as err:
+        raise SettingsError(f"--ray {address}: cannot connect to a Ray cluster ({err}); start one with `ray start "
+                         "--head`, or give --ray without an address for a local instance") from None
+
+
+def _get(ray, ref, index: int) -> dict:
+    """``ray.get`` with the worker's own error (a ValueError about the data, say) re-raised as is."""
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as err:
+        cause = getattr(err, "cause", None)
+        if isinstance(cause, Exception):
+            raise cause from None
+        raise
+    except ray.exceptions.WorkerCrashedError as err:
+        raise RuntimeError(f"shard {index}: its worker died on every attempt ({err}); see the Ray logs") from None
+
+
+def _load(stats: dict, state: dict) -> dict:
+    """Fresh layer accumulators ``stats`` loaded with a shard's ``state`` (layer name -> state dict)."""
+    for name, s in stats.items():
+        s.load_state_dict(state[name])
+    return stats

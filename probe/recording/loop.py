@@ -1,0 +1,153 @@
+"""``record``: run a model over data with the recorder attached and write a run directory."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..adapters import find_sites
+from ..data import collate, parse_data
+from ..errors import SettingsError
+from ..rundir.folder import prepare_run_dir, replaces_safely, write_manifest
+from ..rundir.run import Run
+from ..rundir.samples import SampleStore
+from ..rundir.settings import RecordSettings
+from ..rundir.write import write_run
+from .calibration import calibrate_logit_ranges
+from .manifest import new_manifest
+from .recorder import Recorder
+from .resume import Checkpointer, clear_progress, open_for_resume, restore
+
+
+def checked_count(data, n: int | None) -> int:
+    """The number of images to record (``n``, default all of ``data``), checked: one clear line
+    for what is wrong."""
+    n = len(data) if n is None else n
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise SettingsError(f"--n must be an integer >= 1, not {n!r}")
+    if n > len(data):
+        raise SettingsError(f"--n {n} is larger than the data ({len(data)} images); lower --n or add images")
+    return n
+
+
+def shard_range(n: int, shard: tuple[int, int] | None) -> range:
+    """Positions ``[0, n)`` of shard ``(i, N)``: the i-th of N contiguous, disjoint slices."""
+    if shard is None:
+        return range(n)
+    i, count = shard
+    if not 0 <= i < count:
+        raise SettingsError(f"--shard {i}/{count}: I must satisfy 0 <= I < N")
+    return range(i * n // count, (i + 1) * n // count)
+
+
+@replaces_safely
+def record(model: nn.Module, data, out: str | Path, n: int | None = None, *, settings: RecordSettings | None = None,
+           seed: int | None = None, shard: tuple[int, int] | None = None, overwrite: bool = False,
+           resume: bool = False, checkpoint_every: int | None = None, checkpoint_seconds: float | None = 30.0,
+           progress: bool = True, command: str = "", **setting_values) -> Run:
+    """Record ``model`` over ``n`` images of ``data`` into the run directory ``out``.
+
+    Args:
+        model: follows ``model(image, hole, sketch=None)``; its gated/partial layers are found
+            through :mod:`probe.adapters`.
+        data: a dataset yielding gateprobe items, or a spec string (``scenes:64``, ``folder:PATH``).
+        n: images to record (default: all of ``data``; Scenes strings default to 1024).
+        settings: a :class:`~probe.rundir.settings.RecordSettings` (default: its defaults);
+            ``setting_values`` (``batch_size=``, ``samples=``, ``quantile=``, ``bins=``,
+            ``calibration=``, ``groups=``, ``border=``, ``sketch=``, ``layers=``) replace single fields.
+        seed: data seed for spec strings (Scenes default: the held-out seed).
+        shard: ``(i, N)`` records only the i-th of N contiguous slices of the ``n`` images
+            (merge the shard runs with :func:`probe.rundir.merge.merge_runs`).
+        overwrite: replace a run already in ``out`` (kept, and put back, if recording fails).
+        resume: continue the incomplete run in ``out`` from its last checkpoint (see
+            :mod:`probe.recording.resume`); the same model, data and settings are required.
+        checkpoint_every, checkpoint_seconds: write a checkpoint for ``resume`` once that many
+            batches or seconds have passed since the last one, whichever comes first (None or 0
+            turns a trigger off; both off: no checkpoints).
+
+    Returns the :class:`~probe.rundir.run.Run`.
+    """
+    settings = with_values(settings, setting_values)
+    if resume and overwrite:
+        raise SettingsError("--resume continues the run in --out and --overwrite replaces it; pass only one")
+    if isinstance(data, str):
+        data = parse_data(data, n=n, seed=seed)
+    n = checked_count(data, n)
+    settings = settings.resolved(bool(getattr(model, "accepts_sketch", False)), type(model).__name__)
+    positions = shard_range(n, shard)
+    if not len(positions):
+        raise SettingsError(f"--shard {shard[0]}/{shard[1]} holds no images: {n} images split into {shard[1]} "
+                            f"shards; use at most {n} shards")
+    sites = find_sites(model, settings.layers)
+    manifest = new_manifest(model, data, n, settings, sites,
+                            [{"shard": list(shard) if shard else [0, 1], "start": positions.start,
+                              "stop": positions.stop}], min(settings.samples, len(positions)), command)
+    resumed = open_for_resume(out, manifest) if resume else None
+    if resumed is None:
+        out = prepare_run_dir(out, overwrite)
+        write_manifest(out, manifest)
+    else:
+        out, manifest = Path(out), resumed["manifest"]
+    recorder = build_recorder(model, sites, data, n, settings)
+    kept = SampleStore(manifest["samples"])
+    start, image_size = positions.start, None
+    if resumed is not None and resumed["progress"] is not None:
+        start, image_size = restore(resumed["progress"], recorder, kept), resumed["progress"]["image_size"]
+    todo = range(start, positions.stop)
+    checkpoint = Checkpointer(out, recorder, kept, image_size, checkpoint_every, checkpoint_seconds)
+    if todo and checkpoint.enabled:
+        checkpoint.image_size = list(data[start]["image"].shape[-2:])
+    with recorder, tqdm(total=len(positions), initial=start - positions.start, desc=f"record {out.name}",
+                        unit="img", disable=not progress) as bar:
+        size = record_batches(recorder, data, todo, settings, kept,
+                              on_batch=lambda done: (bar.update(len(done)), checkpoint(done)))
+    manifest["image_size"] = size or image_size
+    manifest.update(n_images=len(positions), layers=recorder.order)
+    run = write_run(out, manifest, recorder.stats, kept)
+    clear_progress(out)
+    return run
+
+
+def with_values(settings: RecordSettings | None, values: dict) -> RecordSettings:
+    """``settings`` (default: the defaults) with the fields in ``values`` replaced."""
+    settings = settings or RecordSettings()
+    unknown = sorted(set(values) - set(settings.to_dict()))
+    if unknown:
+        raise TypeError(f"record() got unknown settings {unknown}; the settings are {list(settings.to_dict())}")
+    return settings.replace(**values) if values else settings
+
+
+def build_recorder(model: nn.Module, sites: list, data, n: int, settings: RecordSettings) -> Recorder:
+    """A :class:`Recorder` for ``settings``, its gate bins calibrated on the first
+    ``settings.calibration`` images of ``data`` (the same images, in the same batches of
+    ``settings.batch_size``, for every shard)."""
+    first, size = range(min(n, settings.calibration)), settings.batch_size
+    batches = [collate([data[i] for i in first[j:j + size]]) for j in range(0, len(first), size)]
+    return Recorder(model, sites, len(data.classes), settings,
+                    logit_ranges=calibrate_logit_ranges(model, sites, batches, settings.sketch))
+
+
+def record_batches(recorder: Recorder, data, positions: range, settings: RecordSettings, kept: SampleStore,
+                   on_batch=None) -> list[int]:
+    """Feed ``recorder`` (inside its ``with``) the items of ``data`` at ``positions``,
+    ``settings.batch_size`` at a time: each image's group is its global position modulo
+    ``settings.groups``, the first ``kept.k`` images go into ``kept``, and
+    ``on_batch(batch_positions)`` runs after each batch. Returns the image size ``[H, W]``. Shared
+    by :func:`record` and the Ray workers of :mod:`probe.recording.distributed`."""
+    batch_size, groups, use_sketch = settings.batch_size, settings.groups, settings.sketch
+    size = None
+    for start in range(positions.start, positions.stop, batch_size):
+        batch_positions = range(start, min(start + batch_size, positions.stop))
+        batch = collate([data[i] for i in batch_positions])
+        size = list(batch["image"].shape[-2:])
+        group = torch.tensor([p % groups for p in batch_positions], dtype=torch.int64)
+        want = max(0, kept.k - kept.taken)
+        output = recorder.forward(batch["image"], batch["hole"], batch["sketch"] if use_sketch else None,
+                                  batch["labels"], group, capture=min(want, len(batch_positions)))
+        if want:
+            kept.add(batch, output, recorder.captured, use_sketch)
+        if on_batch is not None:
+            on_batch(batch_positions)
+    return size

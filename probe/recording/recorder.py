@@ -1,0 +1,114 @@
+"""Recorder: scoped forward hooks feeding streaming accumulators.
+
+Hooks exist only inside ``with Recorder(...)`` (attached all-or-none and removed by
+:func:`probe.hooks.hooks_attached`, also when the model raises); the model is in eval mode inside
+and every submodule gets its own mode back after it (:func:`probe.hooks.eval_mode`). Forward
+passes run under ``torch.inference_mode()``: recording never builds an autograd graph.
+"""
+from __future__ import annotations
+
+from contextlib import ExitStack
+
+import torch
+from torch import Tensor, nn
+
+from ..adapters import Site
+from ..errors import NumericalError, calling_model
+from ..hooks import eval_mode, hooks_attached, site_attachers
+from ..rundir.settings import RecordSettings
+from ..rundir.state import new_layer_stats
+from .context import BatchContext
+
+
+class Recorder:
+    """Attach the adapters' hooks of ``sites`` to ``model`` for the duration of a ``with`` block.
+
+    Each forward pass through :meth:`forward` feeds every layer's accumulator (``self.stats``,
+    layer name -> :class:`GatedLayerStats` / :class:`PartialLayerStats`) and, while
+    ``self.capture`` is set, copies the maps of the first ``capture`` images into ``self.captured``.
+    """
+
+    def __init__(self, model: nn.Module, sites: list[Site], n_labels: int, settings: RecordSettings | None = None,
+                 logit_ranges: dict | None = None):
+        settings = settings or RecordSettings()
+        self.model, self.sites, self.n_labels, self.border = model, sites, n_labels, settings.border
+        self.stats = new_layer_stats(sites, n_labels, settings, logit_ranges)
+        self.order: list[str] = []  # layer names in execution order (filled by the first batch)
+        self.capture = 0
+        self.captured: dict[str, dict[str, Tensor]] = {}
+        self._hooks: ExitStack | None = None
+        self._ctx: BatchContext | None = None
+
+    def __enter__(self) -> "Recorder":
+        hooks = ExitStack()
+        try:
+            hooks.enter_context(eval_mode(self.model))
+            hooks.enter_context(hooks_attached(self.model, site_attachers(self.sites, lambda name: _Sink(self, name))))
+        except BaseException:
+            hooks.close()
+            raise
+        self._hooks = hooks
+        return self
+
+    def __exit__(self, *exc) -> None:
+        hooks, self._hooks = self._hooks, None
+        if hooks is not None:
+            hooks.close()
+
+    def forward(self, image: Tensor, hole: Tensor, sketch: Tensor | None, labels: Tensor, group: Tensor,
+                capture: int = 0) -> Tensor:
+        """Run the model on one batch and accumulate; returns the output ``[B, 3, H, W]``."""
+        if self._hooks is None:
+            raise RuntimeError("Recorder.forward must be called inside `with Recorder(...)`")
+        self._ctx = BatchContext(hole, sketch, labels, group, self.n_labels, self.border)
+        self.capture = capture
+        self.captured = {}
+        first = not self.order
+        self._first_batch = first
+        try:
+            with torch.inference_mode(), calling_model(self.model):
+                out = self.model(image, hole, sketch)
+        finally:
+            self._ctx = None
+        if not torch.isfinite(out).all():
+            raise NumericalError("the model produced NaN or inf outputs; check its weights and inputs")
+        return out
+
+    def _on_gated(self, name: str, logits: Tensor, gates: Tensor) -> None:
+        self._note(name)
+        try:
+            self.stats[name].add(logits, gates, self._ctx)
+        except RuntimeError as err:  # NaN logits make bincount indices negative; say which layer
+            if not torch.isfinite(logits).all():
+                raise NumericalError(f"layer {name}: NaN or inf gate values; check the model's weights "
+                                     "and inputs") from None
+            raise err
+        if self.capture:
+            self.captured[name] = {"gate": gates[: self.capture].to(torch.float16)}
+
+    def _on_partial(self, name: str, valid_in: Tensor, new_valid: Tensor, coverage: Tensor,
+                    out: Tensor | None = None) -> None:
+        self._note(name)
+        self.stats[name].add(valid_in, new_valid, coverage, self._ctx, out)
+        if self.capture:
+            self.captured[name] = {"valid": new_valid[: self.capture, :1].to(torch.float16),
+                                   "coverage": coverage[: self.capture, :1].to(torch.float16)}
+
+    def _note(self, name: str) -> None:
+        if self._first_batch and name not in self.order:
+            self.order.append(name)
+
+
+class _Sink:
+    """What an adapter's hooks call: routes the tensors to the recorder under the layer's name."""
+
+    def __init__(self, recorder: Recorder, name: str):
+        self.recorder, self.name = recorder, name
+
+    def gated(self, logits: Tensor, gates: Tensor) -> None:
+        self.recorder._on_gated(self.name, logits, gates)
+
+    def partial(self, valid_in: Tensor, new_valid: Tensor, coverage: Tensor, out: Tensor | None = None) -> None:
+        self.recorder._on_partial(self.name, valid_in, new_valid, coverage, out)
+
+

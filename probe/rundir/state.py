@@ -1,0 +1,53 @@
+"""The raw accumulator state of a run (``RUN/state.safetensors``): fresh layer accumulators for
+a recording, their state saved as ``LAYER/key`` tensors, and rebuilt from a run for merging."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..stats.layer_stats import GatedLayerStats, LayerGeometry, PartialLayerStats
+from .files import write_atomic
+from .run import Run
+from .settings import RecordSettings
+
+STATE_FILE = "state.safetensors"
+DEFAULT_LOGIT_RANGE = (-12.0, 12.0)  # gate bins before calibration (tests and single-image probes)
+
+
+def new_layer_stats(sites, n_labels: int, settings: RecordSettings, logit_ranges: dict | None = None) -> dict:
+    """Empty accumulators, layer name -> :class:`GatedLayerStats` / :class:`PartialLayerStats`, for
+    ``sites`` (anything with a layer's ``name``, ``kind`` and geometry); gated layers are binned
+    over ``logit_ranges[name]`` = ``(lo [C], hi [C])`` when given."""
+    ranges = logit_ranges or {}
+    return {s.name: GatedLayerStats(s, n_labels, settings.bins, settings.groups, *ranges.get(s.name, DEFAULT_LOGIT_RANGE))
+            if s.kind == "gated" else PartialLayerStats(s, settings.groups) for s in sites}
+
+
+def state_tensors(stats: dict, prefix: str = "") -> dict:
+    """Every layer's accumulator state as flat ``PREFIXLAYER/key`` tensors."""
+    return {f"{prefix}{name}/{key}": value.detach().contiguous() for name, s in stats.items()
+            for key, value in s.state_dict().items()}
+
+
+def load_state_tensors(stats: dict, tensors: dict, prefix: str = "") -> dict:
+    """Load flat ``PREFIXLAYER/key`` tensors (from :func:`state_tensors`) into ``stats``; returns it."""
+    for name, s in stats.items():
+        head = f"{prefix}{name}/"
+        s.load_state_dict({k[len(head):]: v for k, v in tensors.items() if k.startswith(head)})
+    return stats
+
+
+def write_state(path: Path, stats: dict) -> None:
+    """Save every layer's accumulators with safetensors."""
+    from safetensors.torch import save
+
+    write_atomic(path, save(state_tensors(stats)))
+
+
+def load_stats(run: Run) -> dict:
+    """Rebuild the layer accumulators of ``run`` from its ``state.safetensors``."""
+    from safetensors.torch import load_file
+
+    settings = RecordSettings.from_dict(run.manifest["settings"])
+    sites = [LayerGeometry(row.layer, row.kind, int(row.channels), int(row.kernel), int(row.stride), int(row.dilation))
+             for row in run.layers.itertuples()]
+    return load_state_tensors(new_layer_stats(sites, len(run.classes), settings), load_file(run.path / STATE_FILE))

@@ -1,0 +1,201 @@
+"""Tidy tables from the recorder's accumulators: ``layers``, ``channels``, ``labels``, ``evolution``.
+
+Column meanings (gate statistics are over pixels at the layer's own resolution; see
+:mod:`probe.recording.context` for how holes, sketches and labels are brought there):
+
+channels: ``mean``, ``std``; ``mean_hole``, ``mean_valid``, ``mean_border``, ``mean_far``,
+``mean_sketch`` (hole cells on a sketch stroke), ``mean_hole_plain`` (hole cells off it);
+``auc_hole`` (gate separates hole from valid; 0.5 = not at all, 1 = higher in the hole),
+``auc_sketch`` (inside the hole, sketch vs no sketch); ``soft_fraction`` (share of pixels whose gate
+is in (0.05, 0.95)); ``threshold`` (gate value exceeded by the top
+``quantile`` of all pixels); ``p_hole``/``q_hole``, ``p_sketch``/``q_sketch`` (image-group t-tests,
+BH across all channels of the run); ``is_hole``, ``is_valid``, ``is_sketch``, ``semantic_label``
+and the display string ``role`` (:mod:`probe.rundir.roles`).
+
+labels: ``auc`` (label vs the rest), ``iou`` (Network Dissection: gate above ``threshold`` vs the
+label), ``threshold``, ``mean_in``, ``mean_out``, ``pixels`` (label pixels at that resolution),
+``p_value``, ``q_value`` (BH across all (layer, channel, label) tests).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from ..stats.diversity import gate_covariance, participation_ratio
+from ..stats.layer_stats import GatedLayerStats, PartialLayerStats
+from ..stats.readouts import auc_from_histograms, iou_above, mass_above, sigmoid, top_quantile_threshold
+from ..stats.regions import BORDER, FAR, HOLE, HOLE_PLAIN, HOLE_SKETCH, VALID
+from ..stats.significance import bh_qvalues, difference_effects, group_t_test, label_effects
+from .roles import assign_roles
+
+
+def _ratio(a, b):
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.asarray(a, dtype=np.float64) / np.asarray(b, dtype=np.float64)
+
+
+def layer_table(stats: dict, order: list[str], image_size: tuple[int, int]) -> pd.DataFrame:
+    """One row per recorded layer, in execution order, with geometry and receptive field.
+
+    The receptive field follows the execution order as a chain: each layer adds
+    ``(kernel - 1) * dilation`` input steps of its input's pixel spacing in image pixels."""
+    rows, rf = [], 1.0
+    for depth, name in enumerate(order):
+        s = stats[name]
+        site = s.site
+        h, w = s.size_
+        in_h = s.input_size_[0] if isinstance(s, PartialLayerStats) else h * site.stride
+        rf += (site.kernel - 1) * site.dilation * image_size[0] / in_h
+        rows.append({"layer": name, "kind": site.kind, "depth": depth, "channels": site.channels,
+                     "height": h, "width": w, "kernel": site.kernel, "stride": site.stride,
+                     "dilation": site.dilation, "receptive_field": int(round(rf)),
+                     "effective_channels": _effective_channels(s)})
+    return pd.DataFrame(rows)
+
+
+def _effective_channels(s) -> float:
+    if isinstance(s, GatedLayerStats):
+        return participation_ratio(gate_covariance(s.comoment_.numpy(), s.n_))
+    # a partial layer applies one mask to every channel: its C channel maps are copies, so the
+    # covariance is var * ones((C, C)); measured from the mask's variance over images and pixels
+    if s.images_ == 0 or s.all_valid_ == s.images_:
+        return float("nan")
+    return participation_ratio(np.full((s.site.channels, s.site.channels), 1.0))
+
+
+def channel_and_label_tables(stats: dict, order: list[str], classes: list[str], quantile: float,
+                             ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The ``channels`` and ``labels`` tables of every gated layer (see the module docstring)."""
+    channel_frames, label_frames = [], []
+    for name in order:
+        s = stats[name]
+        if not isinstance(s, GatedLayerStats):
+            continue
+        channel_frames.append(_channels_of_layer(name, s, quantile))
+        label_frames.append(_labels_of_layer(name, s, classes, channel_frames[-1].threshold_logit.to_numpy()))
+    if not channel_frames:  # no gated layer: empty tables that still carry their columns
+        return _empty(CHANNEL_COLUMNS), _empty(LABEL_COLUMNS)
+    channels = pd.concat(channel_frames, ignore_index=True)
+    labels = pd.concat(label_frames, ignore_index=True)
+    channels["q_hole"] = bh_qvalues(channels.p_hole.to_numpy())
+    channels["q_sketch"] = bh_qvalues(channels.p_sketch.to_numpy())
+    labels["q_value"] = bh_qvalues(labels.p_value.to_numpy())
+    channels = pd.concat([channels, assign_roles(channels, labels)], axis=1)
+    return channels.drop(columns="threshold_logit"), labels
+
+
+def _channels_of_layer(name: str, s: GatedLayerStats, quantile: float) -> pd.DataFrame:
+    r = s.regions
+    counts = r.counts_.numpy()
+    sums, pixels = r.sums_.sum(0).numpy(), r.pixels_.sum(0).numpy()
+    n = pixels.sum()
+    mean = sums.sum(0) / n
+    hole, valid = HOLE, VALID
+    edges = r.bin_edges().numpy()
+    threshold_logit = top_quantile_threshold(counts.sum(0), edges, quantile)
+    group_sums, group_pixels = r.sums_.numpy(), r.pixels_.numpy().astype(np.float64)
+    frame = pd.DataFrame({
+        "layer": name, "channel": np.arange(r.channels),
+        # the variance comes from the Chan-merged co-moment (each batch centred on its own mean):
+        # E[g^2] - E[g]^2 from float32 sums cancels catastrophically for nearly constant gates
+        "mean": mean, "std": np.sqrt(np.clip(np.diag(gate_covariance(s.comoment_.numpy(), s.n_)), 0, None)),
+        "mean_hole": _ratio(sums[hole].sum(0), pixels[hole].sum()),
+        "mean_valid": _ratio(sums[valid].sum(0), pixels[valid].sum()),
+        "mean_border": _ratio(sums[BORDER], pixels[BORDER]),
+        "mean_far": _ratio(sums[FAR], pixels[FAR]),
+        "mean_sketch": _ratio(sums[HOLE_SKETCH], pixels[HOLE_SKETCH]),
+        "mean_hole_plain": _ratio(sums[HOLE_PLAIN], pixels[HOLE_PLAIN]),
+        "auc_hole": auc_from_histograms(counts[hole].sum(0), counts[valid].sum(0)),
+        "auc_sketch": auc_from_histograms(counts[HOLE_SKETCH], counts[HOLE_PLAIN]),
+        "soft_fraction": _soft_fraction(counts.sum(0), edges),
+        "threshold": sigmoid(threshold_logit),
+        "threshold_logit": threshold_logit,
+        "p_hole": group_t_test(difference_effects(group_sums, group_pixels, hole, valid)),
+        "p_sketch": group_t_test(difference_effects(group_sums, group_pixels, [HOLE_SKETCH], [HOLE_PLAIN])),
+    })
+    return frame
+
+
+SOFT_LOGIT = float(np.log(0.95 / 0.05))  # gates in (0.05, 0.95) count as soft
+
+
+def _soft_fraction(counts: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Share of pixels whose gate lies in (0.05, 0.95), per channel, from ``counts`` ``[C, bins]``."""
+    lo = np.full(counts.shape[0], -SOFT_LOGIT)
+    hi = np.full(counts.shape[0], SOFT_LOGIT)
+    inside = mass_above(counts, edges, lo) - mass_above(counts, edges, hi)
+    return inside / counts.sum(-1)
+
+
+def _labels_of_layer(name: str, s: GatedLayerStats, classes: list[str], threshold_logit: np.ndarray) -> pd.DataFrame:
+    lab = s.labels
+    counts = lab.counts_.numpy()  # [L, C, bins]
+    total = counts.sum(0)
+    edges = lab.bin_edges().numpy()
+    sums, pixels = lab.sums_.sum(0).numpy(), lab.pixels_.sum(0).numpy()  # [L, C], [L]
+    n_labels, n_channels = counts.shape[:2]
+    auc = auc_from_histograms(counts, total[None] - counts)
+    iou = iou_above(counts, total, edges, threshold_logit)
+    mean_in = _ratio(sums, pixels[:, None])
+    mean_out = _ratio(sums.sum(0)[None] - sums, (pixels.sum() - pixels)[:, None])
+    p = group_t_test(label_effects(lab.sums_.numpy(), lab.pixels_.numpy().astype(np.float64)))
+    grid_label, grid_channel = np.meshgrid(np.arange(n_labels), np.arange(n_channels), indexing="ij")
+    return pd.DataFrame({
+        "layer": name, "channel": grid_channel.ravel(), "label_id": grid_label.ravel(),
+        "label": np.asarray(classes, dtype=object)[grid_label.ravel()],
+        "auc": auc.ravel(), "iou": iou.ravel(), "threshold": np.repeat(sigmoid(threshold_logit)[None], n_labels, 0).ravel(),
+        "mean_in": mean_in.ravel(), "mean_out": mean_out.ravel(),
+        "pixels": np.repeat(pixels[:, None], n_channels, 1).ravel(), "p_value": p.ravel(),
+    })
+
+
+def evolution_table(stats: dict, order: list[str]) -> pd.DataFrame:
+    """One row per partial layer in execution order: measured and predicted valid fractions,
+    images whose mask is all valid, and the coverage histogram of flipped locations (claim P2)."""
+    rows = []
+    for depth, name in enumerate(order):
+        s = stats[name]
+        if not isinstance(s, PartialLayerStats):
+            continue
+        n = max(s.images_, 1)
+        mean = s.valid_sum_ / n
+        cov = s.coverage_hist_.numpy() if s.coverage_hist_ is not None else np.zeros(0, np.int64)
+        rows.append({
+            "layer": name, "depth": depth, "height": s.size_[0], "width": s.size_[1],
+            "images": s.images_,
+            "valid_fraction": mean,
+            "valid_fraction_std": float(np.sqrt(max(s.valid_sumsq_ / n - mean ** 2, 0.0))),
+            "valid_fraction_predicted": s.predicted_sum_ / n,
+            "all_valid_images": s.all_valid_ / n,
+            "all_valid_images_predicted": s.predicted_all_valid_ / n,
+            "valid_fraction_hist": s.valid_hist_.numpy().tolist(),
+            "group_valid_fraction": _ratio(s.group_valid_.numpy(), s.group_images_.numpy()).tolist(),
+            "group_images": s.group_images_.numpy().tolist(),
+            "flipped": int(cov.sum()),
+            "coverage_hist": cov.tolist(),
+            "coverage_edges": np.linspace(0, 1, len(cov) + 1).tolist(),
+            "window": s.window,
+            "leak": s.leak_,
+        })
+    return pd.DataFrame(rows) if rows else _empty(EVOLUTION_COLUMNS)
+
+
+# Columns of the tables, for empty tables (a run without gated or without partial layers): a
+# table with no rows still has its documented columns, so ``run.channels.role`` never KeyErrors.
+CHANNEL_COLUMNS = {"layer": object, "channel": np.int64, **{c: np.float64 for c in (
+    "mean", "std", "mean_hole", "mean_valid", "mean_border", "mean_far", "mean_sketch", "mean_hole_plain",
+    "auc_hole", "auc_sketch", "soft_fraction", "threshold", "p_hole", "p_sketch", "q_hole", "q_sketch")},
+    "is_hole": bool, "is_valid": bool, "is_sketch": bool, "semantic_label": object, "role": object}
+LABEL_COLUMNS = {"layer": object, "channel": np.int64, "label_id": np.int64, "label": object,
+                 **{c: np.float64 for c in ("auc", "iou", "threshold", "mean_in", "mean_out")},
+                 "pixels": np.int64, "p_value": np.float64, "q_value": np.float64}
+EVOLUTION_COLUMNS = {"layer": object, "depth": np.int64, "height": np.int64, "width": np.int64, "images": np.int64,
+                     **{c: np.float64 for c in ("valid_fraction", "valid_fraction_std", "valid_fraction_predicted",
+                                                "all_valid_images", "all_valid_images_predicted")},
+                     "valid_fraction_hist": object, "group_valid_fraction": object, "group_images": object,
+                     "flipped": np.int64, "coverage_hist": object, "coverage_edges": object,
+                     "window": np.float64, "leak": np.float64}
+
+
+def _empty(columns: dict) -> pd.DataFrame:
+    return pd.DataFrame({name: pd.Series(dtype=dtype) for name, dtype in columns.items()})
