@@ -21,12 +21,14 @@ test: venv
 demo: venv
 	$(BIN)/gateprobe demo
 
-# The canonical reports committed in reports/ (N = 1024 held-out Scenes images per model).
+# The canonical reports committed in reports/ (N = 1024 held-out Scenes images per model; the gated model with
+# its random-init twin as the control of the G claims).
 CANON := runs/canonical
 reports: venv
 	$(BIN)/gateprobe record --model checkpoints/scenes-pconv --data scenes:64 --n 1024 --out $(CANON)/scenes-pconv --overwrite
-	$(BIN)/gateprobe record --model checkpoints/scenes-gated --data scenes:64 --n 1024 --out $(CANON)/scenes-gated --overwrite
+	$(BIN)/gateprobe record --model checkpoints/scenes-gated --data scenes:64 --n 1024 --out $(CANON)/scenes-gated --overwrite --with-baseline
 	$(BIN)/gateprobe analyze $(CANON)/scenes-gated --n 128
+	$(BIN)/gateprobe analyze $(CANON)/scenes-gated-baseline --n 128 --no-ablation --no-attribution
 	$(BIN)/gateprobe report $(CANON)/scenes-pconv $(CANON)/scenes-gated --out reports/scenes-pconv-vs-gated.html \
 		--title "gateprobe: partial vs gated convolution on Scenes (shipped checkpoints, 1024 held-out images)"
 

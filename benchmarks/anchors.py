@@ -4,14 +4,13 @@
 * NetDissect-Lite style: store every gate map, then compute the same per-channel AUC / IoU
   with numpy and scikit-learn.
 
-Prints wall time and peak RSS of each, relative to gateprobe and to the bare forward pass.
+Prints wall time and peak RSS (each worker's own VmHWM) of each, relative to gateprobe and to the bare forward pass.
 Run: ``python benchmarks/anchors.py [--n 128] [--repeats 2]``
 """
 from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -122,7 +121,10 @@ def worker(method: str, n: int) -> None:
     start = time.perf_counter()
     METHODS[method](model, data)
     seconds = time.perf_counter() - start
-    print(json.dumps({"seconds": seconds, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    # this process's own VmHWM: ru_maxrss would be the parent's maximum, inherited across exec
+    from memory import memory_status
+
+    print(json.dumps({"seconds": seconds, "peak_mb": memory_status()["VmHWM"]}))
 
 
 def measure(method: str, n: int) -> dict:

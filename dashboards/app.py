@@ -26,16 +26,30 @@ ROUTES = {page.PATH: page for page in PAGES}
 MAX_REQUEST_BYTES = 2 * 1024 * 1024  # callbacks carry small state; bounds drawn inputs too
 
 
-def create_app(runs_dir: str | Path, allow_import_models: bool = False, title: str = "gateprobe explorer") -> dash.Dash:
+def create_app(runs_dir: str | Path, allow_import_models: bool = False, title: str = "gateprobe explorer",
+               loopback_only: bool = True) -> dash.Dash:
     """Build the explorer over the complete runs directly under ``runs_dir`` (or ``runs_dir``
     itself when it is a run). ``allow_import_models`` lets the live page import
-    ``package.module:function`` model sources named in a manifest. The store of runs is
+    ``package.module:function`` model sources named in a manifest. ``loopback_only`` (for a
+    server bound to a loopback address) answers 403 to requests whose ``Host`` header is not a
+    loopback name or address (DNS-rebinding protection). The store of runs is
     ``app.run_store`` (``runs`` and ``skipped`` with reasons)."""
     store = RunStore(Path(runs_dir)).refresh()
     context = Context(store=store, root=store.root, allow_import_paths=allow_import_models)
     app = dash.Dash(__name__, title=title, update_title=None, suppress_callback_exceptions=True,
                     assets_folder=str(Path(__file__).parent / "assets"), serve_locally=True)
     app.server.config["MAX_CONTENT_LENGTH"] = MAX_REQUEST_BYTES
+    if loopback_only:
+        from flask import request
+
+        from probe.serve import is_loopback_host
+
+        @app.server.before_request
+        def _loopback_host_only():
+            if not is_loopback_host(request.headers.get("Host")):
+                return ("403 Forbidden: this gateprobe explorer serves this machine only; open it as "
+                        "http://127.0.0.1:PORT/ or http://localhost:PORT/\n", 403, {"Content-Type": "text/plain"})
+            return None
     app.run_store = store
     app.layout = html.Div([
         dcc.Location(id="url", refresh=False),

@@ -37,6 +37,7 @@ def _cmd_evaluate(args) -> int:
     from .models import load_model
     from .training.evaluate import format_table, metrics_table
 
+    _at_least("--n", args.n, 1)
     model = load_model(args.checkpoint)
     items = heldout_items(args.n, size=model.config["image_size"])
     print(f"{args.checkpoint}: held-out Scenes seed {HELDOUT_SEED}, {args.n} images")
@@ -57,22 +58,26 @@ def _record_settings(args):
     from .rundir.settings import RecordSettings
 
     return RecordSettings(batch_size=args.batch_size, samples=args.samples, quantile=args.quantile,
-                          sketch={"auto": None, "on": True, "off": False}[args.sketch], layers=args.layers)
+                          sketch={"auto": None, "on": True, "off": False}[args.sketch], layers=args.layers,
+                          group_by=args.groups, gate_activations=tuple(args.gate_activation))
 
 
 def _record_data(args):
-    """``--data`` as given, or parsed here when a folder option needs passing to the reader."""
-    if args.mask_threshold is None:
+    """``--data`` as given, or parsed here when an image-data option needs passing to the reader."""
+    options = {"mask_threshold": args.mask_threshold, "split": args.split, "size": args.size, "holes": args.holes,
+               "holes_invert": args.holes_invert, "sketches": args.sketches}
+    if not any(options.values()):
         return args.data
     from .data import parse_data
 
-    return parse_data(args.data, n=args.n, seed=args.seed, mask_threshold=args.mask_threshold)
+    return parse_data(args.data, n=args.n, seed=args.seed, **options)
 
 
 def _cmd_record(args) -> int:
     from .models.sources import resolve_model
-    from .recording.loop import record
+    from .recording.loop import check_seed, record
 
+    check_seed(args.seed)
     settings = _record_settings(args)
     if args.ray is not None:
         return _record_ray(args, settings)
@@ -82,8 +87,14 @@ def _cmd_record(args) -> int:
     model = resolve_model(args.model, random_init=args.random_init, trust_pickle=args.trust_pickle)
     run = record(model, data, args.out, n=args.n, settings=settings, seed=args.seed, shard=args.shard,
                  overwrite=args.overwrite, resume=args.resume, checkpoint_every=args.checkpoint_every,
-                 checkpoint_seconds=args.checkpoint_seconds, command=_command_line())
+                 checkpoint_seconds=args.checkpoint_seconds, command=_command_line(), max_hours=args.max_hours)
     print(f"wrote {run.path} ({run.manifest['n_images']} images, {len(run.layers)} layers)")
+    if args.with_baseline:
+        from .recording.loop import record_baseline
+
+        twin = record_baseline(model, data, args.out, n=args.n, seed=args.baseline_seed, settings=settings,
+                               overwrite=args.overwrite, command=_command_line())
+        print(f"wrote {twin.path} (random-init baseline, seed {args.baseline_seed}; linked from {run.path.name})")
     return 0
 
 
@@ -107,8 +118,11 @@ def _record_ray(args, settings) -> int:
 def _cmd_merge(args) -> int:
     from .rundir.merge import merge_runs
 
-    run = merge_runs(args.runs, args.out, overwrite=args.overwrite)
+    run = merge_runs(args.runs, args.out, overwrite=args.overwrite, allow_partial=args.allow_partial)
     print(f"wrote {run.path} ({run.manifest['n_images']} images from {len(args.runs)} runs)")
+    if "partial" in run.manifest:
+        print(f"warning: {run.path} is a partial run: {run.manifest['partial']['description']} missing",
+              file=sys.stderr)
     return 0
 
 
@@ -117,7 +131,8 @@ def _cmd_analyze(args) -> int:
 
     run = analyze(args.run, n=args.n, batch_size=args.batch_size, per_role=args.per_role,
                   sketch=not args.no_sketch, ablate=not args.no_ablation, attribute=not args.no_attribution,
-                  attribution_images=args.attribution_images)
+                  attribution_images=args.attribution_images, model_spec=args.model,
+                  allow_import_models=args.allow_import_models, trust_pickle=args.trust_pickle, null=args.null)
     print(f"{run.path}: wrote {', '.join(run.manifest.get('analyses', {})) or 'nothing (no gated layers)'}")
     return 0
 
@@ -126,7 +141,8 @@ def _cmd_claims(args) -> int:
     from .analysis import claims
     from .rundir.run import load_run
 
-    table = claims(load_run(args.run_a), load_run(args.run_b))
+    table = claims(load_run(args.run_a), load_run(args.run_b),
+                   baseline=load_run(args.baseline) if args.baseline else None)
     if args.csv:
         table.to_csv(args.csv, index=False)
     for row in table.itertuples():
@@ -138,14 +154,17 @@ def _cmd_claims(args) -> int:
 def _cmd_report(args) -> int:
     from .report import build_report
 
-    html, md = build_report(args.runs, args.out, title=args.title)
+    html, md = build_report(args.runs, args.out, title=args.title, baseline=args.baseline)
     print(f"wrote {html} and {md}")
     return 0
 
 
 def _cmd_demo(args) -> int:
     from .demo import run_demo
+    from .serve import check_address
 
+    if not args.no_serve:  # before minutes of recording, not after
+        check_address(args.host, args.port)
     run_demo(args.out, n=args.n, analysis_images=args.analysis_images, serve=not args.no_serve,
              host=args.host, port=args.port)
     return 0
@@ -158,6 +177,11 @@ def _shard(text: str) -> tuple[int, int]:
     return int(i), int(n)
 
 
+def _at_least(name: str, value: int, low: int) -> None:
+    if value < low:
+        raise SettingsError(f"{name} must be an integer >= {low}, not {value}")
+
+
 def _cmd_serve(args) -> int:
     from .serve import serve_runs
 
@@ -168,23 +192,34 @@ def _cmd_serve(args) -> int:
 def _cmd_layers(args) -> int:
     import torch
 
-    from .adapters import find_sites
+    from .adapters import survey
     from .models.sources import resolve_model
     from .recording.recorder import Recorder
     from .rundir.tables import layer_table
 
+    if not 1 <= args.size <= 8192:
+        raise SettingsError(f"--size must be an integer from 1 to 8192 (the input side in pixels), not {args.size}")
     model = resolve_model(args.model, random_init=args.random_init, trust_pickle=args.trust_pickle)
-    sites = find_sites(model, args.layers)
     size = args.size
     image = torch.rand(1, 3, size, size)
     hole = torch.zeros(1, 1, size, size)
     hole[..., size // 4: size // 2, size // 4: size // 2] = 1
+    found = survey(model, args.layers, gate_activations=tuple(args.gate_activation), probe=(image, hole))
+    sites = found.sites
     with Recorder(model, sites, n_labels=1) as recorder:
         recorder.forward(image, hole, None, torch.zeros(1, size, size, dtype=torch.long), torch.zeros(1, dtype=torch.long))
     table = layer_table(recorder.stats, recorder.order, (size, size))
-    columns = ["layer", "kind", "channels", "height", "width", "kernel", "stride", "dilation", "receptive_field"]
+    patterns = {s.name: s.pattern for s in sites}
+    table["pattern"] = [patterns.get(name, "") for name in table.layer]
+    columns = ["layer", "kind", "found_by", "activation", "pattern", "channels", "height", "width", "kernel", "stride",
+               "dilation", "receptive_field"]
     print(f"{len(table)} layers of {args.model} at {size}x{size}:")
     print(table[columns].to_string(index=False))
+    for candidate in found.not_taken:
+        print(f"warning: not taken: {candidate.where or 'model'}: {candidate.reason}", file=sys.stderr)
+    if found.probe_error:
+        print(f"warning: the discovery probe pass failed ({found.probe_error}); only known layer classes are listed",
+              file=sys.stderr)
     return 0
 
 
@@ -224,7 +259,18 @@ def build_parser() -> argparse.ArgumentParser:
                                    "layer and write the run directory (tables + samples).")
     p.add_argument("--model", required=True, help=model_help)
     p.add_argument("--random-init", action="store_true", help="allow a registry name (random weights)")
-    p.add_argument("--data", default="scenes:64", help="scenes, scenes:SIZE or folder:PATH (default scenes:64)")
+    p.add_argument("--data", default="scenes:64",
+                   help="scenes, scenes:SIZE, folder:PATH, voc:ROOT, ade20k:ROOT, cityscapes:ROOT or cocostuff:ROOT "
+                        "(default scenes:64)")
+    p.add_argument("--split", default=None, help="split of a standard dataset (default: its validation split)")
+    p.add_argument("--size", type=int, default=None, metavar="S",
+                   help="image data: resize the shorter side to S, then centre-crop to S x S")
+    p.add_argument("--holes", default=None, metavar="SOURCE",
+                   help="image data: free (default), box:FRACTION or folder:PATH of PNG hole masks (white = hole; "
+                        "image i gets mask i mod M)")
+    p.add_argument("--holes-invert", action="store_true", help="with --holes folder:PATH: black = hole")
+    p.add_argument("--sketches", default=None, metavar="folder:PATH",
+                   help="image data: user sketches, PNGs named like the images (default: label boundaries)")
     p.add_argument("--n", type=int, default=None, help="images to record (default: 1024 Scenes / the whole folder)")
     p.add_argument("--out", required=True, help="run directory to write")
     p.add_argument("--batch-size", type=int, default=16)
@@ -234,6 +280,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sketch", choices=["auto", "on", "off"], default="auto",
                    help="feed the sketch (auto: when the model takes one)")
     p.add_argument("--quantile", type=float, default=0.005, help="top quantile for the IoU threshold")
+    p.add_argument("--gate-activation", action="append", default=[], metavar="NAME",
+                   help="also take this activation (a torch op such as tanh, or a module class name) as a gate when "
+                        "discovering gates in unknown layer classes; repeatable (sigmoid and hard-sigmoid always are)")
+    p.add_argument("--groups", choices=["auto", "image", "block"], default="auto",
+                   help="image groups for the tests: image = position mod 32 (i.i.d. items), block = 32 contiguous "
+                        "blocks (related images stored together); auto: image for Scenes, block otherwise")
     p.add_argument("--shard", type=_shard, default=None, metavar="I/N",
                    help="record only the I-th of N contiguous slices of the images (merge them with `merge`)")
     p.add_argument("--overwrite", action="store_true",
@@ -246,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="checkpoint for --resume every S seconds of recording (default 30; 0: only by "
                         "--checkpoint-every)")
     p.add_argument("--mask-threshold", type=float, default=None, metavar="T",
-                   help="folder data: mask pixels at or above T (0-1 of white) are hole (default 0.5); "
+                   help="image data: mask pixels at or above T (0-1 of white) are hole (default 0.5); "
                         "binarises soft masks")
     p.add_argument("--trust-pickle", action="store_true",
                    help="allow pickle-based weight files (.pth/.pt/.ckpt of deepfillv2:/pconv-unet:), read with "
@@ -254,8 +306,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
                    help="run the shards as Ray tasks and merge them into one run: on a local Ray instance, or on "
                         "the cluster at ADDRESS (auto, ray://HOST:10001); needs pip install 'gateprobe[ray]'")
+    p.add_argument("--with-baseline", action="store_true",
+                   help="also record the model's random-init twin (same architecture and config) on the same data "
+                        "and settings into OUT-baseline, linked from OUT: the control that claims and report use")
+    p.add_argument("--baseline-seed", type=int, default=0, help="weight seed of the random-init twin (default 0)")
     p.add_argument("--shards", type=int, default=None, metavar="N",
                    help="with --ray: number of tasks (default: two per CPU of the cluster)")
+    p.add_argument("--max-hours", type=float, default=168.0, metavar="H",
+                   help="refuse a recording that the calibration pass estimates to take longer than H hours "
+                        "(default 168, a week; 0: no limit); the estimate is printed either way")
     p.set_defaults(func=_cmd_record)
 
     p = sub.add_parser("analyze", help="add interventions, ablation, attribution and embedding tables to a run",
@@ -270,12 +329,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-sketch", action="store_true", help="skip the sketch on/off intervention")
     p.add_argument("--no-ablation", action="store_true", help="skip channel ablation")
     p.add_argument("--no-attribution", action="store_true", help="skip captum attribution")
+    p.add_argument("--null", type=int, default=0, metavar="N",
+                   help="label-shuffle null: record the run's images N more times with other images' label maps "
+                        "(randomly shifted) and store the role counts under the null (default 0: off)")
+    p.add_argument("--model", default=None, help="the run's model, given again (instead of rebuilding it from the "
+                                                 "manifest); must have the recorded weights")
+    p.add_argument("--allow-import-models", action="store_true",
+                   help="let analyze import the package.module:function model named in the run's manifest (only "
+                        "for runs you trust: a run folder from elsewhere would run its code)")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="allow a pickle-based weights file named by the manifest or --model (weights_only=True)")
     p.set_defaults(func=_cmd_analyze)
 
     p = sub.add_parser("claims", help="print the claims table (P1-P5, G1-G5) for a partial and a gated run")
     p.add_argument("run_a", help="run directory (partial or gated)")
     p.add_argument("run_b", help="the other run directory")
     p.add_argument("--csv", default=None, help="also write the table as CSV")
+    p.add_argument("--baseline", default=None, metavar="RUN",
+                   help="random-init run of the gated architecture on the same data (default: the one linked by "
+                        "record --with-baseline); without one the G verdicts say 'no control'")
     p.set_defaults(func=_cmd_claims)
 
     p = sub.add_parser("demo", help="record both shipped checkpoints, analyse, report and serve the dashboard",
@@ -295,18 +367,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", help="run directories (e.g. a partial and a gated run)")
     p.add_argument("--out", required=True, help="HTML file to write (the .md summary goes beside it)")
     p.add_argument("--title", default=None)
+    p.add_argument("--baseline", default=None, metavar="RUN",
+                   help="random-init control run for the gated model (default: the one linked by --with-baseline)")
     p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("merge", help="merge shard runs into one run (exact)")
     p.add_argument("runs", nargs="+", help="shard run directories")
     p.add_argument("--out", required=True, help="merged run directory to write")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
+    p.add_argument("--allow-partial", action="store_true",
+                   help="merge even when shards are missing; the run is marked partial (manifest 'partial')")
     p.set_defaults(func=_cmd_merge)
 
     p = sub.add_parser("layers", help="list the layers that record would hook")
     p.add_argument("--model", required=True, help=model_help)
     p.add_argument("--random-init", action="store_true", help="allow a registry name (random weights)")
     p.add_argument("--layers", default=None, help="comma-separated shell patterns of layer names")
+    p.add_argument("--gate-activation", action="append", default=[], metavar="NAME",
+                   help="also take this activation (op or module class name) as a gate in discovery; repeatable")
     p.add_argument("--size", type=int, default=64, help="input size used to measure resolutions")
     p.add_argument("--trust-pickle", action="store_true",
                    help="allow pickle-based weight files (read with torch.load(weights_only=True))")

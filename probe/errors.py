@@ -88,7 +88,7 @@ def calling_model(model, what: str = "forward pass"):
         yield
     except (GateprobeError, UserModelError):
         raise
-    except Exception as err:  # noqa: BLE001 - classified below, re-raised otherwise
+    except (Exception, SystemExit) as err:  # noqa: BLE001 - classified below, re-raised otherwise
         if err.__traceback__ is None or _raised_in_gateprobe(err.__traceback__):
             raise
         names = {id(module): name for name, module in model.named_modules()}

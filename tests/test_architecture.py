@@ -151,7 +151,7 @@ def planted_tables(label: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Three channels: a strong hole channel, a channel strongly on class ``label``, and nothing."""
     channels = pd.DataFrame({"layer": "l", "channel": [0, 1, 2], "auc_hole": [0.9, 0.5, 0.5],
                              "q_hole": [0.001, 0.9, 0.9], "auc_sketch": [0.5, 0.5, 0.5], "q_sketch": [0.9] * 3})
-    labels = pd.DataFrame({"layer": "l", "channel": [0, 1, 2], "label": label, "auc": [0.5, 0.95, 0.5],
+    labels = pd.DataFrame({"layer": "l", "channel": [0, 1, 2], "label": label, "auc": [0.5, 0.95, 0.5], "trivial_auc": 0.6,
                            "q_value": [0.9, 0.001, 0.9]})
     return channels, labels
 
@@ -178,3 +178,12 @@ def test_strongest_channels_do_not_read_the_class_name():
     # hole: channel 0; semantic: channel 1; none: channel 2 -- channel 1 is never picked as "hole"
     assert picks == [("l", 0), ("l", 1), ("l", 2)]
     assert np.isfinite(frame.auc_hole).all()
+
+
+@pytest.mark.parametrize("trivial_auc,semantic", [(0.6, True), (0.92, False), (0.899, True), (float("nan"), False)])
+def test_semantic_needs_the_gate_to_beat_the_best_trivial_feature(trivial_auc, semantic):
+    """auc 0.95 vs the trivial features' best: semantic only with a margin of 0.05 (none without a control)."""
+    channels, labels = planted_tables("road")
+    labels["trivial_auc"] = trivial_auc
+    frame = pd.concat([channels, assign_roles(channels, labels)], axis=1)
+    assert bool(has_role(frame, "semantic").iloc[1]) == semantic

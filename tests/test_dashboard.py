@@ -95,16 +95,17 @@ def test_store_rescans_when_runs_change(runs_dir, tmp_path):
 
 
 def test_serve_prints_served_and_skipped_runs(runs_dir, monkeypatch, capsys):
-    import dash
+    import waitress
 
     from probe.cli import main
 
     calls = []
-    monkeypatch.setattr(dash.Dash, "run", lambda self, **kw: calls.append(kw))
+    monkeypatch.setattr(waitress, "serve", lambda app, **kw: calls.append(dict(kw, debug=app.debug)))
     assert main(["serve", str(runs_dir), "--port", "8999"]) == 0
     out = capsys.readouterr().out
     assert "serving  gated" in out and "serving  pconv" in out and "skipped  halfway" in out
-    assert calls == [{"host": "127.0.0.1", "port": 8999, "debug": False}]
+    assert [{k: c[k] for k in ("host", "port", "debug")} for c in calls] == [
+        {"host": "127.0.0.1", "port": 8999, "debug": False}]
     assert main(["serve", str(runs_dir / "missing")]) == 2
 
 

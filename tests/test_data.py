@@ -290,7 +290,7 @@ def test_folder_dataset_no_images(tmp_path):
 def test_folder_dataset_image_without_label(tmp_path):
     make_folder(tmp_path)
     (tmp_path / "labels" / "b.png").unlink()
-    with pytest.raises(DataError, match=r"1 image\(s\) without labels/NAME.png, e.g. \['b'\]"):
+    with pytest.raises(DataError, match=r"1 image\(s\) without a label map, e.g. .*labels/b.png is missing"):
         FolderDataset(tmp_path)
 
 
@@ -312,7 +312,7 @@ def test_folder_dataset_mask_size_mismatch(tmp_path):
 
 def test_folder_dataset_label_outside_classes(tmp_path):
     make_folder(tmp_path, classes="sky\ngrass\n")  # the label maps use id 2
-    with pytest.raises(DataError, match=r"label id 2 has no name in classes.txt \(2 classes\)"):
+    with pytest.raises(DataError, match=r"label value 2 is neither a class nor ignored; add its name to classes.txt \(2 classes\)"):
         FolderDataset(tmp_path)[0]
 
 
@@ -325,11 +325,12 @@ def test_folder_dataset_corrupt_image(tmp_path):
 
 
 def test_folder_dataset_non_square_without_mask(tmp_path):
+    """A non-square image without a mask gets a generated hole of its own shape."""
     make_folder(tmp_path, names=("a",), masks=())
     Image.fromarray(np.zeros((SIZE, SIZE + 8, 3), np.uint8)).save(tmp_path / "images" / "a.png")
     Image.fromarray(np.zeros((SIZE, SIZE + 8), np.uint8)).save(tmp_path / "labels" / "a.png")
-    with pytest.raises(DataError, match="square images; provide masks/a.png"):
-        FolderDataset(tmp_path)[0]
+    hole = FolderDataset(tmp_path)[0]["hole"]
+    assert hole.shape == (1, SIZE, SIZE + 8) and 0.05 < hole.mean().item() < 0.5
 
 
 def test_data_errors_are_value_errors():
@@ -360,3 +361,21 @@ def test_parse_data_errors(text, message):
 def test_parse_data_scenes_bad_size():
     with pytest.raises(ValueError, match="between 32 and 256"):
         parse_data("scenes:16")
+
+
+def test_shape_only_scenes_differ_from_scenes_only_inside_the_objects():
+    from probe.data import dataset_from_spec, parse_data
+
+    plain, shapes = parse_data("scenes:48", n=6), parse_data("scenes:48:shapes", n=6)
+    assert shapes.spec()["shape_only"] is True and "shape_only" not in plain.spec()
+    objects = 0
+    for i in range(6):
+        a, b = plain[i], shapes[i]
+        assert torch.equal(a["labels"], b["labels"]) and torch.equal(a["hole"], b["hole"])
+        disc = (a["labels"] == 5)
+        outside = ~disc.unsqueeze(0).expand_as(a["image"])
+        assert torch.equal(a["image"][outside], b["image"][outside])  # only discs change texture
+        objects += int(disc.any())
+    assert objects > 0
+    rebuilt = dataset_from_spec(shapes.spec())
+    assert torch.equal(rebuilt[2]["image"], shapes[2]["image"])

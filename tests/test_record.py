@@ -57,7 +57,7 @@ from probe.rundir.state import load_stats
 from probe.stats.histograms import DEFAULT_BINS
 
 BINS, QUANTILE, BORDER = DEFAULT_BINS, 0.005, 2  # record()'s documented defaults
-CALIBRATION, TAIL, MARGIN, GRID = 32, 5e-4, 0.25, 64  # the documented calibration rule
+CALIBRATION, TAIL, MARGIN, MIN_SPAN = 32, 5e-4, 0.25, 1e-3  # the documented calibration rule
 SIZE, N_IMAGES, BATCH, K_SAMPLES = 32, 24, 8, 10
 SKETCH, PLAIN, NEAR, FAR = range(4)  # region ids of the oracle (hole on a sketch stroke, hole off it, ...)
 
@@ -167,10 +167,10 @@ def cells(hole: np.ndarray, sketch: np.ndarray, labels: np.ndarray, h: int, w: i
 
 def calibrated_range(first_logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The documented calibration: per channel, the TAIL and 1 - TAIL quantiles of the first
-    images' logits ``[C, P]``, widened by MARGIN of their span (+ 1/GRID) and rounded outwards."""
+    images' logits ``[C, P]``, widened by MARGIN of their span (+ MIN_SPAN), no rounding."""
     q_lo, q_hi = np.quantile(first_logits.astype(np.float64), [TAIL, 1 - TAIL], axis=1)
-    pad = MARGIN * (q_hi - q_lo) + 1 / GRID
-    return np.floor((q_lo - pad) * GRID) / GRID, np.ceil((q_hi + pad) * GRID) / GRID
+    pad = MARGIN * (q_hi - q_lo) + MIN_SPAN
+    return q_lo - pad, q_hi + pad
 
 
 def affine(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -346,9 +346,9 @@ def test_bins_are_calibrated_by_the_documented_rule(exact):
     run, oracle, _, _ = exact
     stats = load_stats(run)
     for layer, (lo, hi) in oracle.calibration.items():
-        # equal up to one 1/64 grid step (batch-size dependent float rounding of the logits)
-        assert np.abs(stats[layer].regions.lo.numpy() - lo).max() <= 1 / GRID + 1e-12, layer
-        assert np.abs(stats[layer].regions.hi.numpy() - hi).max() <= 1 / GRID + 1e-12, layer
+        # equal up to float32 rounding of the logits (which depends on the batch size)
+        assert np.abs(stats[layer].regions.lo.numpy() - lo).max() <= 1e-4 * (1 + np.abs(lo).max()), layer
+        assert np.abs(stats[layer].regions.hi.numpy() - hi).max() <= 1e-4 * (1 + np.abs(hi).max()), layer
         assert np.array_equal(stats[layer].labels.lo.numpy(), stats[layer].regions.lo.numpy())
 
 
@@ -427,7 +427,7 @@ def test_threshold_and_iou_match_the_exact_quantile_within_one_bin(exact):
 
 def test_roles_follow_the_documented_rule(exact):
     # the documented defaults, written out here (not read from the code under test)
-    MIN_EFFECT, ALPHA = 0.2, 0.05
+    MIN_EFFECT, ALPHA, TRIVIAL_MARGIN = 0.2, 0.05, 0.05
     run, _, _, _ = exact
     ch, lab = run.channels, run.labels
     for row in ch.itertuples():
@@ -439,7 +439,8 @@ def test_roles_follow_the_documented_rule(exact):
         assert ("valid" in parts) == bool(row.auc_hole <= 0.5 - MIN_EFFECT and row.q_hole < ALPHA)
         assert ("sketch" in parts) == bool(row.auc_sketch >= 0.5 + MIN_EFFECT and row.q_sketch < ALPHA)
         mine = lab[(lab.layer == row.layer) & (lab.channel == row.channel)]
-        strong = mine[(mine.auc >= 0.5 + MIN_EFFECT) & (mine.q_value < ALPHA)]
+        strong = mine[(mine.auc >= 0.5 + MIN_EFFECT) & (mine.q_value < ALPHA)
+                      & (mine.auc >= mine.trivial_auc + TRIVIAL_MARGIN)]
         semantic = [p for p in parts if p.startswith("semantic:")]
         assert len(semantic) == (1 if len(strong) else 0)
         if len(strong):
@@ -524,13 +525,16 @@ def batch_invariant_convolutions():
     """oneDNN convolutions round differently for a batch of one than inside a larger batch (one
     float32 ulp; measured in ``test_sharded_runs_with_the_default_backend``); the native kernels
     compute each image alone. With them, a shard sees bit-identical gates, so the merge alone is
-    under test."""
-    old = torch.backends.mkldnn.enabled
+    under test. One thread, too: with two, a kernel's split of the work (and its float rounding)
+    depends on the batch size, which differs between a shard's last batch and the whole run's."""
+    old, threads = torch.backends.mkldnn.enabled, torch.get_num_threads()
     torch.backends.mkldnn.enabled = False
+    torch.set_num_threads(1)
     try:
         yield
     finally:
         torch.backends.mkldnn.enabled = old
+        torch.set_num_threads(threads)
 
 
 SHARD_KW = dict(n=10, batch_size=4, samples=3, progress=False)  # 3 batches, the last of 2 images
@@ -564,16 +568,26 @@ def test_merged_shards_equal_the_unsharded_run(shard_setup, count):
 
 def test_sharded_runs_with_the_default_backend(shard_setup, tmp_path):
     """With oneDNN (the default) a batch of one rounds differently (1 ulp), so the shards' float
-    sums differ from the unsharded run's at float32 rounding: counts stay exact, every statistic
-    stays within 1e-6 relative except the p- and q-values, whose relative error the t-test amplifies."""
+    sums differ from the unsharded run's at float32 rounding, and a logit within 1 ulp of a bin
+    edge may fall in the neighbouring bin (bins are as narrow as a channel's calibrated range
+    allows): every statistic stays within 1e-6 relative except the p- and q-values, whose relative
+    error the t-test amplifies, and the binned AUCs, where one pixel may move one bin (within the
+    AUC error bounds)."""
     _, model, data, _ = shard_setup
     whole = record(model, data, tmp_path / "whole", **SHARD_KW)
     parts = [record(model, data, tmp_path / f"s{i}", shard=(i, 2), **SHARD_KW).path for i in range(2)]
     merged = merge_runs(parts, tmp_path / "merged")
     assert_tables_equal(merged, whole, rtol=1e-6, skip=("p_hole", "q_hole", "p_sketch", "q_sketch", "p_value",
-                                                         "q_value"))
+                                                         "q_value", "auc_hole", "auc_sketch", "auc", "auc_hole_error",
+                                                         "auc_error"))
     for col in ("p_hole", "p_sketch"):
         np.testing.assert_allclose(merged.channels[col], whole.channels[col], rtol=1e-4)
+    # both binned AUCs lie within their stated error bounds of the (practically equal) exact AUC
+    for table, col, bound in (("channels", "auc_hole", "auc_hole_error"), ("labels", "auc", "auc_error")):
+        x, y = getattr(merged, table), getattr(whole, table)
+        gap = (x[col] - y[col]).abs().fillna(0)
+        assert (gap <= x[bound].fillna(0) + y[bound].fillna(0) + 1e-9).all(), col
+    np.testing.assert_allclose(merged.channels.auc_sketch, whole.channels.auc_sketch, rtol=1e-4)
 
 
 def test_merge_refuses_other_models_settings_data_and_overlaps(shard_setup):
@@ -650,7 +664,22 @@ def test_planted_gates_are_found(tmp_path):
     assert exact_sky > 0.85
     assert c2.auc["sky"] == pytest.approx(exact_sky, abs=0.01)
     assert c2.auc.idxmax() == "sky"
-    assert "semantic:sky" in ch.role[2].split("+")
+    # the control: the best trivial feature at this resolution (the image's own), computed exactly here
+    image = batch["image"]
+    lum = image.mean(1, keepdim=True)
+    pool = lambda x: torch.nn.functional.avg_pool2d(x, 3, 1, 1, count_include_pad=False)  # noqa: E731
+    h, w = image.shape[-2:]
+    features = {"mean_red": image[:, 0], "mean_green": image[:, 1], "mean_blue": image[:, 2],
+                "local_variance": (pool(lum ** 2) - pool(lum) ** 2).clamp_min(0)[:, 0],
+                "row": ((torch.arange(h) + 0.5) / h).view(1, h, 1).expand(len(image), h, w),
+                "column": ((torch.arange(w) + 0.5) / w).view(1, 1, w).expand(len(image), h, w)}
+    sky = (batch["labels"] == 0).numpy().ravel()
+    separation = {name: max(a, 1 - a) for name, f in features.items()
+                  for a in [roc_auc_score(sky, f.numpy().ravel())]}
+    best = max(separation, key=separation.get)
+    assert c2.trivial_auc["sky"] == pytest.approx(separation[best], abs=0.01)
+    assert c2.trivial_feature["sky"] == best
+    assert ("semantic:sky" in ch.role[2].split("+")) == bool(c2.auc["sky"] >= separation[best] + 0.05)
     # channel 3: constant 0.5, no preference anywhere
     assert ch.auc_hole[3] == 0.5 and ch.auc_sketch[3] == 0.5
     assert (lab[lab.channel == 3].auc.dropna() == 0.5).all() and lab[lab.channel == 3].auc.notna().any()

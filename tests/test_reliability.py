@@ -156,7 +156,100 @@ def nan_gates():
     with torch.no_grad():
         model.encoder[2].gate.weight.fill_(float("nan"))
     return model
+
+
+class Returns(torch.nn.Module):
+    """pconv-scenes whose forward returns ``shape(output)`` instead of the output."""
+
+    accepts_sketch = False
+
+    def __init__(self, shape):
+        super().__init__()
+        self.inner, self.shape = create_model("pconv-scenes", width=8, image_size=32), shape
+
+    def forward(self, image, hole, sketch=None):
+        return self.shape(self.inner(image, hole))
+
+
+def one_channel():
+    return Returns(lambda out: out[:, :1])
+
+
+def half_size():
+    return Returns(lambda out: out[..., ::2, ::2])
+
+
+def tuple_output():
+    return Returns(lambda out: (out, out))
+
+
+def none_output():
+    return Returns(lambda out: None)
+
+
+def failing_factory():
+    raise ValueError("factory cannot build this")
+
+
+class Broken(torch.nn.Module):
+    def forward(self, x):
+        raise RuntimeError("inner layer is broken")
+
+
+class RaisesInside(torch.nn.Module):
+    accepts_sketch = False
+
+    def __init__(self):
+        super().__init__()
+        self.inner = create_model("pconv-scenes", width=8, image_size=32)
+        self.broken = Broken()
+
+    def forward(self, image, hole, sketch=None):
+        return self.broken(self.inner(image, hole))
+
+
+def raising_forward():
+    return RaisesInside()
+
+
+class Exits(torch.nn.Module):
+    accepts_sketch = False
+
+    def __init__(self):
+        super().__init__()
+        self.inner = create_model("pconv-scenes", width=8, image_size=32)
+
+    def forward(self, image, hole, sketch=None):
+        import sys
+        sys.exit(3)
+
+
+def exiting_forward():
+    return Exits()
+
+
+def slow():
+    """pconv-scenes that sleeps 0.3 s per forward pass (a writer that holds its run for a while)."""
+    import time
+
+    class Slow(torch.nn.Module):
+        accepts_sketch = False
+
+        def __init__(self):
+            super().__init__()
+            self.inner = create_model("pconv-scenes", width=8, image_size=32)
+
+        def forward(self, image, hole, sketch=None):
+            time.sleep(0.3)
+            return self.inner(image, hole)
+
+    return Slow()
 '''
+USER_MODULES = {  # modules that misbehave at import
+    "gp_exits_on_import": "import sys\nsys.exit(0)\n",
+    "gp_raises_on_import": "raise RuntimeError('broken at import')\n",
+    "gp_marker": "import os\nopen(os.environ['GP_MARKER'], 'w').write('ran')\nfrom gp_evil_models import raising_forward as build\n",
+}
 
 
 @dataclass
@@ -188,6 +281,8 @@ def env(tmp_path_factory):
     (incomplete / "manifest.json").write_text(json.dumps(dict(manifest, complete=False)))
     (root / "modules").mkdir()
     (root / "modules" / "gp_evil_models.py").write_text(EVIL_MODELS)
+    for name, text in USER_MODULES.items():
+        (root / "modules" / f"{name}.py").write_text(text)
     sys.path.insert(0, str(root / "modules"))
     yield Env(root, data, root / "ckpt-pconv", root / "ckpt-gated", precious, incomplete, digest(precious))
     sys.path.remove(str(root / "modules"))
@@ -267,6 +362,7 @@ class Bad:
     phrase: str
     out: bool = True
     code: int = 2
+    absent: tuple = ()  # phrases the error line must not hold
 
 
 def _rec(env: Env, data: str | None = None, model: str | None = None, *extra) -> list:
@@ -384,7 +480,105 @@ BAD_INPUTS = [
     Bad("--out on a read-only file system (/proc)",
         lambda e, s: _rec(e) + ["--out", f"/proc/gateprobe-test-{os.getpid()}/run"],
         "cannot create the run folder", out=False),
+    # ---- issue 16: silent wrong results
+    Bad("--quantile NaN", lambda e, s: _rec(e, None, None, "--quantile", "nan"),
+        "--quantile must lie strictly between 0 and 1"),
+    Bad("--quantile 1.5", lambda e, s: _rec(e, None, None, "--quantile", "1.5"),
+        "--quantile must lie strictly between 0 and 1"),
+    Bad("--quantile 0", lambda e, s: _rec(e, None, None, "--quantile", "0"),
+        "--quantile must lie strictly between 0 and 1"),
+    Bad("--samples -1", lambda e, s: _rec(e, None, None, "--samples", "-1"), "--samples must be an integer >= 0"),
+    Bad("--n that implies years", lambda e, s: _rec(e, "scenes:32", None, "--n", str(10 ** 10)),
+        "images would take about"),
+    Bad("--max-hours negative", lambda e, s: _rec(e, None, None, "--max-hours", "-1"),
+        "--max-hours must be a number >= 0"),
+    Bad("a model whose output has one channel", lambda e, s: _rec(e, None, "gp_evil_models:one_channel"),
+        "returned a tensor of shape [2, 1, 32, 32] from its calibration pass, expected [2, 3, 32, 32]"),
+    Bad("a model whose output has half the size", lambda e, s: _rec(e, None, "gp_evil_models:half_size"),
+        "returned a tensor of shape [2, 3, 16, 16]"),
+    Bad("a forward returning a tuple", lambda e, s: _rec(e, None, "gp_evil_models:tuple_output"),
+        "returned tuple of 2 from its calibration pass, not a tensor [2, 3, 32, 32]"),
+    Bad("a forward returning None", lambda e, s: _rec(e, None, "gp_evil_models:none_output"),
+        "returned None from its calibration pass"),
+    Bad("a user module calling sys.exit(0) at import", lambda e, s: _rec(e, None, "gp_exits_on_import:build"),
+        "while importing 'gp_exits_on_import' called sys.exit(0)", code=1),
+    Bad("100,000 classes (memory estimated first)",
+        lambda e, s: _rec(e, _copy_data(e, s, lambda f: (f / "classes.txt").write_text(
+            "\n".join(["sky", "grass", "box"] + [f"c{i}" for i in range(3, 100_000)]) + "\n")), e.gated),
+        "100000 classes"),
+    # ---- issue 16: the user's own code raising: one line naming it, exit 1
+    Bad("a user module that raises on import", lambda e, s: _rec(e, None, "gp_raises_on_import:build"),
+        "--model 'gp_raises_on_import:build': your code raised RuntimeError while importing "
+        "'gp_raises_on_import': broken at import", code=1),
+    Bad("a factory that raises", lambda e, s: _rec(e, None, "gp_evil_models:failing_factory"),
+        "your code raised ValueError in failing_factory(): factory cannot build this", code=1),
+    Bad("a forward that raises inside a submodule", lambda e, s: _rec(e, None, "gp_evil_models:raising_forward"),
+        "your model raised RuntimeError in module 'broken' (Broken) during the calibration pass: inner layer is "
+        "broken", code=1),
+    Bad("a forward that calls sys.exit", lambda e, s: _rec(e, None, "gp_evil_models:exiting_forward"),
+        "your model raised SystemExit in Exits during the calibration pass", code=1),
+    # ---- issue 16: settings out of range, one line each
+    Bad("evaluate --n 0", lambda e, s: ["evaluate", e.pconv, "--n", "0"], "--n must be an integer >= 1", out=False),
+    Bad("evaluate --n -5", lambda e, s: ["evaluate", e.pconv, "--n", "-5"], "--n must be an integer >= 1", out=False),
+    Bad("layers --size 0", lambda e, s: ["layers", "--model", e.pconv, "--size", "0"],
+        "--size must be an integer from 1 to 8192", out=False),
+    Bad("serve --port 99999", lambda e, s: ["serve", e.root / "runs", "--port", "99999"],
+        "--port must be an integer from 1 to 65535", out=False),
+    Bad("serve --port -1", lambda e, s: ["serve", e.root / "runs", "--port", "-1"],
+        "--port must be an integer from 1 to 65535", out=False),
+    Bad("serve --host with a space", lambda e, s: ["serve", e.root / "runs", "--host", "my host"],
+        "--host must be an IP address (127.0.0.1, ::1, 0.0.0.0 for every interface) or a host name", out=False),
+    Bad("serve --host 999.1.1.1", lambda e, s: ["serve", e.root / "runs", "--host", "999.1.1.1"],
+        "--host must be an IP address", out=False),
+    Bad("record --seed -1", lambda e, s: _rec(e, "scenes:32", None, "--seed", "-1"),
+        "--seed must be an integer from 0 to 4294967295"),
+    Bad("train --seed -1", lambda e, s: ["train", "pconv-scenes", "--out", s / "ckpt", "--seed", "-1"],
+        "--seed must be an integer from 0 to 4294967295", out=False),
+    Bad("train --batch-size 0", lambda e, s: ["train", "pconv-scenes", "--out", s / "ckpt", "--batch-size", "0"],
+        "--batch-size must be an integer >= 1", out=False, absent=("different sizes",)),
+    Bad("merge of a manifest with shards: []", lambda e, s: ["merge", _edited_run(e, s, shards=[])],
+        "'shards' is [], not a list of the images the run recorded"),
+    Bad("merge of a manifest with shards: null", lambda e, s: ["merge", _edited_run(e, s, shards=None)],
+        "'shards' is None"),
+    # ---- issue 16: unclear messages made clear
+    Bad("card without sha256",
+        lambda e, s: _rec(e, None, _copy_checkpoint(e, s, lambda f: _card_without(f, "sha256"))),
+        "card.json: no valid 'sha256' of model.safetensors (got None)"),
+    Bad("card without config",
+        lambda e, s: _rec(e, None, _copy_checkpoint(e, s, lambda f: _card_without(f, "config"))),
+        "card.json: no 'config'"),
+    Bad("card with a non-numeric config value",
+        lambda e, s: _rec(e, None, _copy_checkpoint(e, s, lambda f: _card(f, config={"width": "eight",
+                                                                                      "image_size": 32}))),
+        "config 'width' is 'eight'; expected an integer"),
+    Bad("random bytes as a .pth (even with --trust-pickle)",
+        lambda e, s: _rec(e, None, "deepfillv2:" + _random_file(s / "generator.pth"), "--trust-pickle"),
+        "not a PyTorch checkpoint readable with weights_only=True (random or damaged bytes",
+        absent=("weights_only=False", "weights_only` set to `False", "trusted source")),
+    Bad("hostile pickle: no advice to set weights_only=False",
+        lambda e, s: _rec(e, None, "deepfillv2:" + _pickle_file(s, hostile=True), "--trust-pickle"),
+        "holds pickled objects other than tensors", absent=("weights_only=False", "weights_only` set to `False")),
 ]
+
+
+def _card_without(folder: Path, key: str) -> None:
+    card = json.loads((folder / "card.json").read_text())
+    card.pop(key)
+    (folder / "card.json").write_text(json.dumps(card))
+
+
+def _random_file(path: Path) -> str:
+    path.write_bytes(np.random.default_rng(5).integers(0, 256, 300, dtype=np.uint8).tobytes())
+    return str(path)
+
+
+def _edited_run(env: Env, scratch: Path, **changes) -> Path:
+    """A copy of the complete run with manifest keys changed."""
+    run = scratch / "edited"
+    shutil.copytree(env.precious, run)
+    manifest = json.loads((run / "manifest.json").read_text())
+    (run / "manifest.json").write_text(json.dumps(manifest | changes))
+    return run
 
 
 @pytest.mark.parametrize("case", BAD_INPUTS, ids=[c.input for c in BAD_INPUTS])
@@ -396,6 +590,7 @@ def test_bad_input_gives_one_line_exit_2_and_damages_nothing(case, env, tmp_path
     line = error_line(stderr)
     assert code == case.code, stderr
     assert line.startswith(f"gateprobe {argv[0]}: error: ") and case.phrase in line, line
+    assert not any(phrase in line for phrase in case.absent), line
     assert digest(env.precious) == env.precious_digest  # the complete run is untouched...
     assert not list(env.precious.parent.glob(".*"))  # ...and nothing was left beside it
     load_run(env.precious)
@@ -660,13 +855,13 @@ def test_read_only_output_gives_one_line_and_keeps_previous_files(env, tmp_path,
 
 
 def test_incomplete_runs_are_refused_by_report_and_listed_as_skipped_by_serve(env, tmp_path, capsys, monkeypatch):
-    import dash
+    import waitress
     from dashboards.store import RunStore
 
     store = RunStore(env.root / "runs").refresh()
     assert "precious" in store.runs and "halfway" not in store.runs
     assert "--resume" in store.skipped["halfway"]
-    monkeypatch.setattr(dash.Dash, "run", lambda self, **kwargs: None)
+    monkeypatch.setattr(waitress, "serve", lambda app, **kwargs: None)
     capsys.readouterr()
     assert main(["serve", str(env.root / "runs")]) == 0
     listing = capsys.readouterr().out
@@ -799,12 +994,13 @@ def _callbacks_for(app, layout_json) -> list[dict]:
 
 
 def test_explorer_binds_localhost_without_debug(served, monkeypatch, capsys):
-    import dash
+    import waitress
 
     calls = []
-    monkeypatch.setattr(dash.Dash, "run", lambda self, **kwargs: calls.append(kwargs))
+    monkeypatch.setattr(waitress, "serve", lambda app, **kwargs: calls.append(dict(kwargs, debug=app.debug)))
     assert main(["serve", str(served)]) == 0
-    assert calls == [{"host": "127.0.0.1", "port": 8050, "debug": False}]
+    assert [{k: c[k] for k in ("host", "port", "debug")} for c in calls] == [
+        {"host": "127.0.0.1", "port": 8050, "debug": False}]
     out = capsys.readouterr()
     assert "warning" not in out.err
     assert main(["serve", str(served), "--host", "0.0.0.0"]) == 0  # only when asked, with a warning
@@ -920,3 +1116,250 @@ def test_drawn_shapes_are_bounded():
     hole, sketch, counts = rasterise(many, (SIZE, SIZE), max_shapes=40)
     assert counts["hole shapes"] == 40 and counts["ignored"] == len(many) - 40
     assert time.perf_counter() - start < 10
+
+
+# ============================================================================ 4. issue 16: data loss, code from a run
+def _web_project(folder: Path) -> dict:
+    """A folder that merely holds a manifest.json (a web app's), with files of its own."""
+    folder.mkdir(parents=True)
+    (folder / "manifest.json").write_text(json.dumps({"name": "my web app", "icons": [], "start_url": "/"}))
+    (folder / "index.html").write_text("<h1>mine</h1>")
+    (folder / "src").mkdir()
+    (folder / "src" / "app.js").write_text("console.log(1)")
+    return digest(folder)
+
+
+def test_overwrite_refuses_a_foreign_manifest_json_and_leaves_it_untouched(env, tmp_path, capsys):
+    target = tmp_path / "site"
+    before = _web_project(target)
+    code, stderr = run_cli(_rec(env) + ["--out", target, "--overwrite"], capsys)
+    line = error_line(stderr)
+    assert code == 2 and "is not a gateprobe run" in line and "left it untouched" in line, line
+    assert digest(target) == before and not list(tmp_path.glob(".*"))
+
+
+def test_overwrite_refuses_a_run_folder_holding_other_files(env, tmp_path, capsys):
+    target = tmp_path / "run"
+    shutil.copytree(env.precious, target)
+    (target / "notes.txt").write_text("my notes")
+    before = digest(target)
+    code, stderr = run_cli(_rec(env) + ["--out", target, "--overwrite"], capsys)
+    line = error_line(stderr)
+    assert code == 2 and "files that are not part of a run: notes.txt" in line, line
+    assert digest(target) == before
+    (target / "notes.txt").unlink()  # a gateprobe run and its own files only: replaced
+    code, stderr = run_cli(_rec(env) + ["--out", target, "--overwrite"], capsys)
+    assert code == 0, stderr
+    load_run(target)
+
+
+def _interrupted_overwrite(env: Env, tmp_path: Path) -> tuple[Path, Path]:
+    """What a SIGKILL during `record --out RUN --overwrite` leaves: the previous (complete) run in
+    .RUN.replaced and the new, incomplete one in RUN."""
+    target, aside = tmp_path / "run", tmp_path / ".run.replaced"
+    shutil.copytree(env.precious, aside)
+    shutil.copytree(env.incomplete, target)
+    return target, aside
+
+
+def test_a_failing_overwrite_after_an_interrupted_one_keeps_the_only_complete_copy(env, tmp_path, capsys):
+    target, aside = _interrupted_overwrite(env, tmp_path)
+    bad = _copy_data(env, tmp_path, lambda f: _truncate(f / "images" / "i3.png"))
+    code, stderr = run_cli(_rec(env, bad) + ["--out", target, "--overwrite"], capsys)
+    assert code == 2 and "not a readable image" in error_line(stderr)
+    # the complete run is back where the user expects it (or, failing that, still aside)
+    assert digest(target) == env.precious_digest and not aside.exists()
+    load_run(target)
+
+
+def test_a_successful_overwrite_after_an_interrupted_one_replaces_the_run(env, tmp_path, capsys):
+    target, aside = _interrupted_overwrite(env, tmp_path)
+    code, stderr = run_cli(_rec(env, None, None, "--samples", "1") + ["--out", target, "--overwrite"], capsys)
+    assert code == 0, stderr
+    assert load_run(target).manifest["samples"] == 1 and not aside.exists()
+
+
+def test_overwrite_refuses_when_both_the_run_and_its_aside_are_complete(env, tmp_path, capsys):
+    target, aside = tmp_path / "run", tmp_path / ".run.replaced"
+    shutil.copytree(env.precious, target)
+    shutil.copytree(env.precious, aside)
+    code, stderr = run_cli(_rec(env) + ["--out", target, "--overwrite"], capsys)
+    line = error_line(stderr)
+    assert code == 2 and str(aside) in line and "both hold complete runs" in line, line
+    assert digest(target) == env.precious_digest and digest(aside) == env.precious_digest
+
+
+def _hold_lock(target: Path, ready: Path) -> subprocess.Popen:
+    """Another process holding the write lock of ``target`` (as a recording would)."""
+    code = ("import sys, time, pathlib; from probe.rundir.folder import run_lock\n"
+            "with run_lock(sys.argv[1]):\n"
+            "    pathlib.Path(sys.argv[2]).write_text('held')\n"
+            "    time.sleep(60)\n")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(target), str(ready)], cwd=ROOT)
+    deadline = time.time() + 60
+    while not ready.exists():
+        assert holder.poll() is None and time.time() < deadline, "the lock holder did not start"
+        time.sleep(0.05)
+    return holder
+
+
+def test_a_second_writer_gets_one_line_naming_the_holders_pid(env, tmp_path, capsys):
+    target = tmp_path / "run"
+    shutil.copytree(env.precious, target)
+    holder = _hold_lock(target, tmp_path / "ready")
+    try:
+        for extra in ([], ["--overwrite"], ["--resume"]):
+            code, stderr = run_cli(_rec(env) + ["--out", target, *extra], capsys)
+            line = error_line(stderr)
+            assert code == 2 and f"being written by another gateprobe process (pid {holder.pid})" in line, line
+            assert digest(target) == env.precious_digest
+        code, stderr = run_cli(["merge", env.precious, "--out", target, "--overwrite"], capsys)
+        assert code == 2 and f"pid {holder.pid}" in error_line(stderr)
+    finally:
+        holder.kill()
+        holder.wait()
+    code, stderr = run_cli(_rec(env) + ["--out", target, "--overwrite"], capsys)  # the lock died with its holder
+    assert code == 0, stderr
+    assert not list(tmp_path.glob(".run.*"))
+
+
+def test_two_concurrent_record_processes_one_writes_the_other_is_refused(env, tmp_path, capsys):
+    """Two real `record` processes on one --out: exactly one writes, the other gets one line."""
+    target = tmp_path / "run"
+    argv = [sys.executable, "-m", "probe", "record", "--model", "gp_evil_models:slow", "--data", f"folder:{env.data}",
+            "--batch-size", "2", "--samples", "2", "--out", str(target)]
+    environ = dict(os.environ, OMP_NUM_THREADS="1",
+                   PYTHONPATH=os.pathsep.join([str(env.root / "modules"), os.environ.get("PYTHONPATH", "")]))
+    first = subprocess.Popen(argv, cwd=ROOT, env=environ, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (tmp_path / ".run.lock").exists():
+        assert first.poll() is None and time.time() < deadline, first.communicate()
+        time.sleep(0.05)
+    second = subprocess.run(argv, cwd=ROOT, env=environ, capture_output=True, text=True, timeout=300)
+    out, err = first.communicate(timeout=300)
+    assert first.returncode == 0 and out.count("wrote") == 1, err
+    assert second.returncode == 2 and "wrote" not in second.stdout
+    line = error_line(second.stderr)
+    assert f"pid {first.pid}" in line or "already holds a run" in line, line
+    load_run(target)
+
+
+def _gated_run(env: Env, tmp_path: Path, source: str) -> Path:
+    run = tmp_path / "gated"
+    record(resolve_model(str(env.gated)), f"folder:{env.data}", run, batch_size=2, samples=2, progress=False)
+    manifest = json.loads((run / "manifest.json").read_text())
+    manifest["model"]["source"] = source
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    return run
+
+
+def test_analyze_imports_no_code_named_by_a_run_folder(env, tmp_path, capsys, monkeypatch):
+    marker = tmp_path / "PWNED"
+    monkeypatch.setenv("GP_MARKER", str(marker))
+    run = _gated_run(env, tmp_path, "gp_marker:build")
+    before = digest(run)
+    fast = ["--n", "2", "--no-ablation", "--no-attribution", "--no-sketch"]
+    code, stderr = run_cli(["analyze", run, *fast], capsys)
+    line = error_line(stderr)
+    assert code == 2 and "--allow-import-models" in line and "gp_marker:build" in line, line
+    assert not marker.exists() and digest(run) == before
+    manifest = json.loads((run / "manifest.json").read_text())  # a manifest cannot grant --trust-pickle either
+    manifest["model"] |= {"source": "deepfillv2:" + _pickle_file(tmp_path, hostile=False), "trust_pickle": True}
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    code, stderr = run_cli(["analyze", run, *fast], capsys)
+    assert code == 2 and "--trust-pickle given on this command line" in error_line(stderr)
+    # the model given again on the command line: used, after checking it has the recorded weights
+    code, stderr = run_cli(["analyze", run, "--model", env.pconv, *fast], capsys)
+    assert code == 2 and "other weights than the recorded one" in error_line(stderr)
+    code, stderr = run_cli(["analyze", run, "--model", env.gated, *fast], capsys)
+    assert code == 0, stderr
+    assert "embedding" in load_run(run).manifest["analyses"] and not marker.exists()
+
+
+def test_analyze_rebuilds_a_checkpoint_folder_model_without_opt_in(env, tmp_path, capsys):
+    run = _gated_run(env, tmp_path, str(env.gated))
+    code, stderr = run_cli(["analyze", run, "--n", "2", "--no-ablation", "--no-attribution", "--no-sketch"], capsys)
+    assert code == 0, stderr
+
+
+def _shard_runs(env: Env, tmp_path: Path, shards: list[int], count: int = 4) -> list[Path]:
+    model = resolve_model(str(env.pconv))
+    return [record(model, "scenes:32", tmp_path / f"shard{i}", n=8, shard=(i, count), batch_size=2, samples=2,
+                   progress=False).path for i in shards]
+
+
+def test_merge_of_missing_shards_is_refused_or_marked_partial(env, tmp_path, capsys):
+    paths = _shard_runs(env, tmp_path, [0, 2])
+    code, stderr = run_cli(["merge", *paths, "--out", tmp_path / "merged"], capsys)
+    line = error_line(stderr)
+    assert code == 2 and "shards 1/4, 3/4 (images [2, 4), [6, 8) of 8) missing" in line, line
+    assert "--allow-partial" in line and not (tmp_path / "merged").exists()
+    code, stderr = run_cli(["merge", *paths, "--out", tmp_path / "merged", "--allow-partial"], capsys)
+    assert code == 0 and "partial run: shards 1/4, 3/4" in stderr, stderr
+    merged = load_run(tmp_path / "merged")
+    assert merged.manifest["n_images"] == 4 and merged.manifest["partial"]["missing"] == [[2, 4], [6, 8]]
+    # the missing shards merged in later: a whole run, no longer marked partial
+    paths += _shard_runs(env, tmp_path, [1, 3])
+    code, stderr = run_cli(["merge", *paths, "--out", tmp_path / "whole"], capsys)
+    assert code == 0, stderr
+    assert "partial" not in load_run(tmp_path / "whole").manifest
+
+
+def test_memory_estimate_refuses_what_cannot_fit(monkeypatch):
+    from probe.adapters import find_sites
+    from probe.errors import SettingsError
+    from probe.recording import budget
+    from probe.rundir.settings import RecordSettings
+
+    sites = find_sites(create_model("gated-scenes", width=8, image_size=SIZE))
+    settings = RecordSettings(batch_size=2)
+    need = budget.check_memory(sites, 3, settings, (SIZE, SIZE))
+    assert 0 < need < 64 * 2 ** 20
+    monkeypatch.setattr(budget, "available_memory", lambda: need)  # fits only with 20% to spare
+    with pytest.raises(SettingsError, match="more than the .* available"):
+        budget.check_memory(sites, 3, settings, (SIZE, SIZE))
+    with pytest.raises(SettingsError, match="beyond the 2\\*\\*31"):  # int32 histogram offsets would overflow
+        budget.check_memory(find_sites(create_model("gated-scenes", image_size=SIZE)), 100_000, settings, (SIZE, SIZE))
+
+
+def test_record_prints_its_time_estimate(env, tmp_path, capsys):
+    code, stderr = run_cli(_rec(env) + ["--out", tmp_path / "run"], capsys)
+    assert code == 0 and "estimate: recording 6 images takes about" in stderr, stderr
+
+
+# ============================================================================ 5. issue 16: the explorer
+@pytest.mark.parametrize("host, allowed", [
+    ("localhost", True), ("localhost:8050", True), ("127.0.0.1:8050", True), ("127.1.2.3", True), ("[::1]:8050", True),
+    ("LOCALHOST.", True), ("evil.example", False), ("evil.example:8050", False), ("localhost.evil.example", False),
+    ("127.0.0.1.evil.example", False), ("192.168.1.5:8050", False), ("[::2]:8050", False), ("", False),
+    ("localhost:80:80", False), ("localhost:x", False)])
+def test_loopback_explorer_rejects_foreign_host_headers(app, host, allowed):
+    """DNS rebinding: a page on evil.example whose name now resolves to 127.0.0.1 sends Host: evil.example."""
+    client = app.server.test_client()
+    response = client.get("/", headers={"Host": host})
+    assert (response.status_code == 200) is allowed, (host, response.status_code)
+    if not allowed:
+        assert response.status_code == 403 and "Traceback" not in response.get_data(as_text=True)
+        post = client.post("/_dash-update-component", json={}, headers={"Host": host})
+        assert post.status_code == 403
+
+
+def test_explorer_bound_beyond_loopback_answers_any_host(served):
+    from dashboards.app import create_app
+
+    client = create_app(served, loopback_only=False).server.test_client()
+    assert client.get("/", headers={"Host": "gateprobe.lab.example"}).status_code == 200
+
+
+def test_serve_uses_waitress_with_the_host_check(served, monkeypatch, capsys):
+    import waitress
+
+    calls = []
+    monkeypatch.setattr(waitress, "serve", lambda app, **kw: calls.append((app, kw)))
+    assert main(["serve", str(served), "--port", "8123"]) == 0
+    (wsgi, kw), = calls
+    assert kw["host"] == "127.0.0.1" and kw["port"] == 8123 and not wsgi.debug
+    assert wsgi.test_client().get("/", headers={"Host": "evil.example"}).status_code == 403
+    assert main(["serve", str(served), "--host", "0.0.0.0"]) == 0
+    assert calls[-1][1]["host"] == "0.0.0.0"
+    assert calls[-1][0].test_client().get("/", headers={"Host": "10.0.0.7:8050"}).status_code == 200

@@ -49,6 +49,37 @@ def _sub(module: nn.Module, name: str | None) -> nn.Module:
     return module if name is None else module.get_submodule(name)
 
 
+def _conv_of(module: nn.Module) -> nn.Conv2d:
+    """``module`` if it is a convolution, else the first convolution inside it (a spectral-norm or
+    weight-norm wrapper, a ``Sequential`` holding one)."""
+    if isinstance(module, nn.Conv2d):
+        return module
+    for inner in module.modules():
+        if isinstance(inner, nn.Conv2d):
+            return inner
+    raise ValueError(f"{type(module).__name__} holds no nn.Conv2d: name the gate convolution explicitly")
+
+
+class _ConvOutputTap:
+    """Calls ``fn(output)`` with the raw convolution output of a ``Conv2d`` subclass whose own
+    ``forward`` post-processes it (a layer that gates its own output): the instance's
+    ``_conv_forward`` is wrapped for as long as the tap lives; :meth:`remove` unwraps it."""
+
+    def __init__(self, conv: nn.Conv2d, fn):
+        self.conv = conv
+        original = type(conv)._conv_forward.__get__(conv)
+
+        def tapped(x, weight, bias):
+            out = original(x, weight, bias)
+            fn(out)
+            return out
+
+        conv._conv_forward = tapped
+
+    def remove(self) -> None:
+        self.conv.__dict__.pop("_conv_forward", None)
+
+
 def _call_mask(args: tuple, kwargs: dict, index: int, keyword: str) -> Tensor | None:
     """The mask argument of a forward call, given positionally or by keyword."""
     return args[index] if len(args) > index else kwargs.get(keyword)
@@ -94,11 +125,13 @@ class SplitGateAdapter(GatedAdapter):
         conv = _sub(module, self.conv)
         half = conv.out_channels // 2
 
-        def on_conv(_m, _inputs, out):
+        def on_out(out):
             logits = out[:, half:] if self.gate_half == "second" else out[:, :half]
             sink.gated(logits, torch.sigmoid(logits))
 
-        return [conv.register_forward_hook(on_conv)]
+        if conv is module and type(module).forward is not nn.Conv2d.forward:  # a conv that gates its own output
+            return [_ConvOutputTap(conv, on_out)]
+        return [conv.register_forward_hook(lambda _m, _inputs, out: on_out(out))]
 
 
 class SigmoidModuleGateAdapter(GatedAdapter):
@@ -110,7 +143,7 @@ class SigmoidModuleGateAdapter(GatedAdapter):
         self.gate, self.sigmoid = gate, sigmoid
 
     def geometry(self, module: nn.Module) -> dict:
-        return conv_geometry(_sub(module, self.gate))
+        return conv_geometry(_conv_of(_sub(module, self.gate)))
 
     def attach(self, module: nn.Module, sink) -> list:
         def on_sigmoid(_m, inputs, gates):
@@ -155,7 +188,9 @@ class TuplePartialAdapter(PartialAdapter):
         seen: dict = {}
 
         def on_call(_m, args, kwargs):
-            seen["valid_in"] = self._valid(_call_mask(args, kwargs, self.mask_arg, self.mask_keyword))
+            mask = _call_mask(args, kwargs, self.mask_arg, self.mask_keyword)
+            # called without a mask: the layer treats every input as valid
+            seen["valid_in"] = self._valid(mask) if mask is not None else torch.ones_like(args[0][:, :1])
 
         def on_out(_m, _args, output):
             valid_in = seen.pop("valid_in")

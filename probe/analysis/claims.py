@@ -6,15 +6,19 @@ value; nothing is hard-coded. ``not applicable`` means the runs lack what the me
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
 from ..errors import RunError
 from ..rundir.roles import DEFAULT_RULE, ROLE_COLUMNS, RoleRule, assign_roles, has_role
 from ..rundir.run import Run
+from .controls import compared, exceeds
 from .summary import partial_layer_summary
 
-SUPPORTED, NOT_SUPPORTED, NOT_APPLICABLE = "supported", "not supported", "not applicable"
+SUPPORTED, NOT_SUPPORTED, NOT_APPLICABLE, NO_CONTROL = "supported", "not supported", "not applicable", "no control"
+DEEP_RF_SHARE = 0.5  # G5: a layer is deep when its receptive field covers half the image side
 STATEMENTS = {
     "P1": "Partial conv uses only valid pixels: renormalised output, mask multiplied in.",
     "P2": "The next mask is a hard rule: one valid pixel under the window suffices.",
@@ -85,61 +89,153 @@ def partial_claims(run: Run) -> list[dict]:
     return rows
 
 
-def gated_claims(run: Run, rule: RoleRule = DEFAULT_RULE) -> list[dict]:
-    layers = run.layers
+def _roles(run: Run, rule: RoleRule) -> pd.DataFrame:
+    """The run's channels with their role columns under ``rule``."""
     ch = run.channels.drop(columns=[c for c in ROLE_COLUMNS if c in run.channels])
-    ch = pd.concat([ch, assign_roles(ch, run.labels, rule)], axis=1)  # the roles under ``rule``
+    return pd.concat([ch, assign_roles(ch, run.labels, rule)], axis=1)
+
+
+def _controlled(claim: str, measurement: str, result: dict, holds: bool, evidence: str, rule: str,
+                baseline: Run | None) -> dict:
+    """A G row: without a baseline the verdict is "no control" whatever the value; with one,
+    "supported" needs the rule to hold for the trained run and the difference's interval above 0."""
+    if baseline is None:
+        verdict = NO_CONTROL
+    else:
+        verdict = _verdict(holds and exceeds(result))
+        evidence += f"; baseline {baseline.name}: {result['baseline']:.4g} (difference {result['difference']:+.4g})"
+    row = _row(claim, measurement, result["value"], verdict, evidence, rule + CONTROL_RULE, result["ci"])
+    return row | {"baseline": result["baseline"], "difference": result["difference"]}
+
+
+CONTROL_RULE = ("; and the trained minus random-init baseline difference has a 95% interval above 0 "
+                "(\"no control\" without a baseline)")
+FAMILIES = ("hole", "valid", "sketch", "semantic")
+
+
+def deep_layers(layers: pd.DataFrame, image_size: int, share: float = DEEP_RF_SHARE) -> list[str]:
+    """Gated layers whose receptive field covers at least ``share`` of the image side (the stated
+    rule for "deep" in G5), in depth order."""
+    gated = layers[layers.kind == "gated"].sort_values("depth")
+    return list(gated.layer[gated.receptive_field >= share * image_size])
+
+
+def _separated(ch: pd.DataFrame, layer: str) -> bool:
+    """Whether ``layer`` has hole/valid channels and sketch channels, not all the same channels."""
+    sub = ch[ch.layer == layer]
+    hole = set(sub.channel[has_role(sub, "hole") | has_role(sub, "valid")])
+    sketch = set(sub.channel[has_role(sub, "sketch")])
+    return bool(hole and sketch and (hole - sketch) and (sketch - hole))
+
+
+def g5_sensitivity(run: Run, rule: RoleRule = DEFAULT_RULE) -> pd.DataFrame:
+    """G5 as a function of where "deep" starts: one row per gated layer taken as the first deep
+    one, with the number of layers from there on that separate hole and sketch channels."""
+    ch = _roles(run, rule)
+    gated = list(run.layers[run.layers.kind == "gated"].sort_values("depth").layer)
+    separated = [_separated(ch, layer) for layer in gated]
+    return pd.DataFrame({"first_deep_layer": gated, "deep_layers": [len(gated) - i for i in range(len(gated))],
+                         "separated_layers": [sum(separated[i:]) for i in range(len(gated))]})
+
+
+def gated_claims(run: Run, rule: RoleRule = DEFAULT_RULE, baseline: Run | None = None) -> list[dict]:
+    """The G rows for the gated ``run``, compared with the random-init ``baseline`` when given."""
+    ch = _roles(run, rule)
+    base = _roles(baseline, rule) if baseline is not None else None
     rows = []
     soft = float(ch.soft_fraction.median())
-    varying = float((ch["std"] > 0.01).mean())
-    rows.append(_row("G1", "median share of gate values in (0.05, 0.95); share of channels whose gate varies "
-                     "(std > 0.01)", soft, _verdict(soft >= 0.1 and varying >= 0.5),
-                     f"{len(ch)} channels; varying share {varying:.2f}",
-                     "supported if median soft share >= 0.1 and >= half the channels vary over locations"))
+    spread = compared(ch["std"].to_numpy(), None if base is None else base["std"].to_numpy(), np.median)
+    rows.append(_controlled("G1", "median over channels of the gate's std over locations (median soft share "
+                            "in the evidence)", spread, soft >= 0.1 and float((ch["std"] > 0.01).mean()) >= 0.5,
+                            f"{len(ch)} channels; median share of gates in (0.05, 0.95) {soft:.2f}",
+                            "supported if the median soft share >= 0.1 and >= half the channels vary", baseline))
+    rows.append(_g2(run, baseline))
+    eff = _effective(run)
+    diversity = compared(eff, None if baseline is None else _effective(baseline), np.median)
+    rows.append(_controlled("G3", "median over gated layers of the effective number of distinct gate maps",
+                            diversity, diversity["value"] >= 2,
+                            ", ".join(f"{layer} {v:.1f}" for layer, v in zip(run.layers.layer,
+                                                                               run.layers.effective_channels)
+                                      if layer in set(ch.layer)),
+                            "supported if the median is >= 2 (a partial layer measures exactly 1)", baseline))
+    flags = np.stack([has_role(ch, k).to_numpy(float) for k in FAMILIES], 1)  # [channels, 4]
+    base_flags = None if base is None else np.stack([has_role(base, k).to_numpy(float) for k in FAMILIES], 1)
+    per_family = {k: compared(flags[:, [i]], None if base_flags is None else base_flags[:, [i]], np.mean)
+                  for i, k in enumerate(FAMILIES)}
+    # the value: the smallest share among hole-or-valid, sketch and semantic channels
+    smallest = compared(flags, base_flags, _smallest_role_share)
+    counts = {k: int(flags[:, i].sum()) for i, k in enumerate(FAMILIES)}
+    base_counts = "" if base_flags is None else "; baseline " + ", ".join(
+        f"{k}: {int(base_flags[:, i].sum())}" for i, k in enumerate(FAMILIES))
+    null = run.table("null")
+    null_text = "" if null is None else "; under the label-shuffle null (mean, max over draws) " + ", ".join(
+        f"{k}: {g.channels.mean():.1f}, {g.channels.max()}" for k, g in null.groupby("family", sort=False))
+    rows.append(_controlled("G4", f"smallest share of channels among the hole/valid, sketch and semantic roles "
+                            f"({rule.describe()})", smallest,
+                            counts["hole"] + counts["valid"] > 0 and counts["sketch"] > 0 and counts["semantic"] > 0,
+                            ", ".join(f"{k}: {v}" for k, v in counts.items()) + base_counts + null_text
+                            + "; share differences "
+                            + ", ".join(f"{k} {r['difference']:+.3f}" for k, r in per_family.items()
+                                        if np.isfinite(r["difference"])),
+                            "supported if each of the three roles has channels", baseline))
+    rows.append(_g5(run, ch, base, baseline))
+    return rows
+
+
+def _effective(run: Run) -> np.ndarray:
+    layers = run.layers
+    return layers.loc[layers.kind == "gated", "effective_channels"].dropna().to_numpy()
+
+
+def _smallest_role_share(flags: np.ndarray) -> float:
+    """``flags`` ``[channels, 4]`` (hole, valid, sketch, semantic) -> min(hole or valid, sketch, semantic) share."""
+    share = flags.mean(0)
+    return float(min(share[0] + share[1], share[2], share[3]))
+
+
+def _g2(run: Run, baseline: Run | None) -> dict:
     inter = run.table("interventions")
     if inter is None:
-        rows.append(_row("G2", "change of gates in the hole when the sketch is removed", np.nan, NOT_APPLICABLE,
-                         "no sketch intervention in this run (gateprobe analyze)", "needs the sketch intervention"))
-    else:
-        gates = inter[inter.quantity == "gate_in_hole"]
-        strongest = gates.loc[gates.delta.abs().idxmax()]
-        significant = int((gates.q_value < 0.05).sum())
-        out = inter[inter.quantity == "hole_l1"].iloc[0]
-        rows.append(_row("G2", "largest mean change of a channel's gate in the hole when the sketch is removed",
-                         float(strongest.delta),
-                         _verdict(significant > 0 and out.delta > 0 and out.ci_low > 0),
-                         f"{strongest.layer} channel {int(strongest.channel)}; {significant} channels changed "
-                         f"(q < 0.05); output hole L1 +{out.delta:.4f} without the sketch",
-                         "supported if some channel's gate changes (q < 0.05) and removing the sketch worsens "
-                         "hole L1 (interval above 0)", (float(strongest.ci_low), float(strongest.ci_high))))
-    eff = layers.loc[layers.kind == "gated", "effective_channels"].dropna()
-    median = float(eff.median())
-    rows.append(_row("G3", "median over gated layers of the effective number of distinct gate maps", median,
-                     _verdict(median >= 2), ", ".join(f"{l} {v:.1f}" for l, v in zip(layers.layer, layers.effective_channels)
-                                                      if l in set(ch.layer)),
-                     "supported if the median is >= 2 (a partial layer measures exactly 1)"))
-    counts = {k: int(has_role(ch, k).sum()) for k in ("hole", "valid", "sketch", "semantic")}
-    rows.append(_row("G4", f"channels per role ({rule.describe()})",
-                     float(min(counts["hole"] + counts["valid"], counts["sketch"], counts["semantic"])),
-                     _verdict(counts["hole"] + counts["valid"] > 0 and counts["sketch"] > 0 and counts["semantic"] > 0),
-                     ", ".join(f"{k}: {v}" for k, v in counts.items()),
-                     "supported if at least one hole/valid, one sketch and one semantic channel exist; value = "
-                     "the smallest of the three counts"))
-    gated = layers[layers.kind == "gated"].sort_values("depth")
-    deep = set(gated.layer.iloc[len(gated) // 2:])
-    both = []
-    for layer in gated.layer:
-        if layer not in deep:
-            continue
-        sub = ch[ch.layer == layer]
-        hole = set(sub.channel[has_role(sub, "hole") | has_role(sub, "valid")])
-        sketch = set(sub.channel[has_role(sub, "sketch")])
-        if hole and sketch and (hole - sketch) and (sketch - hole):
-            both.append(layer)
-    rows.append(_row("G5", "deep layers (second half by depth) with distinct hole/valid and sketch channels",
-                     float(len(both)), _verdict(len(both) > 0), ", ".join(both) or "none",
-                     "supported if at least one deep layer has both, in different channels"))
-    return rows
+        return _row("G2", "change of gates in the hole when the sketch is removed", np.nan, NOT_APPLICABLE,
+                    "no sketch intervention in this run (gateprobe analyze)", "needs the sketch intervention")
+    gates = inter[inter.quantity == "gate_in_hole"]
+    strongest = gates.loc[gates.delta.abs().idxmax()]
+    significant = int((gates.q_value < 0.05).sum())
+    out = inter[inter.quantity == "hole_l1"].iloc[0]
+    result = {"value": float(out.delta), "baseline": float("nan"), "difference": float("nan"),
+              "ci": (float(out.ci_low), float(out.ci_high))}
+    evidence = (f"{significant} channels changed (q < 0.05), strongest {strongest.layer} channel "
+                f"{int(strongest.channel)} {strongest.delta:+.3f}")
+    base = baseline.table("interventions") if baseline is not None else None
+    if baseline is not None and base is not None:
+        other = base[base.quantity == "hole_l1"].iloc[0]
+        # independent runs on the same images: half-widths add in quadrature (normal approximation)
+        half = np.hypot((out.ci_high - out.ci_low) / 2, (other.ci_high - other.ci_low) / 2)
+        difference = float(out.delta - other.delta)
+        result.update(baseline=float(other.delta), difference=difference, ci=(difference - half, difference + half))
+    elif baseline is not None:
+        evidence += f"; the baseline {baseline.name} has no sketch intervention (run gateprobe analyze on it)"
+        baseline = None
+    return _controlled("G2", "increase of the output's hole L1 when the sketch is removed", result,
+                       significant > 0 and out.delta > 0 and out.ci_low > 0, evidence,
+                       "supported if some gate changes (q < 0.05) and removing the sketch worsens hole L1 "
+                       "(interval above 0)", baseline)
+
+
+def _g5(run: Run, ch: pd.DataFrame, base: pd.DataFrame | None, baseline: Run | None) -> dict:
+    size = int(run.manifest.get("image_size", [0])[0] or 0)
+    deep = deep_layers(run.layers, size)
+    trained = np.array([[_separated(ch, layer)] for layer in deep], float).reshape(-1, 1)
+    base_deep = [] if baseline is None else deep_layers(baseline.layers, size)
+    other = None if base is None else np.array([[_separated(base, layer)] for layer in base_deep], float).reshape(-1, 1)
+    result = compared(trained, other, lambda x: float(x.sum()) if len(x) else 0.0)
+    sensitivity = g5_sensitivity(run)
+    curve = ", ".join(f"{r.first_deep_layer}: {r.separated_layers}/{r.deep_layers}" for r in sensitivity.itertuples())
+    return _controlled("G5", f"deep layers (receptive field >= {DEEP_RF_SHARE:g} of the image) with distinct "
+                       "hole/valid and sketch channels", result, result["value"] > 0,
+                       f"{len(deep)} deep layers: {', '.join(layer for layer, s in zip(deep, trained[:, 0]) if s) or 'none'}"
+                       f" separate them; by first deep layer: {curve}",
+                       "supported if at least one deep layer has both, in different channels", baseline)
 
 
 def split_runs(run_a: Run, run_b: Run) -> tuple[Run, Run]:
@@ -153,16 +249,32 @@ def split_runs(run_a: Run, run_b: Run) -> tuple[Run, Run]:
                      f"({'/'.join(sorted(kinds[0]))}) and {run_b.name} ({'/'.join(sorted(kinds[1]))})")
 
 
-def claims(run_a: Run, run_b: Run, rule: RoleRule = DEFAULT_RULE) -> pd.DataFrame:
+def claims(run_a: Run, run_b: Run, rule: RoleRule = DEFAULT_RULE, baseline: Run | None = None) -> pd.DataFrame:
     """The claims table for a partial-convolution run and a gated run, given in either order;
-    channel roles (G4, G5) follow ``rule``."""
+    channel roles (G4, G5) follow ``rule``. The G rows compare the gated run with ``baseline``, a
+    random-init run of the same architecture on the same data (default: the one linked in the
+    gated run's manifest by ``record --with-baseline``, if any); without one they say "no control"."""
     run_partial, run_gated = split_runs(run_a, run_b)
     rows = partial_claims(run_partial)
     accepts = bool(run_partial.manifest["model"].get("accepts_sketch"))
     rows.append(_row("P5", "the partial model's sketch input (accepts_sketch)", float(accepts), _verdict(not accepts),
                      f"{run_partial.manifest['model']['name']} accepts_sketch={accepts}",
                      "supported if the model has no sketch input"))
-    rows += gated_claims(run_gated, rule)
+    rows += gated_claims(run_gated, rule, baseline if baseline is not None else linked_baseline(run_gated))
     frame = pd.DataFrame(rows)
     order = {c: i for i, c in enumerate(STATEMENTS)}
     return frame.sort_values("claim", key=lambda s: s.map(order), ignore_index=True)
+
+
+def linked_baseline(run: Run) -> Run | None:
+    """The baseline run that ``record --with-baseline`` linked in ``run``'s manifest, if it exists."""
+    from ..rundir.run import load_run
+
+    link = run.manifest.get("baseline")
+    if not link:
+        return None
+    path = (run.path / link) if not Path(link).is_absolute() else Path(link)
+    try:
+        return load_run(path)
+    except RunError:
+        return None

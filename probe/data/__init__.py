@@ -1,8 +1,10 @@
-"""Data: the labelled Scenes generator, hole masks, sketches and researchers' folders.
+"""Data: the labelled Scenes generator, hole masks, sketches, researchers' folders and the
+standard segmentation datasets (:mod:`.formats`).
 
 Every dataset yields dicts with ``image`` ``[3,H,W]`` float32 in [0,1], ``hole`` ``[1,H,W]``
-(1 = hole), ``sketch`` ``[1,H,W]`` (edges inside the hole), ``labels`` ``[H,W]`` int64 and
-``index``; its ``classes`` name the label ids and ``spec()`` describes it as JSON.
+(1 = hole), ``sketch`` ``[1,H,W]`` (edges inside the hole), ``labels`` ``[H,W]`` int64 (:data:`IGNORE`,
+-1, for pixels of no class) and ``index``; its ``classes`` name the label ids and ``spec()``
+describes it as JSON.
 """
 from __future__ import annotations
 
@@ -10,8 +12,17 @@ import torch
 
 from ..errors import DataError
 from .folder import FolderDataset
+from .formats import FORMATS, IGNORE
 from .masks import HOLE_AREA, hole_mask
-from .scenes import CLASSES, HELDOUT_SEED, TRAIN_SEED, Scenes, heldout_items, render_scene, scene_item
+from .scenes import (
+    CLASSES,
+    HELDOUT_SEED,
+    TRAIN_SEED,
+    Scenes,
+    heldout_items,
+    render_scene,
+    scene_item,
+)
 from .sketch import label_boundaries, sketch_from_labels
 
 
@@ -23,41 +34,81 @@ def collate(items: list[dict]) -> dict:
     except RuntimeError:
         sizes = sorted({tuple(it["image"].shape[-2:]) for it in items})
         names = [it.get("name", it["index"]) for it in items]
-        raise DataError(f"images of different sizes {sizes} in one batch (items {names[:4]}); resize them to one "
-                        "size or record with --batch-size 1") from None
+        raise DataError(f"images of different sizes {sizes} in one batch (items {names[:4]}); pass --size S to "
+                        "resize and crop every image to S x S") from None
     batch["index"] = torch.tensor([it["index"] for it in items])
     return batch
 
 
+IMAGE_FORMATS = {"folder": FolderDataset, **FORMATS}
+IMAGE_OPTIONS = ("split", "size", "mask_threshold", "holes", "holes_invert", "sketches")
+
+
 def parse_data(text: str, n: int | None = None, seed: int | None = None, start: int = 0,
-               mask_threshold: float | None = None):
-    """Build a dataset from the CLI form: ``scenes`` / ``scenes:SIZE`` or ``folder:PATH``.
-    ``mask_threshold`` (folders only): mask pixels at or above it (0-1 of white) are hole."""
+               mask_threshold: float | None = None, split: str | None = None, size: int | None = None,
+               holes: str | None = None, holes_invert: bool = False, sketches: str | None = None):
+    """Build a dataset from the CLI form: ``scenes`` / ``scenes:SIZE``, ``folder:PATH`` or a standard
+    format ``voc:ROOT``, ``ade20k:ROOT``, ``cityscapes:ROOT``, ``cocostuff:ROOT``. The other options
+    apply to the image formats only: ``split`` (default: the format's validation split), ``size``
+    (resize the shorter side, centre-crop to ``size x size``), ``mask_threshold`` (mask pixels at or
+    above it, 0-1 of white, are hole), ``holes`` (``free``, ``box:FRACTION``, ``folder:PATH``) with
+    ``holes_invert``, and ``sketches`` (a folder of PNGs named like the images)."""
     kind, _, arg = text.partition(":")
-    if mask_threshold is not None and kind != "folder":
-        raise DataError(f"--mask-threshold applies to folder:PATH data with masks/, not to {text!r}")
+    options = {"split": split, "size": size, "mask_threshold": mask_threshold, "holes": holes,
+               "holes_invert": holes_invert or None, "sketches": sketches}
+    given = [k for k, v in options.items() if v is not None]
     if kind == "scenes":
+        if given:
+            raise DataError(f"--{given[0].replace('_', '-')} applies to image folders and datasets, not to "
+                            f"{text!r} (Scenes: choose the size with scenes:SIZE)")
+        arg, _, variant = arg.partition(":")
+        if variant not in ("", "shapes"):
+            raise DataError(f"--data {text!r}: the only Scenes variant is scenes:SIZE:shapes (objects that differ "
+                            "only by shape)")
         try:
             size = int(arg) if arg else 64
         except ValueError:
             raise DataError(f"--data {text!r}: the Scenes size must be an integer, e.g. scenes:64") from None
-        return Scenes(size=size, n=n or 1024, seed=HELDOUT_SEED if seed is None else seed, start=start)
-    if kind == "folder" and arg:
-        return FolderDataset(arg, seed=seed or 0, mask_threshold=0.5 if mask_threshold is None else mask_threshold)
-    raise DataError(f"--data {text!r}: use scenes, scenes:SIZE (32-256) or folder:PATH")
+        return Scenes(size=size, n=n or 1024, seed=HELDOUT_SEED if seed is None else seed, start=start,
+                      shape_only=variant == "shapes")
+    if kind in IMAGE_FORMATS and arg:
+        if kind == "folder" and split is not None:
+            raise DataError(f"--split applies to the standard datasets ({', '.join(FORMATS)}), not to a folder")
+        return IMAGE_FORMATS[kind](arg, seed=seed or 0, **{k: options[k] for k in given})
+    raise DataError(f"--data {text!r}: use scenes, scenes:SIZE (32-256), scenes:SIZE:shapes, folder:PATH or "
+                    f"{', '.join(k + ':ROOT' for k in FORMATS)}")
 
 
 def dataset_from_spec(spec: dict):
     """Rebuild a dataset from its ``spec()``."""
     if spec["kind"] == "scenes":
         return Scenes(size=spec["size"], n=spec["n"], seed=spec["seed"], start=spec.get("start", 0),
-                      hole_mode=spec.get("hole_mode", "free"), hole_area=tuple(spec.get("hole_area", HOLE_AREA)))
-    if spec["kind"] == "folder":
-        return FolderDataset(spec["path"], seed=spec.get("seed", 0), hole_area=tuple(spec["hole_area"]),
-                             mask_threshold=spec.get("mask_threshold", 0.5))
+                      hole_mode=spec.get("hole_mode", "free"), hole_area=tuple(spec.get("hole_area", HOLE_AREA)),
+                      shape_only=bool(spec.get("shape_only", False)))
+    if spec["kind"] in IMAGE_FORMATS:
+        options = {k: spec[k] for k in IMAGE_OPTIONS if spec.get(k) is not None}
+        return IMAGE_FORMATS[spec["kind"]](spec["path"], seed=spec.get("seed", 0),
+                                           hole_area=tuple(spec.get("hole_area", HOLE_AREA)), **options)
     raise DataError(f"unknown data kind {spec['kind']!r} in spec")
 
 
-__all__ = ["CLASSES", "HELDOUT_SEED", "HOLE_AREA", "TRAIN_SEED", "DataError", "FolderDataset", "Scenes", "collate",
-           "dataset_from_spec", "heldout_items", "hole_mask", "label_boundaries", "parse_data",
-           "render_scene", "scene_item", "sketch_from_labels"]
+__all__ = [
+    "CLASSES",
+    "FORMATS",
+    "HELDOUT_SEED",
+    "HOLE_AREA",
+    "IGNORE",
+    "TRAIN_SEED",
+    "DataError",
+    "FolderDataset",
+    "Scenes",
+    "collate",
+    "dataset_from_spec",
+    "heldout_items",
+    "hole_mask",
+    "label_boundaries",
+    "parse_data",
+    "render_scene",
+    "scene_item",
+    "sketch_from_labels",
+]

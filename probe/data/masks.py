@@ -1,6 +1,8 @@
 """Hole masks (1 = hole): DeepFill v2 style free-form strokes plus boxes, or rectangles."""
 from __future__ import annotations
 
+from itertools import pairwise
+
 import numpy as np
 
 from ..errors import DataError
@@ -21,14 +23,17 @@ def _strokes(rng: np.random.Generator, size: int) -> np.ndarray:
         angle = rng.uniform(0, 2 * np.pi)
         length = rng.uniform(10, 60) * scale * 1.5
         points.append(np.clip(points[-1] + length * np.array([np.sin(angle), np.cos(angle)]), 0, size - 1))
-    p0, p1 = np.array(points[:-1]), np.array(points[1:])  # [S, 2] each, (y, x)
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
-    grid = np.stack([yy.ravel(), xx.ravel()], 1)  # [P, 2]
-    d = p1 - p0
-    t = np.clip(((grid[None] - p0[:, None]) * d[:, None]).sum(-1) / ((d ** 2).sum(-1)[:, None] + 1e-9), 0, 1)
-    closest = p0[:, None] + t[..., None] * d[:, None]
-    dist = np.sqrt(((grid[None] - closest) ** 2).sum(-1)).min(0)
-    return (dist <= width / 2).reshape(size, size)
+    hole = np.zeros((size, size), bool)
+    for p0, p1 in pairwise(points):  # (y, x) each; only the segment's box can be within reach
+        lo = np.clip(np.floor(np.minimum(p0, p1) - width / 2 - 1), 0, size).astype(int)
+        hi = np.clip(np.ceil(np.maximum(p0, p1) + width / 2 + 1), 0, size).astype(int)
+        yy, xx = np.mgrid[lo[0]:hi[0], lo[1]:hi[1]].astype(np.float32) + 0.5
+        grid = np.stack([yy.ravel(), xx.ravel()], 1)  # [P, 2]
+        d = p1 - p0
+        t = np.clip(((grid - p0) * d).sum(-1) / ((d ** 2).sum() + 1e-9), 0, 1)
+        dist = np.sqrt(((grid - (p0 + t[:, None] * d)) ** 2).sum(-1))
+        hole[lo[0]:hi[0], lo[1]:hi[1]] |= (dist <= width / 2).reshape(hi[0] - lo[0], hi[1] - lo[1])
+    return hole
 
 
 def _box(rng: np.random.Generator, size: int, area: float) -> np.ndarray:

@@ -5,6 +5,11 @@ pond of water and a brick wall standing on the ground, and one to three objects 
 triangle) occluding the background. Surfaces are coloured real photo textures from
 scikit-image, so filling a hole needs the semantics: continue the horizon, the wall behind an
 object, the road's edges.
+
+Every class but the three objects has its own texture and colour, so a gate that follows it may
+follow appearance; the objects have random colours, and with ``shape_only=True`` (probe data,
+``scenes:SIZE:shapes``) all three share one texture too, so disc, box and triangle differ only by
+shape (the scene is otherwise the same: the same random draws in the same order).
 """
 from __future__ import annotations
 
@@ -34,9 +39,9 @@ def _paint(rng, image, region, base_rgb, tex_name, amplitude, size):
     image[region] = np.broadcast_to(layer, image.shape)[region]
 
 
-def render_scene(seed: int, index: int, size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+def render_scene(seed: int, index: int, size: int = 64, shape_only: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Render scene ``index`` of stream ``seed``: image ``[H, W, 3]`` float32 in [0, 1] and labels
-    ``[H, W]`` uint8 (ids into :data:`CLASSES`)."""
+    ``[H, W]`` uint8 (ids into :data:`CLASSES`). ``shape_only``: the objects share one texture."""
     if not MIN_SIZE <= size <= MAX_SIZE:
         raise DataError(f"Scenes size must be between {MIN_SIZE} and {MAX_SIZE}, got {size}")
     rng = np.random.default_rng([seed, index])
@@ -93,16 +98,16 @@ def render_scene(seed: int, index: int, size: int = 64) -> tuple[np.ndarray, np.
         hue = rng.uniform(0, 1)
         rgb = colorsys.hsv_to_rgb(hue, rng.uniform(0.6, 0.9), rng.uniform(0.6, 0.9))
         labels[shape] = kind
-        _paint(rng, image, shape, rgb, "fur" if kind == DISC else "beans", 0.15, size)
+        _paint(rng, image, shape, rgb, "fur" if kind == DISC and not shape_only else "beans", 0.15, size)
 
     return np.clip(image, 0, 1), labels
 
 
 def scene_item(seed: int, index: int, size: int = 64, hole_mode: str = "free",
-               hole_area: tuple[float, float] = HOLE_AREA) -> dict:
+               hole_area: tuple[float, float] = HOLE_AREA, shape_only: bool = False) -> dict:
     """One item as tensors: ``image`` ``[3,H,W]`` float32 in [0,1], ``hole`` ``[1,H,W]`` (1 = hole),
     ``sketch`` ``[1,H,W]`` (label boundaries inside the hole), ``labels`` ``[H,W]`` int64, ``index``."""
-    image, labels = render_scene(seed, index, size)
+    image, labels = render_scene(seed, index, size, shape_only)
     hole = hole_mask(np.random.default_rng([seed, index, 1]), size, mode=hole_mode, area=hole_area)
     return make_item(image, labels, hole, index)
 
@@ -117,11 +122,11 @@ class Scenes(torch.utils.data.Dataset):
     classes = CLASSES
 
     def __init__(self, size: int = 64, n: int = 1024, seed: int = TRAIN_SEED, hole_mode: str = "free",
-                 hole_area: tuple[float, float] = HOLE_AREA, start: int = 0):
+                 hole_area: tuple[float, float] = HOLE_AREA, start: int = 0, shape_only: bool = False):
         if not MIN_SIZE <= size <= MAX_SIZE:
             raise DataError(f"Scenes size must be between {MIN_SIZE} and {MAX_SIZE}, got {size}")
         self.size, self.n, self.seed, self.start = size, n, seed, start
-        self.hole_mode, self.hole_area = hole_mode, tuple(hole_area)
+        self.hole_mode, self.hole_area, self.shape_only = hole_mode, tuple(hole_area), shape_only
 
     def __len__(self) -> int:
         return self.n
@@ -129,12 +134,13 @@ class Scenes(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict:
         if not 0 <= i < self.n:
             raise IndexError(f"Scenes index {i} out of range [0, {self.n})")
-        return scene_item(self.seed, self.start + i, self.size, self.hole_mode, self.hole_area)
+        return scene_item(self.seed, self.start + i, self.size, self.hole_mode, self.hole_area, self.shape_only)
 
     def spec(self) -> dict:
         """A JSON-able description that rebuilds this dataset (see :func:`probe.data.dataset_from_spec`)."""
         return {"kind": "scenes", "size": self.size, "n": self.n, "seed": self.seed, "start": self.start,
-                "hole_mode": self.hole_mode, "hole_area": list(self.hole_area), "classes": list(CLASSES)}
+                "hole_mode": self.hole_mode, "hole_area": list(self.hole_area), "classes": list(CLASSES)} | (
+                    {"shape_only": True} if self.shape_only else {})
 
 
 def heldout_items(n: int = 256, size: int = 64) -> list[dict]:

@@ -17,13 +17,14 @@ def sketch_from_labels(labels: np.ndarray, hole: np.ndarray) -> np.ndarray:
     return label_boundaries(labels) & hole.astype(bool)
 
 
-def make_item(image, labels, hole, index: int, **extra) -> dict:
+def make_item(image, labels, hole, index: int, sketch=None, **extra) -> dict:
     """The gateprobe item dict from numpy ``image`` ``[H, W, 3]`` float32, ``labels`` ``[H, W]`` and
     ``hole`` ``[H, W]`` bool: tensors ``image`` ``[3,H,W]``, ``hole``/``sketch`` ``[1,H,W]`` (the sketch
-    being the label boundaries inside the hole), ``labels`` ``[H,W]`` int64, plus ``index`` and ``extra``."""
+    given ``[H, W]`` bool, else the label boundaries inside the hole), ``labels`` ``[H,W]`` int64,
+    plus ``index`` and ``extra``."""
     import torch
 
-    sketch = sketch_from_labels(labels, hole)
+    sketch = sketch_from_labels(labels, hole) if sketch is None else sketch
     return {
         "image": torch.from_numpy(image.transpose(2, 0, 1).copy()),
         "hole": torch.from_numpy(hole[None].astype(np.float32)),

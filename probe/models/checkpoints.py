@@ -61,8 +61,17 @@ def load_model(folder: str | Path, verify: bool = True) -> nn.Module:
     weights = folder / WEIGHTS
     if not weights.is_file():
         raise CheckpointError(f"{folder}: no {WEIGHTS}")
+    recorded = card.get("sha256")
+    if verify and not (isinstance(recorded, str) and len(recorded) == 64
+                       and all(ch in "0123456789abcdef" for ch in recorded.lower())):
+        raise CheckpointError(f"{folder / CARD}: no valid 'sha256' of {WEIGHTS} (got {recorded!r}), so the weights "
+                              "cannot be verified; restore the card from the checkpoint's source (or pass "
+                              "verify=False if you wrote it yourself)")
+    if "config" not in card:
+        raise CheckpointError(f"{folder / CARD}: no 'config' (the model's settings, e.g. {{\"width\": 32, "
+                              "\"image_size\": 64}}); restore the card from the checkpoint's source")
     blob = weights.read_bytes()
-    if verify and hashlib.sha256(blob).hexdigest() != card.get("sha256"):
+    if verify and hashlib.sha256(blob).hexdigest() != recorded.lower():
         raise CheckpointError(f"{weights}: sha256 does not match card.json; the file is corrupt or was "
                               "replaced; restore it (or pass verify=False if you changed it on purpose)")
     try:
@@ -72,6 +81,7 @@ def load_model(folder: str | Path, verify: bool = True) -> nn.Module:
     config = card.get("config", {})
     if not isinstance(card.get("model"), str) or not isinstance(config, dict):
         raise CheckpointError(f"{folder / CARD}: 'model' must be a registry name and 'config' an object")
+    _check_config_types(folder / CARD, card["model"], config)
     try:  # first without memory (meta device): a card whose config does not fit the weights builds nothing
         with torch.device("meta"):
             skeleton = create_model(card["model"], **config)
@@ -100,6 +110,32 @@ def load_model(folder: str | Path, verify: bool = True) -> nn.Module:
     model.card = card
     model.source = str(folder)
     return model.eval()
+
+
+def _check_config_types(path: Path, name: str, config: dict) -> None:
+    """Each config value has the type of the registry's default (a string width is a clear error,
+    not a failure deep inside the model's constructor)."""
+    import math
+
+    from .registry import list_models, model_spec
+
+    defaults = model_spec(name).defaults if name in list_models() else {}
+    for key, value in config.items():
+        default = defaults.get(key)
+        if isinstance(default, bool):
+            ok, kind = isinstance(value, bool), "true or false"
+        elif isinstance(default, int):
+            ok, kind = isinstance(value, int) and not isinstance(value, bool), "an integer"
+        elif isinstance(default, float):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            kind = "a number"
+        elif isinstance(default, str):
+            ok, kind = isinstance(value, str), "a string"
+        else:
+            continue
+        if not ok:
+            raise CheckpointError(f"{path}: config {key!r} is {value!r}; expected {kind} (the registry's default for "
+                                  f"{name} is {default!r}); restore the card from the checkpoint's source")
 
 
 def _key_mismatch(model: nn.Module, state: dict) -> tuple[list[str], list[str]]:

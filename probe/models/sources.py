@@ -12,7 +12,7 @@ from pathlib import Path
 
 from torch import nn
 
-from ..errors import ModelError
+from ..errors import GateprobeError, ModelError, UserModelError
 from ..rundir.files import sha256_file
 from .checkpoints import load_model
 from .registry import create_model, list_models
@@ -69,16 +69,41 @@ def resolve_model(spec: str, random_init: bool = False, trust_pickle: bool = Fal
                      f"a loader prefix ({', '.join(sorted(LOADERS)) or 'none'}) or package.module:function")
 
 
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _user_code(spec: str, what: str, call):
+    """``call()``, running the user's code named by ``spec``: what it raises (or a ``sys.exit``)
+    becomes a :class:`UserModelError` naming it, gateprobe's own errors pass through."""
+    try:
+        return call()
+    except (GateprobeError, UserModelError):
+        raise
+    except SystemExit as err:
+        raise UserModelError(f"--model {spec!r}: {what} called sys.exit({err.code!r}); a model module must define "
+                             "its factory without exiting", spec, err) from err
+    except Exception as err:  # noqa: BLE001 - the user's code: reported as theirs, traceback behind --debug
+        raise UserModelError(f"--model {spec!r}: your code raised {type(err).__name__} {what}: {_first_line(err)}",
+                             spec, err) from err
+
+
 def _from_import_path(spec: str) -> nn.Module:
     module_name, function_name = spec.split(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as err:
-        raise ModelError(f"--model {spec!r}: cannot import {module_name!r} ({err}); check the module is on PYTHONPATH")
+
+    def load():
+        try:
+            return importlib.import_module(module_name)
+        except ImportError as err:
+            raise ModelError(f"--model {spec!r}: cannot import {module_name!r} ({_first_line(err)}); check the module "
+                             "is on PYTHONPATH and its dependencies are installed") from None
+
+    module = _user_code(spec, f"while importing {module_name!r}", load)
     factory = getattr(module, function_name, None)
     if not callable(factory):
         raise ModelError(f"--model {spec!r}: {module_name} has no callable {function_name!r}")
-    model = factory()
+    model = _user_code(spec, f"in {function_name}()", factory)
     if not isinstance(model, nn.Module):
         raise ModelError(f"--model {spec!r}: {function_name}() returned {type(model).__name__}, not an nn.Module")
     model.source_info = {"name": spec, "source": spec, "sha256": None}

@@ -8,17 +8,20 @@ from torch import Tensor, nn
 from ..adapters import Site
 from ..errors import NumericalError, calling_model
 from ..hooks import eval_mode, hooks_attached, site_attachers
+from .recorder import check_output
 
-RANGE_GRID = 64  # calibrated ranges are rounded outwards to 1/64 logit: robust to 1-ulp differences
+MIN_SPAN = 1e-3  # logits: a channel that is constant on the calibration images still gets bins this wide
 
 
 def calibrate_logit_ranges(model: nn.Module, sites: list[Site], batches: list[dict], use_sketch: bool,
                            margin: float = 0.25, tail: float = 5e-4) -> dict[str, tuple[Tensor, Tensor]]:
     """Per gated layer, the logit range ``(lo [C], hi [C])`` of each channel on ``batches`` (the
     first images of the data, the same for every shard): its ``tail`` and ``1 - tail`` quantiles
-    (linear interpolation, as ``torch.quantile``), widened by ``margin`` of their span on both sides
-    and rounded outwards to 1/64. Rare outliers then fall in the open end bins instead of
-    stretching every bin; the top-0.005 threshold of the IoU stays inside the range.
+    (linear interpolation, as ``torch.quantile``), widened by ``margin`` of their span (plus
+    ``MIN_SPAN``) on both sides. Rare outliers then fall in the open end bins instead of stretching
+    every bin; the top-0.005 threshold of the IoU stays inside the range. There is no rounding to a
+    fixed grid: a channel whose logits span 0.01 gets bins 0.01 / 512 wide, not one bin of 1/64.
+    Every shard calibrates on the same images in the same batches, so the ranges agree exactly.
 
     The quantiles are exact over all the images, yet only the ``k`` smallest and largest logits of
     each channel are kept from batch to batch (``k`` = the tail's order statistics plus one), so
@@ -45,13 +48,13 @@ def calibrate_logit_ranges(model: nn.Module, sites: list[Site], batches: list[di
     with hooks_attached(model, site_attachers(gated, _Collect)), eval_mode(model), torch.inference_mode(), \
             calling_model(model, "calibration pass"):
         for batch in batches:
-            model(batch["image"], batch["hole"], batch["sketch"] if use_sketch else None)
+            out = model(batch["image"], batch["hole"], batch["sketch"] if use_sketch else None)
+            check_output(model, out, batch["image"], "calibration pass")
     ranges = {}
     for name, t in tails.items():
         lo, hi = t.quantiles()
-        pad = margin * (hi - lo) + 1.0 / RANGE_GRID
-        ranges[name] = (torch.floor((lo - pad) * RANGE_GRID) / RANGE_GRID,
-                        torch.ceil((hi + pad) * RANGE_GRID) / RANGE_GRID)
+        pad = margin * (hi - lo) + MIN_SPAN
+        ranges[name] = (lo - pad, hi + pad)
     return ranges
 
 

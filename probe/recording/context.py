@@ -5,7 +5,10 @@ How masks and labels reach a layer of resolution ``h x w`` from the image's ``H 
 * hole: the share of hole pixels in each cell (area average); a cell is hole when >= 0.5;
 * border: valid cells within ``border`` cells (Chebyshev distance) of a hole cell; far: the rest;
 * sketch: a hole cell holding any sketch pixel (max pooling), so thin strokes survive;
-* labels: the label at the centre pixel of each cell (nearest, never averaged ids).
+* labels: the label at the centre pixel of each cell (nearest, never averaged ids). A negative
+  id (-1, :data:`probe.data.IGNORE`) is ignored: its one-hot row is all zero and
+  :meth:`BatchContext.label_kept` marks it, so it counts in no label statistic; the region
+  statistics still count every pixel.
 
 Each is computed once per batch and resolution and shared by every layer at that resolution.
 """
@@ -23,8 +26,8 @@ class BatchContext:
     ``group`` ``[B]`` int64 (image group), ``n_labels`` classes, ``border`` cells."""
 
     def __init__(self, hole: Tensor, sketch: Tensor | None, labels: Tensor, group: Tensor,
-                 n_labels: int, border: int = 2):
-        self.hole, self.labels, self.group = hole, labels, group
+                 n_labels: int, border: int = 2, image: Tensor | None = None):
+        self.hole, self.labels, self.group, self.image = hole, labels, group, image
         self.sketch = sketch if sketch is not None else torch.zeros_like(hole)
         self.n_labels, self.border = n_labels, border
         self._cache: dict[tuple, tuple] = {}
@@ -50,16 +53,55 @@ class BatchContext:
         return self._cache[key]
 
     def label_ids(self, size: tuple[int, int]) -> tuple[Tensor, Tensor]:
-        """Label id ``[B,1,h,w]`` int64 (centre pixel of each cell) and one-hot ``[B, h*w, L]``."""
+        """Label id ``[B,1,h,w]`` int64 (centre pixel of each cell; ignored cells hold 0) and one-hot
+        ``[B, h*w, L]`` (all zero for ignored cells)."""
         key = ("labels", size)
         if key not in self._cache:
             H, W = self.labels.shape[-2:]
             ys = ((torch.arange(size[0]) + 0.5) * H / size[0]).long()
             xs = ((torch.arange(size[1]) + 0.5) * W / size[1]).long()
             labels = self.labels[:, ys][:, :, xs].unsqueeze(1)
-            self._cache[key] = (labels, _onehot(labels, self.n_labels))
+            onehot = _onehot(labels.clamp(min=-1) + 1, self.n_labels + 1)[..., 1:]  # ignored: the dropped column
+            self._cache[key] = (labels.clamp(min=0), onehot)
         return self._cache[key]
 
+    def label_kept(self, size: tuple[int, int]) -> Tensor | None:
+        """``[B,1,h,w]`` bool, false at ignored cells; None when no cell of the batch is ignored."""
+        key = ("kept", size)
+        if key not in self._cache:
+            kept = self.label_ids(size)[1].sum(2).bool().view(len(self.labels), 1, *size)
+            self._cache[key] = None if bool(kept.all()) else kept
+        return self._cache[key]
+
+    def drop_ignored(self, size: tuple[int, int], bins: Tensor, offsets: Tensor) -> tuple[Tensor, Tensor]:
+        """Flat ``bins`` ``[B,C,h,w]`` and label ``offsets`` ``[B,1,h,w]`` (see
+        ``ConditionedHistogram.add_binned``) of the cells at ``size``, as given when no label is
+        ignored, else ``[N]`` each for the cells whose label is kept."""
+        kept = self.label_kept(size)
+        if kept is None:
+            return bins, offsets
+        kept = kept.expand_as(bins)
+        return bins[kept], offsets.expand_as(bins)[kept]
+
+
+    def trivial_features(self, size: tuple[int, int]) -> Tensor | None:
+        """The trivial input features at ``size`` (``TRIVIAL_FEATURES``), ``[B, 6, h, w]``
+        float32, or None without an image: the cell's mean R, G, B; the variance of the cell
+        luminance over its 3x3 cell neighbourhood; the cell's row and column in (0, 1). A label
+        that one of them separates as well as a gate does is appearance or position, not semantics."""
+        if self.image is None:
+            return None
+        key = ("trivial", size)
+        if key not in self._cache:
+            colour = F.adaptive_avg_pool2d(self.image.float(), size)
+            lum = colour.mean(1, keepdim=True)
+            mean = F.avg_pool2d(lum, 3, stride=1, padding=1, count_include_pad=False)
+            var = (F.avg_pool2d(lum ** 2, 3, stride=1, padding=1, count_include_pad=False) - mean ** 2).clamp_min(0)
+            b, (h, w) = len(colour), size
+            rows = ((torch.arange(h, dtype=torch.float32) + 0.5) / h).view(1, 1, h, 1).expand(b, 1, h, w)
+            cols = ((torch.arange(w, dtype=torch.float32) + 0.5) / w).view(1, 1, 1, w).expand(b, 1, h, w)
+            self._cache[key] = torch.cat([colour, var, rows, cols], dim=1)
+        return self._cache[key]
 
     def layer_inputs(self, size: tuple[int, int], regions, labels) -> tuple[Tensor, Tensor, Tensor]:
         """For a gated layer at ``size`` with histograms ``regions``/``labels``: the int32 region

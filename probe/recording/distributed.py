@@ -44,7 +44,8 @@ from ..rundir.samples import SampleStore
 from ..rundir.settings import RecordSettings
 from ..rundir.state import new_layer_stats
 from ..rundir.write import write_run
-from .loop import build_recorder, checked_count, record_batches, shard_range, with_values
+from .budget import check_memory
+from .loop import build_recorder, check_seed, checked_count, record_batches, shard_range, with_values
 from .manifest import new_manifest, weights_sha256
 
 INSTALL_HINT = "pip install 'gateprobe[ray]'"
@@ -131,12 +132,12 @@ def record_shard(job: dict, index: int, fault_hook=None) -> dict:
     model = _worker_model(job["model"], job["weights_sha256"], job.get("trust_pickle", False))
     data = dataset_from_spec(job["data"])
     positions = shard_range(job["n"], (index, job["shards"]))
-    sites = find_sites(model, settings.layers)
+    sites = find_sites(model, settings.layers, gate_activations=settings.gate_activations)
     recorder = _worker_recorder(job, model, sites, data)
     kept = SampleStore(max(0, min(settings.samples, positions.stop) - positions.start))
     hook = None if fault_hook is None else (lambda done: fault_hook(index, done))
     with recorder:
-        size = record_batches(recorder, data, positions, settings, kept, on_batch=hook)
+        size = record_batches(recorder, data, positions, job["n"], settings, kept, on_batch=hook)
     samples = None
     if kept.taken:
         import numpy as np
@@ -189,14 +190,17 @@ def record_ray(model_spec: str, data_spec, out: str | Path, n: int | None = None
     from ..models.sources import resolve_model
 
     settings = with_values(settings, setting_values)
+    check_seed(seed)
     _refuse_random_init(model_spec, random_init)
     model = resolve_model(model_spec, trust_pickle=trust_pickle)
     data = parse_data(data_spec, n=n, seed=seed) if isinstance(data_spec, str) else data_spec
     n = checked_count(data, n)
     if shards is not None and not 1 <= shards <= n:
         raise SettingsError(f"--shards {shards}: use between 1 and {n} shards for {n} images")
-    settings = settings.resolved(bool(getattr(model, "accepts_sketch", False)), type(model).__name__)
-    sites = find_sites(model, settings.layers)
+    settings = settings.resolved(bool(getattr(model, "accepts_sketch", False)), type(model).__name__,
+                                 data.spec().get("kind", ""))
+    sites = find_sites(model, settings.layers, gate_activations=settings.gate_activations)
+    check_memory(sites, len(data.classes), settings, tuple(data[0]["image"].shape[-2:]))
     fresh = not Path(out).exists()
     out = prepare_run_dir(out, overwrite)
     job = {"model": worker_spec(model_spec), "weights_sha256": weights_sha256(model), "data": data.spec(), "n": n,

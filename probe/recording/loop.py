@@ -1,6 +1,8 @@
 """``record``: run a model over data with the recorder attached and write a run directory."""
 from __future__ import annotations
 
+import sys
+import time
 from pathlib import Path
 
 import torch
@@ -15,6 +17,7 @@ from ..rundir.run import Run
 from ..rundir.samples import SampleStore
 from ..rundir.settings import RecordSettings
 from ..rundir.write import write_run
+from .budget import DEFAULT_MAX_HOURS, check_duration, check_memory, duration, time_estimate
 from .calibration import calibrate_logit_ranges
 from .manifest import new_manifest
 from .recorder import Recorder
@@ -32,6 +35,12 @@ def checked_count(data, n: int | None) -> int:
     return n
 
 
+def check_seed(seed) -> None:
+    """A data or weights seed: ``None`` (the default) or an integer in ``[0, 2**32)``."""
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 32):
+        raise SettingsError(f"--seed must be an integer from 0 to {2 ** 32 - 1}, not {seed!r}")
+
+
 def shard_range(n: int, shard: tuple[int, int] | None) -> range:
     """Positions ``[0, n)`` of shard ``(i, N)``: the i-th of N contiguous, disjoint slices."""
     if shard is None:
@@ -46,7 +55,8 @@ def shard_range(n: int, shard: tuple[int, int] | None) -> range:
 def record(model: nn.Module, data, out: str | Path, n: int | None = None, *, settings: RecordSettings | None = None,
            seed: int | None = None, shard: tuple[int, int] | None = None, overwrite: bool = False,
            resume: bool = False, checkpoint_every: int | None = None, checkpoint_seconds: float | None = 30.0,
-           progress: bool = True, command: str = "", **setting_values) -> Run:
+           progress: bool = True, command: str = "", max_hours: float | None = DEFAULT_MAX_HOURS,
+           **setting_values) -> Run:
     """Record ``model`` over ``n`` images of ``data`` into the run directory ``out``.
 
     Args:
@@ -66,31 +76,51 @@ def record(model: nn.Module, data, out: str | Path, n: int | None = None, *, set
         checkpoint_every, checkpoint_seconds: write a checkpoint for ``resume`` once that many
             batches or seconds have passed since the last one, whichever comes first (None or 0
             turns a trigger off; both off: no checkpoints).
+        max_hours: refuse a recording that the calibration pass says would take longer (None or
+            0: no bound); with ``progress`` the estimate is printed either way.
+
+    Before anything is written into ``out``, the statistics' memory is estimated (refused when it
+    cannot fit, :mod:`probe.recording.budget`) and the calibration pass is timed.
 
     Returns the :class:`~probe.rundir.run.Run`.
     """
     settings = with_values(settings, setting_values)
     if resume and overwrite:
         raise SettingsError("--resume continues the run in --out and --overwrite replaces it; pass only one")
+    check_seed(seed)
     if isinstance(data, str):
         data = parse_data(data, n=n, seed=seed)
     n = checked_count(data, n)
-    settings = settings.resolved(bool(getattr(model, "accepts_sketch", False)), type(model).__name__)
+    settings = settings.resolved(bool(getattr(model, "accepts_sketch", False)), type(model).__name__,
+                                 data.spec().get("kind", ""))
     positions = shard_range(n, shard)
     if not len(positions):
         raise SettingsError(f"--shard {shard[0]}/{shard[1]} holds no images: {n} images split into {shard[1]} "
                             f"shards; use at most {n} shards")
-    sites = find_sites(model, settings.layers)
+    first = collate([data[positions.start]])
+    sites = find_sites(model, settings.layers, gate_activations=settings.gate_activations,
+                       probe=(first["image"], first["hole"]))
     manifest = new_manifest(model, data, n, settings, sites,
                             [{"shard": list(shard) if shard else [0, 1], "start": positions.start,
                               "stop": positions.stop}], min(settings.samples, len(positions)), command)
     resumed = open_for_resume(out, manifest) if resume else None
+    check_memory(sites, len(data.classes), settings, tuple(data[0]["image"].shape[-2:]))
+    began = time.perf_counter()
+    recorder = build_recorder(model, sites, data, n, settings)
+    per_image = (time.perf_counter() - began) / min(n, settings.calibration)
+    start = positions.start
+    if resumed is not None and resumed["progress"] is not None:
+        start = resumed["progress"]["position"]
+    estimate = time_estimate(per_image, positions.stop - start)
+    if progress:
+        print(f"estimate: recording {positions.stop - start:,} images takes about {duration(estimate)} "
+              f"({per_image * 1000:.1f} ms per image on the calibration pass)", file=sys.stderr, flush=True)
+    check_duration(estimate, positions.stop - start, max_hours)
     if resumed is None:
         out = prepare_run_dir(out, overwrite)
         write_manifest(out, manifest)
     else:
         out, manifest = Path(out), resumed["manifest"]
-    recorder = build_recorder(model, sites, data, n, settings)
     kept = SampleStore(manifest["samples"])
     start, image_size = positions.start, None
     if resumed is not None and resumed["progress"] is not None:
@@ -101,7 +131,7 @@ def record(model: nn.Module, data, out: str | Path, n: int | None = None, *, set
         checkpoint.image_size = list(data[start]["image"].shape[-2:])
     with recorder, tqdm(total=len(positions), initial=start - positions.start, desc=f"record {out.name}",
                         unit="img", disable=not progress) as bar:
-        size = record_batches(recorder, data, todo, settings, kept,
+        size = record_batches(recorder, data, todo, n, settings, kept,
                               on_batch=lambda done: (bar.update(len(done)), checkpoint(done)))
     manifest["image_size"] = size or image_size
     manifest.update(n_images=len(positions), layers=recorder.order)
@@ -129,20 +159,20 @@ def build_recorder(model: nn.Module, sites: list, data, n: int, settings: Record
                     logit_ranges=calibrate_logit_ranges(model, sites, batches, settings.sketch))
 
 
-def record_batches(recorder: Recorder, data, positions: range, settings: RecordSettings, kept: SampleStore,
-                   on_batch=None) -> list[int]:
-    """Feed ``recorder`` (inside its ``with``) the items of ``data`` at ``positions``,
-    ``settings.batch_size`` at a time: each image's group is its global position modulo
-    ``settings.groups``, the first ``kept.k`` images go into ``kept``, and
+def record_batches(recorder: Recorder, data, positions: range, n: int, settings: RecordSettings,
+                   kept: SampleStore, on_batch=None) -> list[int]:
+    """Feed ``recorder`` (inside its ``with``) the items of ``data`` at ``positions`` (of the ``n``
+    images of the run), ``settings.batch_size`` at a time: each image's group follows
+    ``settings.group_of`` its global position, the first ``kept.k`` images go into ``kept``, and
     ``on_batch(batch_positions)`` runs after each batch. Returns the image size ``[H, W]``. Shared
     by :func:`record` and the Ray workers of :mod:`probe.recording.distributed`."""
-    batch_size, groups, use_sketch = settings.batch_size, settings.groups, settings.sketch
+    batch_size, use_sketch = settings.batch_size, settings.sketch
     size = None
     for start in range(positions.start, positions.stop, batch_size):
         batch_positions = range(start, min(start + batch_size, positions.stop))
         batch = collate([data[i] for i in batch_positions])
         size = list(batch["image"].shape[-2:])
-        group = torch.tensor([p % groups for p in batch_positions], dtype=torch.int64)
+        group = torch.tensor([settings.group_of(p, n) for p in batch_positions], dtype=torch.int64)
         want = max(0, kept.k - kept.taken)
         output = recorder.forward(batch["image"], batch["hole"], batch["sketch"] if use_sketch else None,
                                   batch["labels"], group, capture=min(want, len(batch_positions)))
@@ -151,3 +181,29 @@ def record_batches(recorder: Recorder, data, positions: range, settings: RecordS
         if on_batch is not None:
             on_batch(batch_positions)
     return size
+
+
+def record_baseline(model: nn.Module, data, out: str | Path, n: int | None = None, *, seed: int = 0,
+                    **record_options) -> Run:
+    """Record the random-init twin of ``model`` (same registry architecture and config, weights
+    drawn with ``seed``) over the same data and settings into ``OUT-baseline`` beside ``out``, and
+    link the two manifests (``baseline`` in the trained run's, ``baseline_of`` in the twin's).
+    ``out`` must already hold the trained run; ``record_options`` are :func:`record`'s."""
+    from ..models import create_model
+
+    name, config = getattr(model, "registry_name", None), getattr(model, "config", None)
+    if not name or not isinstance(config, dict):
+        raise SettingsError(f"--with-baseline needs a model from gateprobe's registry or a checkpoint folder; "
+                            f"{type(model).__name__} has no registry name and config: record its random-init twin "
+                            "yourself and pass it with --baseline")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        twin = create_model(name, **config).eval()
+    twin.source_info = {"name": name, "source": "random-init", "sha256": None, "seed": seed}
+    out = Path(out)
+    trained = Run(out)
+    twin_out = out.with_name(f"{out.name}-baseline")
+    baseline = record(twin, data, twin_out, n, **record_options)
+    write_manifest(twin_out, dict(baseline.manifest, baseline_of=f"../{out.name}"))
+    write_manifest(out, dict(trained.manifest, baseline=f"../{twin_out.name}"))
+    return Run(twin_out)

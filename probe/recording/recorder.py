@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from ..adapters import Site
-from ..errors import NumericalError, calling_model
+from ..errors import ModelError, NumericalError, calling_model
 from ..hooks import eval_mode, hooks_attached, site_attachers
 from ..rundir.settings import RecordSettings
 from ..rundir.state import new_layer_stats
@@ -60,7 +60,7 @@ class Recorder:
         """Run the model on one batch and accumulate; returns the output ``[B, 3, H, W]``."""
         if self._hooks is None:
             raise RuntimeError("Recorder.forward must be called inside `with Recorder(...)`")
-        self._ctx = BatchContext(hole, sketch, labels, group, self.n_labels, self.border)
+        self._ctx = BatchContext(hole, sketch, labels, group, self.n_labels, self.border, image=image)
         self.capture = capture
         self.captured = {}
         first = not self.order
@@ -70,6 +70,7 @@ class Recorder:
                 out = self.model(image, hole, sketch)
         finally:
             self._ctx = None
+        check_output(self.model, out, image)
         if not torch.isfinite(out).all():
             raise NumericalError("the model produced NaN or inf outputs; check its weights and inputs")
         return out
@@ -97,6 +98,27 @@ class Recorder:
     def _note(self, name: str) -> None:
         if self._first_batch and name not in self.order:
             self.order.append(name)
+
+
+def check_output(model: nn.Module, out, image: Tensor, what: str = "forward pass") -> None:
+    """Refuse (:class:`ModelError`) an output that is not the inpainted batch ``[B, 3, H, W]`` of
+    ``image``: a tuple, None, or a tensor of another shape would be recorded as if it were."""
+    name = getattr(model, "source_info", {}).get("name") or type(model).__name__
+    want = f"[{image.shape[0]}, 3, {image.shape[-2]}, {image.shape[-1]}]"
+    fix = ("gateprobe calls model(image, hole, sketch) and needs the inpainted image [B, 3, H, W] back; wrap "
+           "the model so that its forward returns only that")
+    if not isinstance(out, Tensor):
+        kind = "None" if out is None else type(out).__name__
+        if isinstance(out, (tuple, list)):
+            kind += f" of {len(out)}"
+        raise ModelError(f"{name} returned {kind} from its {what}, not a tensor {want}; {fix}")
+    if out.dim() != 4 or out.shape[0] != image.shape[0] or out.shape[1] != 3 or tuple(out.shape[-2:]) != tuple(
+            image.shape[-2:]):
+        raise ModelError(f"{name} returned a tensor of shape {list(out.shape)} from its {what}, expected {want} "
+                         f"(3 colour channels at the input's size); {fix}")
+    if not out.is_floating_point():
+        raise ModelError(f"{name} returned a {out.dtype} tensor from its {what}, expected floating-point colours "
+                         f"{want}; {fix}")
 
 
 class _Sink:

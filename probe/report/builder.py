@@ -97,12 +97,12 @@ def _gated_section(run: Run) -> dict:
     }
 
 
-def _claims(runs: list[Run]) -> pd.DataFrame | None:
+def _claims(runs: list[Run], baseline: Run | None) -> pd.DataFrame | None:
     partial = [r for r in runs if "partial" in set(r.layers.kind)]
     gated = [r for r in runs if "gated" in set(r.layers.kind)]
     if not partial or not gated:
         return None
-    return claims_table(*split_runs(partial[0], gated[0]))
+    return claims_table(*split_runs(partial[0], gated[0]), baseline=baseline)
 
 
 def _reproducibility(runs: list[Run]) -> list[dict]:
@@ -112,8 +112,10 @@ def _reproducibility(runs: list[Run]) -> list[dict]:
              "gateprobe": r.manifest["gateprobe_version"]} for r in runs]
 
 
-def build_report(run_paths: list[str | Path], out: str | Path, title: str | None = None) -> tuple[Path, Path]:
-    """Write ``out`` (HTML) and ``out`` with ``.md`` from the runs; returns both paths."""
+def build_report(run_paths: list[str | Path], out: str | Path, title: str | None = None,
+                 baseline: str | Path | None = None) -> tuple[Path, Path]:
+    """Write ``out`` (HTML) and ``out`` with ``.md`` from the runs; returns both paths. ``baseline``:
+    the random-init control of the gated run (default: the one its manifest links, if any)."""
     import jinja2
     from plotly.offline import get_plotlyjs
 
@@ -122,7 +124,7 @@ def build_report(run_paths: list[str | Path], out: str | Path, title: str | None
     if out.suffix != ".html":
         raise SettingsError(f"--out {out}: the report must be an .html file")
     out.parent.mkdir(parents=True, exist_ok=True)
-    claims = _claims(runs)
+    claims = _claims(runs, load_run(baseline) if baseline is not None else None)
     context = {
         "title": title or "gateprobe report: " + " vs ".join(r.name for r in runs),
         "plotlyjs": Markup(get_plotlyjs()),
@@ -131,6 +133,7 @@ def build_report(run_paths: list[str | Path], out: str | Path, title: str | None
         "gated": [_gated_section(r) for r in runs if not r.channels.empty],
         "diversity": _fig(viz.diversity_bars({r.name: r.layers for r in runs})),
         "claims": claims.to_dict("records") if claims is not None else [],
+        "claims_note": CLAIMS_NOTE,
         "reproducibility": _reproducibility(runs),
         "python": platform.python_version(),
         "sections": SECTIONS,
@@ -142,6 +145,11 @@ def build_report(run_paths: list[str | Path], out: str | Path, title: str | None
     md = out.with_suffix(".md")
     write_atomic(md, markdown_summary(runs, claims, context["title"]).encode())
     return out, md
+
+
+CLAIMS_NOTE = ("The verdicts are for one checkpoint and one training seed. A G verdict compares the trained model "
+               "with its random-init twin (no baseline: \"no control\"); intervals are 95% bootstraps over the "
+               "channels or layers the value summarises (P rows: over image groups).")
 
 
 def _md(text) -> str:
@@ -170,8 +178,8 @@ def markdown_summary(runs: list[Run], claims: pd.DataFrame | None, title: str) -
         if row["metrics"]:
             parts += ["", _md_table(pd.DataFrame(row["metrics"]).round(4)), ""]
     if claims is not None:
-        parts += ["", "## Claims", "", _md_table(claims[["claim", "verdict", "value", "ci_low", "ci_high",
-                                                         "measurement", "evidence"]]), ""]
+        parts += ["", "## Claims", "", CLAIMS_NOTE, "", _md_table(claims[["claim", "verdict", "value", "ci_low", "ci_high",
+                                                                       "measurement", "evidence"]]), ""]
     for run in runs:
         if not run.evolution.empty:
             parts += [f"## Mask evolution: {_md(run.name)}", "", _md_table(partial_layer_summary(run).round(4)), ""]

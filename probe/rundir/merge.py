@@ -20,13 +20,60 @@ from .state import load_stats
 from .write import write_run
 
 
+def _shards(run: Run) -> list[dict]:
+    """The run's ``shards`` entries, checked: a non-empty list of ``{shard: [i, N], start, stop}``."""
+    shards = run.manifest.get("shards")
+
+    def whole(v) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    good = isinstance(shards, list) and shards and all(
+        isinstance(s, dict) and whole(s.get("start")) and whole(s.get("stop")) and 0 <= s["start"] < s["stop"]
+        and isinstance(s.get("shard"), list) and len(s["shard"]) == 2 and all(whole(v) for v in s["shard"])
+        and 0 <= s["shard"][0] < s["shard"][1] for s in shards)
+    if not good:
+        raise RunError(f"{run.path / 'manifest.json'}: 'shards' is {shards!r}, not a list of the images the run "
+                       "recorded ({\"shard\": [I, N], \"start\": ..., \"stop\": ...}); the run is damaged, record "
+                       "it again")
+    return shards
+
+
+def missing_spans(spans: list[tuple[int, int]], n: int) -> list[tuple[int, int]]:
+    """The parts of ``[0, n)`` that the (sorted, disjoint) ``spans`` leave out."""
+    missing, expected = [], 0
+    for start, stop in spans:
+        if start > expected:
+            missing.append((expected, start))
+        expected = max(expected, stop)
+    if expected < n:
+        missing.append((expected, n))
+    return missing
+
+
+def describe_missing(missing: list[tuple[int, int]], shards: list[dict], n: int) -> str:
+    """``shards 1/4, 3/4 (images [16, 32), [48, 64) of 64)``: the missing part of a merge."""
+    images = ", ".join(f"[{a}, {b})" for a, b in missing)
+    counts = {s["shard"][1] for s in shards}
+    if len(counts) == 1:
+        (count,) = counts
+        covered = {tuple(s["shard"]) for s in shards}
+        names = [f"{i}/{count}" for i in range(count) if (i, count) not in covered]
+        if names:
+            return f"shard{'s' if len(names) > 1 else ''} {', '.join(names)} (images {images} of {n})"
+    return f"images {images} of {n}"
+
+
 @replaces_safely
-def merge_runs(paths: list[str | Path], out: str | Path, overwrite: bool = False) -> Run:
+def merge_runs(paths: list[str | Path], out: str | Path, overwrite: bool = False, allow_partial: bool = False) -> Run:
     """Merge the shard runs ``paths`` into ``out``; refuses runs of different models, data specs or
-    settings, and shards that overlap."""
-    runs = sorted((Run(p) for p in paths), key=lambda r: r.manifest["shards"][0]["start"])
-    if not runs:
+    settings, shards that overlap, and (unless ``allow_partial``) shards that leave images of the
+    recording out. A partial merge says so in ``manifest["partial"]`` (the missing image spans)."""
+    if not paths:
         raise SettingsError("merge needs at least one run")
+    runs = [Run(p) for p in paths]
+    for run in runs:
+        _shards(run)
+    runs.sort(key=lambda r: r.manifest["shards"][0]["start"])
     for run in runs[1:]:
         differing = identity_differences(run.manifest, runs[0].manifest, extra=("image_size",))
         if differing:
@@ -37,6 +84,15 @@ def merge_runs(paths: list[str | Path], out: str | Path, overwrite: bool = False
     for (a0, a1), (b0, b1) in zip(spans, spans[1:]):
         if b0 < a1:
             raise RunError(f"shards overlap: images [{a0}, {a1}) and [{b0}, {b1}); each image must be in one shard")
+    total = runs[0].manifest.get("data", {}).get("n")
+    if isinstance(total, int) and not isinstance(total, bool):
+        missing = missing_spans(spans, total)
+    else:  # a run without the recording's image count: nothing to compare the shards with
+        missing, total = [], None
+    if missing and not allow_partial:
+        raise RunError(f"{describe_missing(missing, shards, total)} missing: the runs hold "
+                       f"{sum(b - a for a, b in spans)} of the recording's {total} images; merge every shard, or pass "
+                       "--allow-partial to write a run marked partial")
     stats = load_stats(runs[0])
     for run in runs[1:]:
         for name, s in load_stats(run).items():
@@ -46,6 +102,10 @@ def merge_runs(paths: list[str | Path], out: str | Path, overwrite: bool = False
     manifest = dict(first, complete=False, shards=shards, n_images=sum(r.manifest["n_images"] for r in runs),
                     created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                     merged_from=[str(r.path) for r in runs])
+    manifest.pop("partial", None)
+    if missing:
+        manifest["partial"] = {"missing": [list(m) for m in missing], "of": total,
+                               "description": describe_missing(missing, shards, total)}
     kept = SampleStore(first["settings"]["samples"])
     for run in runs:
         if run.n_samples:

@@ -7,8 +7,13 @@ channel is
 * ``is_valid``  if ``auc_hole <= 0.5 - min_effect`` and ``q_hole < alpha`` (higher on known pixels),
 * ``is_sketch`` if ``auc_sketch >= 0.5 + min_effect`` and ``q_sketch < alpha`` (inside the hole,
   higher on sketch strokes),
-* ``semantic_label`` = its best label if that label's ``auc >= 0.5 + min_effect`` and its
-  ``q_value < alpha`` (gate higher on that class than on the rest; ``""`` otherwise).
+* ``semantic_label`` = its best label among those with ``auc >= 0.5 + min_effect``,
+  ``q_value < alpha`` and ``auc >= trivial_auc + trivial_margin`` (default 0.05): the gate is higher
+  on that class than on the rest, *and* separates it better than the best trivial input feature
+  at the layer's resolution (mean colour, local variance, row, column; ``labels.trivial_auc``).
+  Sky at the top of every image is found by the row alone: that is position, not semantics. A run
+  without trivial-feature statistics (``trivial_auc`` NaN) has no semantic channels (no control).
+  ``""`` otherwise.
 
 These tidy columns are what code reads. ``role`` is only for display: the roles joined with ``+``
 in the order above (``hole+semantic:sky``), ``none`` when there is none. A class may be called
@@ -32,6 +37,7 @@ class RoleRule:
 
     min_effect: float = 0.2
     alpha: float = 0.05
+    trivial_margin: float = 0.05
 
     @property
     def high(self) -> float:
@@ -44,7 +50,8 @@ class RoleRule:
         return 0.5 - self.min_effect
 
     def describe(self) -> str:
-        return f"effect AUC >= {self.high:.2g} and q < {self.alpha:g}"
+        return (f"effect AUC >= {self.high:.2g} and q < {self.alpha:g}; semantic also >= the best trivial feature's "
+                f"AUC + {self.trivial_margin:g}")
 
 
 DEFAULT_RULE = RoleRule()
@@ -57,7 +64,9 @@ def assign_roles(channels: pd.DataFrame, labels: pd.DataFrame, rule: RoleRule = 
     roles["is_hole"] = ((channels.auc_hole >= rule.high) & hole_test).to_numpy()
     roles["is_valid"] = ((channels.auc_hole <= rule.low) & hole_test).to_numpy()
     roles["is_sketch"] = ((channels.auc_sketch >= rule.high) & (channels.q_sketch < rule.alpha)).to_numpy()
-    semantic = labels[(labels.auc >= rule.high) & (labels.q_value < rule.alpha)]
+    trivial = labels.trivial_auc if "trivial_auc" in labels else np.nan  # runs before the control: none
+    semantic = labels[(labels.auc >= rule.high) & (labels.q_value < rule.alpha)
+                      & (labels.auc >= trivial + rule.trivial_margin)]
     best = semantic.sort_values("auc", ascending=False).drop_duplicates(["layer", "channel"])
     best_label = dict(zip(zip(best.layer, best.channel), best.label))
     roles["semantic_label"] = np.array([best_label.get(key, "") for key in zip(channels.layer, channels.channel)],

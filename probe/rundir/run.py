@@ -24,7 +24,7 @@ import pandas as pd
 from ..errors import RunError
 from .files import safe_layer_file
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: tidy role columns, trivial-feature controls, AUC error bounds
 TABLES = ("layers", "channels", "labels", "evolution")
 MAP_KINDS = ("gate", "valid", "coverage")
 INPUTS = ("image", "hole", "sketch", "labels", "output", "index")

@@ -29,10 +29,16 @@ class RecordSettings:
         bins: gate histogram bins per channel (:mod:`probe.stats.histograms`).
         calibration: the first images of the data (positions 0.., whatever the shard) on which
             each channel's logit range is measured before recording.
-        groups: image groups (image position modulo ``groups``) for image-level tests and intervals.
+        groups: image groups for image-level tests and intervals.
+        group_by: how images are put into groups: ``image`` (position modulo ``groups``: for i.i.d.
+            items such as generated Scenes), ``block`` (``groups`` contiguous blocks of positions:
+            related images stored side by side, e.g. frames or name-sorted folders, stay in one
+            group), or ``auto`` (``image`` for Scenes, ``block`` for everything else).
         border: width, in cells of each layer, of the valid band around the hole.
         sketch: feed the sketch; ``None`` (before :meth:`resolved`) means "when the model takes one".
         layers: comma-separated shell patterns of layer names to record (``None``: all).
+        gate_activations: names of activations (op or module class) that discovery should also take
+            as gates, besides sigmoid and hard-sigmoid (``--gate-activation``).
     """
 
     batch_size: int = 16
@@ -44,8 +50,13 @@ class RecordSettings:
     border: int = 2
     sketch: bool | None = None
     layers: str | None = None
+    group_by: str = "auto"
+    gate_activations: tuple[str, ...] = ()
 
     def __post_init__(self):
+        if isinstance(self.gate_activations, (list, str)):  # from JSON, or one name
+            names = [self.gate_activations] if isinstance(self.gate_activations, str) else self.gate_activations
+            object.__setattr__(self, "gate_activations", tuple(names))
         def whole(name: str, low: int) -> None:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -62,21 +73,31 @@ class RecordSettings:
             raise SettingsError(f"--quantile must lie strictly between 0 and 1 (e.g. 0.005), not {q!r}")
         if self.sketch not in (None, True, False):
             raise SettingsError(f"sketch must be True, False or None (auto), not {self.sketch!r}")
+        if self.group_by not in GROUPINGS:
+            raise SettingsError(f"--groups must be one of {', '.join(GROUPINGS)}, not {self.group_by!r}")
         if self.layers is not None and (not isinstance(self.layers, str) or not self.layers.strip()):
             raise SettingsError(f"--layers must be comma-separated name patterns, not {self.layers!r}")
 
-    def resolved(self, accepts_sketch: bool, model_name: str = "the model") -> "RecordSettings":
-        """These settings with ``sketch`` decided for a model (``accepts_sketch``)."""
+    def resolved(self, accepts_sketch: bool, model_name: str = "the model", data_kind: str = "") -> "RecordSettings":
+        """These settings with ``sketch`` decided for a model (``accepts_sketch``) and ``group_by``
+        for the data (``data_kind``, the ``kind`` of its spec)."""
         if self.sketch and not accepts_sketch:
             raise SettingsError(f"{model_name} takes no sketch; record it without --sketch (or --sketch off)")
-        return self if self.sketch is not None else self.replace(sketch=accepts_sketch)
+        group_by = self.group_by if self.group_by != "auto" else ("image" if data_kind == "scenes" else "block")
+        return self.replace(sketch=accepts_sketch if self.sketch is None else self.sketch, group_by=group_by)
+
+    def group_of(self, position: int, n: int) -> int:
+        """The image group of the image at ``position`` of ``n`` (after :meth:`resolved`)."""
+        if self.group_by == "block":
+            return position * self.groups // n
+        return position % self.groups
 
     def replace(self, **changes) -> "RecordSettings":
         return RecordSettings(**(asdict(self) | changes))
 
     def to_dict(self) -> dict:
         """The manifest form (a JSON object)."""
-        return asdict(self)
+        return asdict(self) | {"gate_activations": list(self.gate_activations)}
 
     @classmethod
     def from_dict(cls, settings: dict) -> "RecordSettings":
@@ -87,6 +108,8 @@ class RecordSettings:
             raise SettingsError(f"unknown recording settings {unknown}; was the run recorded by a newer gateprobe?")
         return cls(**settings)
 
+
+GROUPINGS = ("auto", "image", "block")
 
 # the parts of the model entry that identify its weights (not where they were loaded from)
 MODEL_IDENTITY = ("name", "class", "weights_sha256", "parameters", "accepts_sketch")

@@ -48,6 +48,7 @@ def load_stats(run: Run) -> dict:
     from safetensors.torch import load_file
 
     settings = RecordSettings.from_dict(run.manifest["settings"])
-    sites = [LayerGeometry(row.layer, row.kind, int(row.channels), int(row.kernel), int(row.stride), int(row.dilation))
+    sites = [LayerGeometry(row.layer, row.kind, int(row.channels), int(row.kernel), int(row.stride), int(row.dilation),
+                           binned=row.binned or "logit", found_by=row.found_by, activation=row.activation)
              for row in run.layers.itertuples()]
     return load_state_tensors(new_layer_stats(sites, len(run.classes), settings), load_file(run.path / STATE_FILE))

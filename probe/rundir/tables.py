@@ -22,8 +22,15 @@ import numpy as np
 import pandas as pd
 
 from ..stats.diversity import gate_covariance, participation_ratio
-from ..stats.layer_stats import GatedLayerStats, PartialLayerStats
-from ..stats.readouts import auc_from_histograms, iou_above, mass_above, sigmoid, top_quantile_threshold
+from ..stats.layer_stats import TRIVIAL_FEATURES, GatedLayerStats, PartialLayerStats
+from ..stats.readouts import (
+    auc_error_bound,
+    auc_from_histograms,
+    iou_above,
+    mass_above,
+    sigmoid,
+    top_quantile_threshold,
+)
 from ..stats.regions import BORDER, FAR, HOLE, HOLE_PLAIN, HOLE_SKETCH, VALID
 from ..stats.significance import bh_qvalues, difference_effects, group_t_test, label_effects
 from .roles import assign_roles
@@ -49,18 +56,20 @@ def layer_table(stats: dict, order: list[str], image_size: tuple[int, int]) -> p
         rows.append({"layer": name, "kind": site.kind, "depth": depth, "channels": site.channels,
                      "height": h, "width": w, "kernel": site.kernel, "stride": site.stride,
                      "dilation": site.dilation, "receptive_field": int(round(rf)),
+                     "found_by": getattr(site, "found_by", "adapter"),
+                     "activation": getattr(site, "activation", "") if site.kind == "gated" else "",
+                     "binned": getattr(site, "binned", "logit") if site.kind == "gated" else "",
                      "effective_channels": _effective_channels(s)})
     return pd.DataFrame(rows)
 
 
 def _effective_channels(s) -> float:
-    if isinstance(s, GatedLayerStats):
-        return participation_ratio(gate_covariance(s.comoment_.numpy(), s.n_))
-    # a partial layer applies one mask to every channel: its C channel maps are copies, so the
-    # covariance is var * ones((C, C)); measured from the mask's variance over images and pixels
-    if s.images_ == 0 or s.all_valid_ == s.images_:
+    """Participation ratio of the channel maps: the gates of a gated layer; every channel of the
+    updated mask of a partial layer (a single-channel mask is one map shared by all channels: 1)."""
+    moments = s.moments if isinstance(s, GatedLayerStats) else s.mask_moments
+    if moments is None or moments.n_ == 0:  # a run of state version 2: the mask moments were not kept
         return float("nan")
-    return participation_ratio(np.full((s.site.channels, s.site.channels), 1.0))
+    return participation_ratio(gate_covariance(moments.comoment_.numpy(), moments.n_))
 
 
 def channel_and_label_tables(stats: dict, order: list[str], classes: list[str], quantile: float,
@@ -93,12 +102,13 @@ def _channels_of_layer(name: str, s: GatedLayerStats, quantile: float) -> pd.Dat
     hole, valid = HOLE, VALID
     edges = r.bin_edges().numpy()
     threshold_logit = top_quantile_threshold(counts.sum(0), edges, quantile)
+    by_logit = binned_by_logit(s)
     group_sums, group_pixels = r.sums_.numpy(), r.pixels_.numpy().astype(np.float64)
     frame = pd.DataFrame({
         "layer": name, "channel": np.arange(r.channels),
         # the variance comes from the Chan-merged co-moment (each batch centred on its own mean):
         # E[g^2] - E[g]^2 from float32 sums cancels catastrophically for nearly constant gates
-        "mean": mean, "std": np.sqrt(np.clip(np.diag(gate_covariance(s.comoment_.numpy(), s.n_)), 0, None)),
+        "mean": mean, "std": np.sqrt(np.clip(np.diag(gate_covariance(s.moments.comoment_.numpy(), s.moments.n_)), 0, None)),
         "mean_hole": _ratio(sums[hole].sum(0), pixels[hole].sum()),
         "mean_valid": _ratio(sums[valid].sum(0), pixels[valid].sum()),
         "mean_border": _ratio(sums[BORDER], pixels[BORDER]),
@@ -107,8 +117,11 @@ def _channels_of_layer(name: str, s: GatedLayerStats, quantile: float) -> pd.Dat
         "mean_hole_plain": _ratio(sums[HOLE_PLAIN], pixels[HOLE_PLAIN]),
         "auc_hole": auc_from_histograms(counts[hole].sum(0), counts[valid].sum(0)),
         "auc_sketch": auc_from_histograms(counts[HOLE_SKETCH], counts[HOLE_PLAIN]),
-        "soft_fraction": _soft_fraction(counts.sum(0), edges),
-        "threshold": sigmoid(threshold_logit),
+        "auc_hole_error": auc_error_bound(counts[hole].sum(0), counts[valid].sum(0)),
+        # a gate binned by its own value (any activation but a sigmoid) has no logit to undo, and
+        # "soft" (strictly inside (0.05, 0.95)) is defined for sigmoid gates only: not applicable
+        "soft_fraction": _soft_fraction(counts.sum(0), edges) if by_logit else np.full(r.channels, np.nan),
+        "threshold": sigmoid(threshold_logit) if by_logit else threshold_logit,
         "threshold_logit": threshold_logit,
         "p_hole": group_t_test(difference_effects(group_sums, group_pixels, hole, valid)),
         "p_sketch": group_t_test(difference_effects(group_sums, group_pixels, [HOLE_SKETCH], [HOLE_PLAIN])),
@@ -117,6 +130,12 @@ def _channels_of_layer(name: str, s: GatedLayerStats, quantile: float) -> pd.Dat
 
 
 SOFT_LOGIT = float(np.log(0.95 / 0.05))  # gates in (0.05, 0.95) count as soft
+
+
+def binned_by_logit(s: GatedLayerStats) -> bool:
+    """Whether the layer's histograms are over the pre-sigmoid logit (sigmoid gates) rather than
+    over the gate value itself (any other activation, ``site.binned == "gate"``)."""
+    return getattr(s.site, "binned", "logit") == "logit"
 
 
 def _soft_fraction(counts: np.ndarray, edges: np.ndarray) -> np.ndarray:
@@ -135,6 +154,8 @@ def _labels_of_layer(name: str, s: GatedLayerStats, classes: list[str], threshol
     sums, pixels = lab.sums_.sum(0).numpy(), lab.pixels_.sum(0).numpy()  # [L, C], [L]
     n_labels, n_channels = counts.shape[:2]
     auc = auc_from_histograms(counts, total[None] - counts)
+    auc_error = auc_error_bound(counts, total[None] - counts)
+    trivial_auc, trivial_feature = _trivial_control(s.trivial)
     iou = iou_above(counts, total, edges, threshold_logit)
     mean_in = _ratio(sums, pixels[:, None])
     mean_out = _ratio(sums.sum(0)[None] - sums, (pixels.sum() - pixels)[:, None])
@@ -143,10 +164,33 @@ def _labels_of_layer(name: str, s: GatedLayerStats, classes: list[str], threshol
     return pd.DataFrame({
         "layer": name, "channel": grid_channel.ravel(), "label_id": grid_label.ravel(),
         "label": np.asarray(classes, dtype=object)[grid_label.ravel()],
-        "auc": auc.ravel(), "iou": iou.ravel(), "threshold": np.repeat(sigmoid(threshold_logit)[None], n_labels, 0).ravel(),
+        "auc": auc.ravel(), "auc_error": auc_error.ravel(), "auc_error_flag": auc_error.ravel() > AUC_ERROR_FLAG,
+        "trivial_auc": np.repeat(trivial_auc[:, None], n_channels, 1).ravel(),
+        "trivial_feature": np.repeat(trivial_feature[:, None], n_channels, 1).ravel(),
+        "iou": iou.ravel(),
+        "threshold": np.repeat((sigmoid(threshold_logit) if binned_by_logit(s) else threshold_logit)[None], n_labels,
+                               0).ravel(),
         "mean_in": mean_in.ravel(), "mean_out": mean_out.ravel(),
         "pixels": np.repeat(pixels[:, None], n_channels, 1).ravel(), "p_value": p.ravel(),
     })
+
+
+AUC_ERROR_FLAG = 0.005  # labels.auc_error_flag: the binning may move this AUC by more than this
+
+
+def _trivial_control(trivial) -> tuple[np.ndarray, np.ndarray]:
+    """Per label ``[L]``: the best separation by one trivial input feature, ``max(auc, 1 - auc)``
+    over :data:`~probe.stats.layer_stats.TRIVIAL_FEATURES` (a feature lower on the label is as
+    trivial as one higher), and that feature's name. NaN / "" when the run kept no trivial features."""
+    counts = trivial.counts_.numpy()  # [L, F, bins]
+    total = counts.sum(0)
+    auc = auc_from_histograms(counts, total[None] - counts)  # [L, F]
+    separation = np.fmax(auc, 1 - auc)
+    ok = np.isfinite(separation).any(1)
+    best = np.where(ok, np.nanargmax(np.where(np.isfinite(separation), separation, -1), axis=1), 0)
+    names = np.asarray(TRIVIAL_FEATURES, dtype=object)[best]
+    value = np.where(ok, np.take_along_axis(np.nan_to_num(separation, nan=-1), best[:, None], 1)[:, 0], np.nan)
+    return value, np.where(ok, names, "")
 
 
 def evolution_table(stats: dict, order: list[str]) -> pd.DataFrame:
@@ -184,10 +228,11 @@ def evolution_table(stats: dict, order: list[str]) -> pd.DataFrame:
 # table with no rows still has its documented columns, so ``run.channels.role`` never KeyErrors.
 CHANNEL_COLUMNS = {"layer": object, "channel": np.int64, **{c: np.float64 for c in (
     "mean", "std", "mean_hole", "mean_valid", "mean_border", "mean_far", "mean_sketch", "mean_hole_plain",
-    "auc_hole", "auc_sketch", "soft_fraction", "threshold", "p_hole", "p_sketch", "q_hole", "q_sketch")},
+    "auc_hole", "auc_sketch", "auc_hole_error", "soft_fraction", "threshold", "p_hole", "p_sketch", "q_hole", "q_sketch")},
     "is_hole": bool, "is_valid": bool, "is_sketch": bool, "semantic_label": object, "role": object}
 LABEL_COLUMNS = {"layer": object, "channel": np.int64, "label_id": np.int64, "label": object,
-                 **{c: np.float64 for c in ("auc", "iou", "threshold", "mean_in", "mean_out")},
+                 **{c: np.float64 for c in ("auc", "auc_error")}, "auc_error_flag": bool, "trivial_auc": np.float64,
+                 "trivial_feature": object, **{c: np.float64 for c in ("iou", "threshold", "mean_in", "mean_out")},
                  "pixels": np.int64, "p_value": np.float64, "q_value": np.float64}
 EVOLUTION_COLUMNS = {"layer": object, "depth": np.int64, "height": np.int64, "width": np.int64, "images": np.int64,
                      **{c: np.float64 for c in ("valid_fraction", "valid_fraction_std", "valid_fraction_predicted",

@@ -20,7 +20,10 @@ from ..errors import RunError
 from .histograms import ConditionedHistogram
 from .regions import REGIONS
 
-STATE_VERSION = 2  # 1: PartialLayerStats packed its scalars into one positional tensor (migrated on load)
+STATE_VERSION = 3  # 1: PartialLayerStats packed its scalars into one positional tensor (migrated on load);
+# 2: no trivial-feature histograms and no partial-layer mask moments (read as empty: no control, NaN)
+TRIVIAL_FEATURES = ("mean_red", "mean_green", "mean_blue", "local_variance", "row", "column")
+TRIVIAL_RANGES = ((0.0, 0.0, 0.0, 0.0, 0.0, 0.0), (1.0, 1.0, 1.0, 0.25, 1.0, 1.0))  # (lo, hi) per feature
 VALID_FRACTION_BINS = 101  # per-image valid fraction in bins of 0.01; the last holds exactly 1.0
 COVERAGE_BINS_MAX = 64
 
@@ -39,6 +42,9 @@ class LayerGeometry:
     dilation: int = 1
     padding: int = 0
     window: float = 0.0
+    binned: str = "logit"  # gated layers: histograms over the logit (sigmoid gates) or the gate value
+    found_by: str = "adapter"
+    activation: str = ""
 
 
 class StateVersionError(RunError):
@@ -67,28 +73,60 @@ def _migrate_partial(state: dict) -> dict:
     return {**{k: v for k, v in state.items() if k != "scalars"}, **dict(zip(names, values))}
 
 
+class ChannelMoments:
+    """Count, mean ``[C]`` and co-moment ``[C, C]`` of channel maps over pixels, merged with Chan et
+    al.'s stable pairwise formula (each batch is centred on its own mean before its products are
+    summed). The covariance ``comoment_ / n_`` gives the effective number of distinct maps."""
+
+    def __init__(self, channels: int):
+        self.n_ = 0
+        self.mean_ = torch.zeros(channels, dtype=torch.float64)
+        self.comoment_ = torch.zeros(channels, channels, dtype=torch.float64)
+
+    def merge_parts(self, n: int, mean: Tensor, comoment: Tensor) -> None:
+        total = self.n_ + n
+        if total == 0:
+            return
+        delta = mean - self.mean_
+        self.comoment_ += comoment + torch.outer(delta, delta) * (self.n_ * n / total)
+        self.mean_ += delta * (n / total)
+        self.n_ = total
+
+    def add(self, maps: Tensor, channel_sum: Tensor | None = None) -> None:
+        """Accumulate ``maps`` ``[B, C, h, w]`` (``channel_sum`` ``[C]``, its sum, when known already)."""
+        b, c = maps.shape[:2]
+        flat = maps.reshape(b, c, -1).float()
+        n = flat.shape[0] * flat.shape[2]
+        mean = (flat.sum((0, 2)) if channel_sum is None else channel_sum).double() / n
+        centred = flat - mean.float().view(1, c, 1)
+        self.merge_parts(n, mean, torch.bmm(centred, centred.transpose(1, 2)).sum(0).double())
+
+    def merge(self, other: "ChannelMoments") -> None:
+        self.merge_parts(other.n_, other.mean_, other.comoment_)
+
+    def state_dict(self, prefix: str) -> dict:
+        return {f"{prefix}_n": torch.tensor([self.n_]), f"{prefix}_mean": self.mean_, f"{prefix}_comoment": self.comoment_}
+
+    def load_state_dict(self, state: dict, prefix: str) -> None:
+        self.n_ = int(state[f"{prefix}_n"][0])
+        self.mean_, self.comoment_ = state[f"{prefix}_mean"].clone(), state[f"{prefix}_comoment"].clone()
+
+
 class GatedLayerStats:
     """Streaming statistics of one gated layer: gate histograms by region and by label, exact
-    per-group sums, and the channel-by-channel covariance of the gate maps (for gate diversity),
-    kept as a count, a mean ``[C]`` and a co-moment ``[C, C]`` merged with Chan et al.'s stable
-    pairwise formula (each batch is centred on its own mean before its products are summed)."""
+    per-group sums, the channel-by-channel covariance of the gate maps (gate diversity,
+    :class:`ChannelMoments` ``moments``) and the label histograms of the trivial input features
+    at the layer's resolution (the control for semantic roles)."""
 
     def __init__(self, site, n_labels: int, bins: int, groups: int, lo: Tensor | float = -12.0,
                  hi: Tensor | float = 12.0):
         self.site = site
         self.regions = ConditionedHistogram(site.channels, len(REGIONS), bins, lo, hi, groups)
         self.labels = ConditionedHistogram(site.channels, n_labels, bins, lo, hi, groups)
-        self.n_ = 0
-        self.mean_ = torch.zeros(site.channels, dtype=torch.float64)
-        self.comoment_ = torch.zeros(site.channels, site.channels, dtype=torch.float64)
+        # the trivial input features at this layer's resolution, histogrammed by label like the gates
+        self.trivial = ConditionedHistogram(len(TRIVIAL_FEATURES), n_labels, bins, *TRIVIAL_RANGES, groups=1)
+        self.moments = ChannelMoments(site.channels)
         self.size_: tuple[int, int] | None = None
-
-    def _merge_moments(self, n: int, mean: Tensor, comoment: Tensor) -> None:
-        total = self.n_ + n
-        delta = mean - self.mean_
-        self.comoment_ += comoment + torch.outer(delta, delta) * (self.n_ * n / total)
-        self.mean_ += delta * (n / total)
-        self.n_ = total
 
     def add(self, logits: Tensor, gates: Tensor, ctx) -> None:
         """Accumulate one batch of a layer: ``logits``/``gates`` ``[B, C, h, w]``."""
@@ -102,32 +140,46 @@ class GatedLayerStats:
         pixels = onehot.sum(1)
         n_regions = len(REGIONS)
         self.regions.add_binned(bins, region_offsets, sums[:, :n_regions], pixels[:, :n_regions], ctx.group)
-        self.labels.add_binned(bins, label_offsets, sums[:, n_regions:], pixels[:, n_regions:], ctx.group)
-        channel_sum = sums[:, :n_regions].sum((0, 1)).double()  # every pixel is in exactly one region
-        n = b * h * w
-        mean = channel_sum / n
-        centred = flat - mean.float().view(1, c, 1)
-        self._merge_moments(n, mean, torch.bmm(centred, centred.transpose(1, 2)).sum(0).double())
+        # ignored label cells: in no label histogram (and their one-hot rows are 0)
+        self.labels.add_binned(*ctx.drop_ignored(size, bins, label_offsets), sums[:, n_regions:],
+                               pixels[:, n_regions:], ctx.group)
+        self.moments.add(gates, channel_sum=sums[:, :n_regions].sum((0, 1)))  # every pixel is in one region
+        self._add_trivial(ctx, size)
+
+    def _add_trivial(self, ctx, size: tuple[int, int]) -> None:
+        features = ctx.trivial_features(size)  # [B, F, h, w] or None (no image given)
+        if features is None:
+            return
+        label, onehot = ctx.label_ids(size)
+        b, f = features.shape[:2]
+        sums = torch.bmm(features.reshape(b, f, -1), onehot).transpose(1, 2)
+        self.trivial.add_binned(*ctx.drop_ignored(size, self.trivial.flat_bins(features), self.trivial.offsets(label)),
+                                sums, onehot.sum(1), torch.zeros(b, dtype=torch.int64))
 
     def merge(self, other: "GatedLayerStats") -> None:
         self.regions.merge(other.regions)
         self.labels.merge(other.labels)
-        self._merge_moments(other.n_, other.mean_, other.comoment_)
+        self.trivial.merge(other.trivial)
+        self.moments.merge(other.moments)
         self.size_ = self.size_ or other.size_
 
     def state_dict(self) -> dict:
         return {**{f"regions.{k}": v for k, v in self.regions.state_dict().items()},
                 **{f"labels.{k}": v for k, v in self.labels.state_dict().items()},
+                **{f"trivial.{k}": v for k, v in self.trivial.state_dict().items()},
                 "state_version": torch.tensor(STATE_VERSION),
-                "moments_n": torch.tensor([self.n_]), "moments_mean": self.mean_, "comoment": self.comoment_,
+                **self.moments.state_dict("moments"),
                 "size": torch.tensor(self.size_ or (0, 0))}
 
     def load_state_dict(self, state: dict) -> None:
         state = check_state_version(state, "gated layer")
         self.regions = ConditionedHistogram.from_state_dict(_sub(state, "regions."))
         self.labels = ConditionedHistogram.from_state_dict(_sub(state, "labels."))
-        self.n_, self.mean_ = int(state["moments_n"][0]), state["moments_mean"].clone()
-        self.comoment_ = state["comoment"].clone()
+        if "trivial.counts" in state:
+            self.trivial = ConditionedHistogram.from_state_dict(_sub(state, "trivial."))
+        if "comoment" in state:  # version <= 2 named the co-moment without the prefix
+            state = {**state, "moments_comoment": state["comoment"]}
+        self.moments.load_state_dict(state, "moments")
         self.size_ = tuple(int(v) for v in state["size"]) or None
 
 
@@ -157,6 +209,7 @@ class PartialLayerStats:
         self.size_: tuple[int, int] | None = None
         self.input_size_: tuple[int, int] | None = None
         self.leak_ = float("nan")  # max |output| where the updated mask is 0 (NaN: output not seen)
+        self.mask_moments: ChannelMoments | None = None  # of every channel of the updated mask (claim P4)
 
     def add(self, valid_in: Tensor, new_valid: Tensor, coverage: Tensor, ctx,
             out: Tensor | None = None) -> None:
@@ -165,6 +218,9 @@ class PartialLayerStats:
             outside = (new_valid[:, :1] == 0).expand_as(out)
             leak = float(out[outside].abs().max()) if bool(outside.any()) else 0.0
             self.leak_ = leak if self.leak_ != self.leak_ else max(self.leak_, leak)
+        if self.mask_moments is None:
+            self.mask_moments = ChannelMoments(new_valid.shape[1])
+        self.mask_moments.add(new_valid)
         new_valid = new_valid[:, :1].float()
         coverage = coverage[:, :1].float()
         self.size_, self.input_size_ = tuple(new_valid.shape[-2:]), tuple(valid_in.shape[-2:])
@@ -178,7 +234,10 @@ class PartialLayerStats:
         self.group_images_.index_add_(0, ctx.group, torch.ones_like(ctx.group))
 
         predicted_in = F.interpolate(ctx.predicted_valid, size=self.input_size_, mode="nearest")
-        predicted = F.max_pool2d(predicted_in, m.kernel, m.stride, m.padding, m.dilation)
+        # zero padding (padding is never valid), explicit: max_pool2d refuses padding > kernel / 2,
+        # which a dilated layer that keeps the size has (k 3, dilation 2, padding 2)
+        padded = F.pad(predicted_in, (m.padding,) * 4) if m.padding else predicted_in
+        predicted = F.max_pool2d(padded, m.kernel, m.stride, 0, m.dilation)
         if predicted.shape[-2:] != new_valid.shape[-2:]:
             predicted = F.interpolate(predicted, size=self.size_, mode="nearest")
         ctx.predicted_valid = predicted
@@ -210,6 +269,10 @@ class PartialLayerStats:
             self.coverage_hist_ = other.coverage_hist_.clone() if self.coverage_hist_ is None \
                 else self.coverage_hist_ + other.coverage_hist_
         self.size_, self.input_size_ = self.size_ or other.size_, self.input_size_ or other.input_size_
+        if other.mask_moments is not None:
+            if self.mask_moments is None:
+                self.mask_moments = ChannelMoments(len(other.mask_moments.mean_))
+            self.mask_moments.merge(other.mask_moments)
 
     _SCALARS = ("images_", "all_valid_", "valid_sum_", "valid_sumsq_", "predicted_sum_", "predicted_all_valid_",
                 "window", "leak_")
@@ -220,10 +283,14 @@ class PartialLayerStats:
         return {**state, "state_version": torch.tensor(STATE_VERSION), "valid_hist": self.valid_hist_,
                 "group_valid": self.group_valid_, "group_images": self.group_images_,
                 "coverage_hist": self.coverage_hist_ if self.coverage_hist_ is not None else torch.zeros(0, dtype=torch.int64),
-                "size": torch.tensor((self.size_ or (0, 0)) + (self.input_size_ or (0, 0)))}
+                "size": torch.tensor((self.size_ or (0, 0)) + (self.input_size_ or (0, 0))),
+                **(self.mask_moments.state_dict("mask") if self.mask_moments is not None else {})}
 
     def load_state_dict(self, state: dict) -> None:
         state = _migrate_partial(check_state_version(state, "partial layer"))
+        if "mask_comoment" in state:
+            self.mask_moments = ChannelMoments(len(state["mask_mean"]))
+            self.mask_moments.load_state_dict(state, "mask")
         for name in self._SCALARS:
             value = float(state[name.rstrip("_")])
             setattr(self, name, int(value) if name in self._INTEGERS else value)

@@ -23,6 +23,15 @@ def auc_from_histograms(positive: np.ndarray, negative: np.ndarray) -> np.ndarra
         return (pos * (neg_below + 0.5 * neg)).sum(-1) / (n_pos * n_neg)
 
 
+def auc_error_bound(positive: np.ndarray, negative: np.ndarray) -> np.ndarray:
+    """Largest error of :func:`auc_from_histograms` from the binning, ``[...]``: pairs that share a
+    bin count one half, and at most half of them are ordered the other way, so the exact AUC lies
+    within ``sum_b pos_b * neg_b / (2 * N_pos * N_neg)`` of the binned one."""
+    pos, neg = positive.astype(np.float64), negative.astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (pos * neg).sum(-1) / (2 * pos.sum(-1) * neg.sum(-1))
+
+
 def top_quantile_threshold(counts: np.ndarray, edges: np.ndarray, quantile: float) -> np.ndarray:
     """The value above which a fraction ``quantile`` of the mass lies, ``[...]``, interpolated
     linearly inside its bin. ``counts`` ``[..., bins]``, ``edges`` ``[..., bins + 1]`` (finite;

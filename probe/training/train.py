@@ -66,6 +66,38 @@ def learning_rate(step: int, steps: int, peak: float) -> float:
     return peak * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def check_train_settings(steps, minutes, batch_size, lr, size, width, seed, checkpoint_every, threads,
+                         eval_items) -> None:
+    """One :class:`~probe.errors.SettingsError` line for a training setting out of its range."""
+    import math
+
+    from ..errors import SettingsError
+
+    def whole(name, value, low, optional=False):
+        if optional and value is None:
+            return
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise SettingsError(f"--{name} must be an integer >= {low}, not {value!r}")
+
+    def positive(name, value, optional=False):
+        if optional and value is None:
+            return
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            raise SettingsError(f"--{name} must be a number > 0, not {value!r}")
+
+    whole("steps", steps, 1)
+    positive("minutes", minutes, optional=True)
+    whole("batch-size", batch_size, 1)
+    positive("lr", lr)
+    whole("size", size, 1)
+    whole("width", width, 1, optional=True)
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 32:
+        raise SettingsError(f"--seed must be an integer from 0 to {2 ** 32 - 1}, not {seed!r}")
+    whole("checkpoint-every", checkpoint_every, 1)
+    whole("threads", threads, 1, optional=True)
+    whole("eval-items", eval_items, 0)
+
+
 def train(model_name: str, out: str | Path, steps: int = 20000, minutes: float | None = None,
           batch_size: int = 16, lr: float = 5e-4, size: int = 64, width: int | None = None,
           seed: int = 0, resume: bool = False, checkpoint_every: int = 500, threads: int | None = None,
@@ -73,6 +105,8 @@ def train(model_name: str, out: str | Path, steps: int = 20000, minutes: float |
     """Train ``model_name`` into checkpoint folder ``out`` for ``steps`` steps (or until ``minutes``
     of wall time), writing ``losses.csv`` and a checkpoint every ``checkpoint_every`` steps; at the
     end evaluate on ``eval_items`` held-out items and write the card, the loss curve and README.md."""
+    check_train_settings(steps=steps, minutes=minutes, batch_size=batch_size, lr=lr, size=size, width=width,
+                         seed=seed, checkpoint_every=checkpoint_every, threads=threads, eval_items=eval_items)
     out = Path(out)
     if threads:
         torch.set_num_threads(threads)

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pandas as pd
 import plotly.graph_objects as go
 
-from .style import ROLE_COLORS, ROLE_ORDER, esc, message_figure, role_category
+from ..rundir.roles import has_role
+from .style import ROLE_COLORS, ROLE_ORDER, esc, message_figure
 
 
 def _base_layout(fig: go.Figure, title: str | None, height: int) -> go.Figure:
@@ -40,10 +41,7 @@ def role_counts(channels: pd.DataFrame, layers: pd.DataFrame,
     order = layers[layers.kind == "gated"].sort_values("depth").layer.tolist()
     fig = go.Figure()
     for family in ROLE_ORDER:
-        if family == "none":
-            hit = channels.role.eq("none")
-        else:
-            hit = channels.role.str.split("+").apply(lambda parts, f=family: any(role_category(p) == f for p in parts))
+        hit = has_role(channels, family)
         counts = channels[hit].groupby("layer").size().reindex(order, fill_value=0)
         fig.add_trace(go.Bar(x=[esc(l) for l in order], y=counts.to_numpy(), name=family,
                              marker_color=ROLE_COLORS[family]))

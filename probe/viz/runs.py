@@ -2,13 +2,13 @@
 gated layers, valid fraction and window coverage of the partial layers, map diversity across runs)."""
 from __future__ import annotations
 
-import re
 from typing import Mapping
 
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from ..rundir.roles import has_role
 from .style import ROLE_COLORS, esc, figure, highlight_band, hline, legend_top, message_figure, note, trace, vline
 
 
@@ -17,11 +17,6 @@ def _layer_order(layers: pd.DataFrame, kind: str | None = None) -> list[str]:
         return []
     frame = layers if kind is None else layers[layers.kind == kind]
     return list(frame.sort_values("depth").layer)
-
-
-def _has_role(roles: pd.Series, name: str) -> pd.Series:
-    """Whether each ``+``-joined role string contains the role ``name`` exactly."""
-    return roles.fillna("none").astype(str).str.contains(r"(?:^|\+)" + re.escape(name) + r"(?:\+|$)", regex=True)
 
 
 def layer_summary(channels: pd.DataFrame, layers: pd.DataFrame, highlight: str | None = None,
@@ -35,9 +30,8 @@ def layer_summary(channels: pd.DataFrame, layers: pd.DataFrame, highlight: str |
     by = channels.groupby("layer", sort=False)
     mean = by[["mean_hole", "mean_valid"]].mean().reindex(order)
     spread = by[["mean_hole", "mean_valid"]].std().reindex(order)
-    roles = channels.role if "role" in channels else pd.Series("none", index=channels.index)
-    share = pd.DataFrame({"layer": channels.layer, "hole": _has_role(roles, "hole"),
-                          "sketch": _has_role(roles, "sketch")})
+    share = pd.DataFrame({"layer": channels.layer, "hole": has_role(channels, "hole"),
+                          "sketch": has_role(channels, "sketch")})
     share = share.groupby("layer", sort=False)[["hole", "sketch"]].mean().reindex(order)
     x = [esc(name) for name in order]
     data = []

@@ -18,9 +18,10 @@ def read_checkpoint(path: str, entry: str) -> dict:
     plain containers only, never arbitrary pickled objects."""
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"{path}: not a PyTorch checkpoint readable with weights_only=True ({first_line})") from None
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, UnicodeDecodeError, OSError) as err:
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint readable with weights_only=True "
+                              f"({_why_unreadable(err)}); gateprobe reads tensors only, never pickled code: use "
+                              "the original file, or export its state_dict of tensors with torch.save") from None
     if not isinstance(checkpoint, dict):
         raise CheckpointError(f"{path}: expected a checkpoint dict with a {entry!r} entry, got {type(checkpoint).__name__}")
     bare = all(isinstance(v, torch.Tensor) for v in checkpoint.values())
@@ -31,6 +32,22 @@ def read_checkpoint(path: str, entry: str) -> dict:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path}: the {entry!r} entry is not a state dict of tensors")
     return state
+
+
+def _why_unreadable(err: BaseException) -> str:
+    """What torch.load's error says about the file, without its advice to load with weights_only=False."""
+    text = " ".join(str(err).split())
+    if "GLOBAL" in text or "Unsupported global" in text:
+        import re
+
+        found = re.search(r"(?:GLOBAL|global:?)\s+([\w.]+)", text)
+        named = f", e.g. {found.group(1).rstrip('.')}" if found else ""
+        return f"it holds pickled objects other than tensors{named}"
+    if "zip archive" in text or "central directory" in text:
+        return "a damaged or truncated zip archive"
+    if isinstance(err, EOFError) or "ran out of input" in text.lower():
+        return "the file ends early: truncated"
+    return "random or damaged bytes, not a torch.save file"
 
 
 def first_keys(keys, n: int = 5) -> str:

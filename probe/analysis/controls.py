@@ -1,0 +1,113 @@
+"""Controls for the verdicts on gated convolution: a claim about *learned* gates is a difference
+between the trained model and a control, a random-init twin of the same architecture recorded on
+the same data with the same settings (``gateprobe record --with-baseline``).
+
+Intervals are percentile bootstraps over the units a measurement summarises (the channels of a
+run for shares and medians of channel statistics, its layers for per-layer counts), resampled
+independently in the trained run and in the baseline. They describe the uncertainty of one
+checkpoint's measurement on this data, not the spread over training seeds.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+N_BOOT = 2000
+LEVEL = 0.95
+
+
+def bootstrap_statistic(values: np.ndarray, statistic: Callable[[np.ndarray], float], n_boot: int = N_BOOT,
+                        seed: int = 0) -> np.ndarray:
+    """``statistic`` of ``n_boot`` resamples (with replacement) of the rows of ``values`` ``[N, ...]``."""
+    values = np.asarray(values)
+    if len(values) == 0:
+        return np.full(n_boot, np.nan)
+    rng = np.random.default_rng(seed)
+    index = rng.integers(0, len(values), size=(n_boot, len(values)))
+    return np.array([statistic(values[i]) for i in index])
+
+
+def interval(samples: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
+    """Percentile interval of bootstrap ``samples`` (NaN when there are none)."""
+    samples = samples[np.isfinite(samples)]
+    if not len(samples):
+        return float("nan"), float("nan")
+    lo, hi = np.quantile(samples, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
+
+
+def compared(trained: np.ndarray, baseline: np.ndarray | None, statistic: Callable[[np.ndarray], float]) -> dict:
+    """The trained value, the baseline value (NaN without one), their difference and the 95%
+    interval of the difference (of the trained value alone without a baseline)."""
+    value = float(statistic(np.asarray(trained)))
+    boot_trained = bootstrap_statistic(trained, statistic, seed=1)
+    if baseline is None:
+        lo, hi = interval(boot_trained)
+        return {"value": value, "baseline": float("nan"), "difference": float("nan"), "ci": (lo, hi)}
+    base = float(statistic(np.asarray(baseline)))
+    lo, hi = interval(boot_trained - bootstrap_statistic(baseline, statistic, seed=2))
+    return {"value": value, "baseline": base, "difference": value - base, "ci": (lo, hi)}
+
+
+def exceeds(result: dict) -> bool:
+    """Whether the interval of the difference lies above zero (the claimed direction)."""
+    return bool(np.isfinite(result["difference"]) and result["ci"][0] > 0)
+
+
+class ShuffledLabels:
+    """A label-shuffle null of a dataset: item ``i`` keeps its image, hole and sketch but takes the
+    label map of another image (a random derangement, seed ``draw``) circularly shifted by a random
+    offset, so labels keep their statistics and lose every relation to the gates."""
+
+    def __init__(self, data, draw: int, n: int | None = None):
+        self.data, self.draw = data, draw
+        self.classes = list(data.classes)
+        n = len(data) if n is None else n
+        rng = np.random.default_rng(1000 + draw)
+        self._source = (np.arange(n) + rng.integers(1, max(n, 2), size=n)) % n if n > 1 else np.zeros(1, int)
+        self._shift = rng.integers(0, 1 << 16, size=(n, 2))
+
+    def __len__(self) -> int:
+        return len(self._source)
+
+    def __getitem__(self, i: int) -> dict:
+        item = dict(self.data[i])
+        labels = self.data[int(self._source[i])]["labels"]
+        dy, dx = (int(s) for s in self._shift[i])
+        item["labels"] = labels.roll((dy % labels.shape[0], dx % labels.shape[1]), dims=(0, 1))
+        return item
+
+    def spec(self) -> dict:
+        return self.data.spec() | {"label_null": self.draw}
+
+
+def label_null(model, run, draws: int, progress: bool = True):
+    """Record ``model`` ``draws`` times over the run's data and settings with label-shuffled
+    labels (:class:`ShuffledLabels`) and count the channels of each role family per draw; the
+    temporary runs are deleted. Returns a frame with one row per (draw, family): ``channels``."""
+    import shutil
+    import tempfile
+
+    import pandas as pd
+
+    from ..data import dataset_from_spec
+    from ..recording.loop import record
+    from ..rundir.roles import has_role
+    from ..rundir.settings import RecordSettings
+
+    data = dataset_from_spec(run.manifest["data"])
+    settings = RecordSettings.from_dict(run.manifest["settings"]).replace(samples=0)
+    n = int(run.manifest["data"].get("n") or run.manifest["n_images"])
+    rows = []
+    scratch = Path(tempfile.mkdtemp(prefix=".null-", dir=run.path))
+    try:
+        for draw in range(draws):
+            null = record(model, ShuffledLabels(data, draw, n), scratch / f"draw{draw}", n=n, settings=settings,
+                          progress=progress)
+            rows += [{"draw": draw, "family": family, "channels": int(has_role(null.channels, family).sum())}
+                     for family in ("hole", "valid", "sketch", "semantic")]
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return pd.DataFrame(rows)

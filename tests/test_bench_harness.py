@@ -1,0 +1,73 @@
+"""The memory benchmark's own harness can fail (issue 14).
+
+``benchmarks/memory.py`` once read ``ru_maxrss``, which a child inherits across fork/vfork + exec
+from its parent: under ``make bench`` both sizes printed the parent's 5096 MB, a ratio of 1.000
+whatever ``record`` did. Its workers now report their own ``VmHWM`` increase over a baseline taken
+after their imports. These tests check that a worker which allocates shows it, one that does not
+shows nothing, and a large parent does not leak into its worker's figure.
+"""
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+pytestmark = pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="VmHWM needs Linux /proc")
+
+
+@pytest.fixture(scope="module")
+def memory():
+    spec = importlib.util.spec_from_file_location("bench_memory", BENCHMARKS / "memory.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_worker_that_allocates_300_mb_shows_it(memory):
+    idle = memory.measure("allocate", 0)
+    busy = memory.measure("allocate", 300)
+    assert busy["increase_mb"] >= idle["increase_mb"] + 250, (idle, busy)
+    assert busy["increase_mb"] <= 300 + 50  # the increase is the block, not the interpreter
+    assert idle["increase_mb"] < 20
+    assert busy["peak_mb"] >= busy["baseline_mb"] + 250
+
+
+def test_a_large_parent_does_not_leak_into_the_worker_peak(memory):
+    block = np.ones(600 * memory.MB // 8)  # the parent now holds 600 MB more, every page written
+    parent = memory.memory_status()
+    assert parent["VmRSS"] >= 600
+    idle = memory.measure("allocate", 0)
+    del block
+    # a fresh interpreter with numpy is ~30 MB; an inherited maximum would be >= the parent's RSS
+    assert idle["peak_mb"] < parent["VmRSS"] - 400, (parent, idle)
+    assert idle["increase_mb"] < 20
+
+
+def test_reset_peak_lowers_this_process_high_water_mark(memory):
+    if not memory.reset_peak():
+        pytest.skip("/proc/self/clear_refs refused here; workers fall back to reading VmHWM")
+    block = np.ones(200 * memory.MB // 8)
+    high = memory.memory_status()["VmHWM"]
+    del block
+    assert memory.reset_peak()
+    assert memory.memory_status()["VmHWM"] <= high - 150
+
+
+def test_the_row_divides_the_increases_not_the_totals(memory, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))  # main() imports common.print_table
+    monkeypatch.setitem(sys.modules, "common", _FakeCommon)
+    reports = {16: {"baseline_mb": 1000.0, "increase_mb": 100.0}, 64: {"baseline_mb": 1000.0, "increase_mb": 150.0}}
+    monkeypatch.setattr(memory, "measure", lambda task, n, name, registry: dict(reports[n], task=task))
+    rows = memory.main(["--n", "16"])
+    assert len(rows) == 2
+    assert all(row["median"] == pytest.approx(1.5) for row in rows)  # (150) / (100), not 1150 / 1100
+
+
+class _FakeCommon:
+    @staticmethod
+    def print_table(rows):
+        pass
