@@ -27,15 +27,16 @@ MAX_REQUEST_BYTES = 2 * 1024 * 1024  # callbacks carry small state; bounds drawn
 
 
 def create_app(runs_dir: str | Path, allow_import_models: bool = False, title: str = "gateprobe explorer",
-               loopback_only: bool = True) -> dash.Dash:
+               loopback_only: bool = True, device: str = "cpu") -> dash.Dash:
     """Build the explorer over the complete runs directly under ``runs_dir`` (or ``runs_dir``
     itself when it is a run). ``allow_import_models`` lets the live page import
     ``package.module:function`` model sources named in a manifest. ``loopback_only`` (for a
     server bound to a loopback address) answers 403 to requests whose ``Host`` header is not a
-    loopback name or address (DNS-rebinding protection). The store of runs is
+    loopback name or address (DNS-rebinding protection). ``device``: where the live page runs its
+    model. The store of runs is
     ``app.run_store`` (``runs`` and ``skipped`` with reasons)."""
     store = RunStore(Path(runs_dir)).refresh()
-    context = Context(store=store, root=store.root, allow_import_paths=allow_import_models)
+    context = Context(store=store, root=store.root, allow_import_paths=allow_import_models, device=str(device))
     app = dash.Dash(__name__, title=title, update_title=None, suppress_callback_exceptions=True,
                     assets_folder=str(Path(__file__).parent / "assets"), serve_locally=True)
     app.server.config["MAX_CONTENT_LENGTH"] = MAX_REQUEST_BYTES

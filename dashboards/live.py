@@ -26,7 +26,7 @@ _LIVE: dict[tuple, LiveModel] = {}
 _LIVE_LOCK = threading.Lock()
 
 
-def live_model(view: RunView, root: Path, allow_import_paths: bool = False) -> LiveModel:
+def live_model(view: RunView, root: Path, allow_import_paths: bool = False, device: str = "cpu") -> LiveModel:
     """The model behind ``view``, rebuilt from the manifest's ``model.source`` (cached).
 
     * ``random-init``: the registry model with random weights (seed 0) -- not the weights that
@@ -38,11 +38,14 @@ def live_model(view: RunView, root: Path, allow_import_paths: bool = False) -> L
       (a pickle-based ``.pth`` only with ``allow_import_paths``, like ``--trust-pickle``);
     * ``package.module:function``: only with ``allow_import_paths`` (it imports code named by a
       file on disk).
-    """
-    key = (view.name, getattr(view, "_mtime", None))
+
+    The model runs on ``device`` (``serve --device``)."""
+    key = (view.name, getattr(view, "_mtime", None), str(device))
     with _LIVE_LOCK:
         if key not in _LIVE:
             _LIVE[key] = _build_live(view, Path(root), allow_import_paths)
+            if _LIVE[key].model is not None:
+                _LIVE[key].model.to(device)
         return _LIVE[key]
 
 
@@ -107,10 +110,10 @@ class _Sink:
         self.maps = None
 
     def gated(self, logits, gates):
-        self.maps = ("gate", gates[0].float().numpy().copy())
+        self.maps = ("gate", gates[0].float().cpu().numpy().copy())
 
     def partial(self, valid_in, new_valid, coverage, out=None):
-        self.maps = ("valid", np.stack([new_valid[0, 0].float().numpy(), coverage[0, 0].float().numpy()]))
+        self.maps = ("valid", np.stack([new_valid[0, 0].float().cpu().numpy(), coverage[0, 0].float().cpu().numpy()]))
 
 
 def live_forward(live: LiveModel, image: np.ndarray, hole: np.ndarray, sketch: np.ndarray | None,
@@ -121,6 +124,7 @@ def live_forward(live: LiveModel, image: np.ndarray, hole: np.ndarray, sketch: n
     import torch
 
     from probe.adapters import find_sites
+    from probe.devices import model_device
     from probe.hooks import hooks_attached, site_attachers
 
     model = live.model
@@ -131,8 +135,9 @@ def live_forward(live: LiveModel, image: np.ndarray, hole: np.ndarray, sketch: n
         sink = _Sink()
         with hooks_attached(model, site_attachers([site] if site is not None else [], lambda _name: sink)), \
                 torch.no_grad():
-            x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None]
-            h = torch.from_numpy(np.ascontiguousarray(hole, dtype=np.float32))[None]
-            s = None if sketch is None else torch.from_numpy(np.ascontiguousarray(sketch, dtype=np.float32))[None]
+            device = model_device(model)
+            x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None].to(device)
+            h = torch.from_numpy(np.ascontiguousarray(hole, dtype=np.float32))[None].to(device)
+            s = None if sketch is None else torch.from_numpy(np.ascontiguousarray(sketch, dtype=np.float32))[None].to(device)
             out = model(x, h, s) if s is not None else model(x, h)
-    return out[0].clamp(0, 1).float().numpy(), sink.maps
+    return out[0].clamp(0, 1).float().cpu().numpy(), sink.maps

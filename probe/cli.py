@@ -27,7 +27,7 @@ def _cmd_train(args) -> int:
     card = train(args.model, args.out, steps=args.steps, minutes=args.minutes, batch_size=args.batch_size,
                  lr=args.lr, size=args.size, width=args.width, seed=args.seed, resume=args.resume,
                  checkpoint_every=args.checkpoint_every, threads=args.threads, eval_items=args.eval_items,
-                 command=command)
+                 command=command, device=args.device)
     print(f"checkpoint written to {args.out} ({card['training']['step']} steps)")
     return 0
 
@@ -38,7 +38,9 @@ def _cmd_evaluate(args) -> int:
     from .training.evaluate import format_table, metrics_table
 
     _at_least("--n", args.n, 1)
-    model = load_model(args.checkpoint)
+    from .devices import resolve_device
+
+    model = load_model(args.checkpoint).to(resolve_device(args.device))
     items = heldout_items(args.n, size=model.config["image_size"])
     print(f"{args.checkpoint}: held-out Scenes seed {HELDOUT_SEED}, {args.n} images")
     print(format_table(metrics_table(model, items, progress=True)))
@@ -59,7 +61,7 @@ def _record_settings(args):
 
     return RecordSettings(batch_size=args.batch_size, samples=args.samples, quantile=args.quantile,
                           sketch={"auto": None, "on": True, "off": False}[args.sketch], layers=args.layers,
-                          group_by=args.groups, gate_activations=tuple(args.gate_activation))
+                          group_by=args.groups, gate_activations=tuple(args.gate_activation), dtype=args.dtype)
 
 
 def _record_data(args):
@@ -86,7 +88,7 @@ def _cmd_record(args) -> int:
     data = _record_data(args)
     model = resolve_model(args.model, random_init=args.random_init, trust_pickle=args.trust_pickle)
     run = record(model, data, args.out, n=args.n, settings=settings, seed=args.seed, shard=args.shard,
-                 overwrite=args.overwrite, resume=args.resume, checkpoint_every=args.checkpoint_every,
+                 overwrite=args.overwrite, resume=args.resume, checkpoint_every=args.checkpoint_every, device=args.device,
                  checkpoint_seconds=args.checkpoint_seconds, command=_command_line(), max_hours=args.max_hours)
     print(f"wrote {run.path} ({run.manifest['n_images']} images, {len(run.layers)} layers)")
     if args.with_baseline:
@@ -109,7 +111,7 @@ def _record_ray(args, settings) -> int:
     run = record_ray(args.model, _record_data(args), args.out, n=args.n, shards=args.shards,
                      address=None if args.ray == "local" else args.ray, settings=settings, seed=args.seed,
                      overwrite=args.overwrite, random_init=args.random_init, command=_command_line(),
-                     trust_pickle=args.trust_pickle)
+                     trust_pickle=args.trust_pickle, device=args.device)
     print(f"wrote {run.path} ({run.manifest['n_images']} images from {len(run.manifest['shards'])} Ray shards, "
           f"{len(run.layers)} layers)")
     return 0
@@ -132,7 +134,8 @@ def _cmd_analyze(args) -> int:
     run = analyze(args.run, n=args.n, batch_size=args.batch_size, per_role=args.per_role,
                   sketch=not args.no_sketch, ablate=not args.no_ablation, attribute=not args.no_attribution,
                   attribution_images=args.attribution_images, model_spec=args.model,
-                  allow_import_models=args.allow_import_models, trust_pickle=args.trust_pickle, null=args.null)
+                  allow_import_models=args.allow_import_models, trust_pickle=args.trust_pickle, null=args.null,
+                  device=args.device)
     print(f"{run.path}: wrote {', '.join(run.manifest.get('analyses', {})) or 'nothing (no gated layers)'}")
     return 0
 
@@ -185,7 +188,7 @@ def _at_least(name: str, value: int, low: int) -> None:
 def _cmd_serve(args) -> int:
     from .serve import serve_runs
 
-    serve_runs(args.runs_dir, args.host, args.port, args.allow_import_models)
+    serve_runs(args.runs_dir, args.host, args.port, args.allow_import_models, args.device)
     return 0
 
 
@@ -223,6 +226,15 @@ def _cmd_layers(args) -> int:
     return 0
 
 
+def _device_options(p: argparse.ArgumentParser, default: str = "auto", dtype: bool = False) -> None:
+    p.add_argument("--device", default=default, metavar="DEVICE",
+                   help=f"auto (CUDA when available), cpu, cuda, cuda:N or mps (default {default})")
+    if dtype:
+        p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                       help="precision of the model's forward pass (autocast); statistics accumulate in "
+                            "float32/float64/int64 whatever it is (default float32)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gateprobe", description=(
         "Open up image-inpainting networks: record gate maps and partial-conv mask evolution, "
@@ -245,11 +257,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-every", type=int, default=500)
     p.add_argument("--eval-items", type=int, default=256, help="held-out images evaluated at the end (0: skip)")
     p.add_argument("--resume", action="store_true", help="continue the checkpoint in --out")
+    _device_options(p)
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("evaluate", help="print a checkpoint's held-out metrics beside the biharmonic baseline")
     p.add_argument("checkpoint", help="checkpoint folder (model.safetensors + card.json)")
     p.add_argument("--n", type=int, default=256, help="held-out images")
+    _device_options(p)
     p.set_defaults(func=_cmd_evaluate)
 
     model_help = ("checkpoint folder, registry name (with --random-init), a loader prefix such as "
@@ -315,6 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-hours", type=float, default=168.0, metavar="H",
                    help="refuse a recording that the calibration pass estimates to take longer than H hours "
                         "(default 168, a week; 0: no limit); the estimate is printed either way")
+    _device_options(p, dtype=True)
     p.set_defaults(func=_cmd_record)
 
     p = sub.add_parser("analyze", help="add interventions, ablation, attribution and embedding tables to a run",
@@ -339,6 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "for runs you trust: a run folder from elsewhere would run its code)")
     p.add_argument("--trust-pickle", action="store_true",
                    help="allow a pickle-based weights file named by the manifest or --model (weights_only=True)")
+    _device_options(p)
     p.set_defaults(func=_cmd_analyze)
 
     p = sub.add_parser("claims", help="print the claims table (P1-P5, G1-G5) for a partial and a gated run")
@@ -399,6 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8050)
     p.add_argument("--allow-import-models", action="store_true",
                    help="let the live page import package.module:function models named in run manifests")
+    _device_options(p)
     p.set_defaults(func=_cmd_serve)
     return parser
 

@@ -61,11 +61,17 @@ _MODEL_CODE = tuple(os.path.join(_PACKAGE, room) + os.sep for room in ("models",
 
 
 def _raised_in_gateprobe(tb) -> bool:
-    """Whether the innermost frame of traceback ``tb`` is gateprobe's own code (not model code)."""
-    while tb.tb_next is not None:
+    """Whether gateprobe's own code (not model code) runs anywhere below the frame of the ``with``
+    block in traceback ``tb``: a hook of ours that raised inside the model's forward is our bug,
+    whatever torch function it called last."""
+    # the first two entries: calling_model's own frame, then the frame holding the ``with`` block
+    tb = tb.tb_next.tb_next if tb.tb_next is not None else None
+    while tb is not None:
+        path = os.path.abspath(tb.tb_frame.f_code.co_filename)
+        if path.startswith(_PACKAGE + os.sep) and not path.startswith(_MODEL_CODE):
+            return True
         tb = tb.tb_next
-    path = os.path.abspath(tb.tb_frame.f_code.co_filename)
-    return path.startswith(_PACKAGE + os.sep) and not path.startswith(_MODEL_CODE)
+    return False
 
 
 def _raising_module(tb, names: dict) -> str | None:

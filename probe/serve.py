@@ -13,6 +13,7 @@ import re
 import sys
 from pathlib import Path
 
+from .devices import resolve_device
 from .errors import SettingsError
 
 _HOSTNAME = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}"
@@ -67,8 +68,10 @@ def is_loopback_host(header: str | None) -> bool:
     return is_loopback(name)
 
 
-def serve_runs(runs_dir, host: str = "127.0.0.1", port: int = 8050, allow_import_models: bool = False) -> None:
-    """Serve the runs under ``runs_dir`` in the Dash explorer until interrupted."""
+def serve_runs(runs_dir, host: str = "127.0.0.1", port: int = 8050, allow_import_models: bool = False,
+               device: str = "cpu") -> None:
+    """Serve the runs under ``runs_dir`` in the Dash explorer until interrupted; the live page runs
+    its models on ``device`` (``auto``, ``cpu``, ``cuda``...)."""
     check_address(host, port)
     if not Path(runs_dir).is_dir():
         raise FileNotFoundError(f"{runs_dir}: no such folder; record runs into it with `gateprobe record --out "
@@ -81,7 +84,8 @@ def serve_runs(runs_dir, host: str = "127.0.0.1", port: int = 8050, allow_import
         raise SettingsError(f"the explorer needs Dash and waitress ({err}); install gateprobe with its "
                             "dependencies") from None
 
-    app = create_app(runs_dir, allow_import_models=allow_import_models, loopback_only=is_loopback(host))
+    app = create_app(runs_dir, allow_import_models=allow_import_models, loopback_only=is_loopback(host),
+                     device=resolve_device(device))
     for line in describe(app.run_store):
         print(line)
     if not is_loopback(host):

@@ -187,3 +187,41 @@ def test_semantic_needs_the_gate_to_beat_the_best_trivial_feature(trivial_auc, s
     labels["trivial_auc"] = trivial_auc
     frame = pd.concat([channels, assign_roles(channels, labels)], axis=1)
     assert bool(has_role(frame, "semantic").iloc[1]) == semantic
+
+
+# ---------------------------------------------------------------------------- whose error is it
+class RaisingModel(nn.Module):
+    accepts_sketch = False
+
+    def __init__(self):
+        super().__init__()
+        self.g = GatedConv2d(3, 4, 3)
+        self.bad = nn.Conv2d(4, 3, 1)
+
+    def forward(self, image, hole, sketch=None):
+        x = self.g(image)
+        if x.shape[-1] > 0:
+            raise ValueError("the user's forward is broken")
+        return self.bad(x)
+
+
+def test_an_error_in_the_users_model_names_the_module(tmp_path):
+    import probe
+
+    with pytest.raises(probe.UserModelError, match="RaisingModel.*the user's forward is broken") as info:
+        probe.record(RaisingModel(), probe.Scenes(size=32, n=4), tmp_path / "run", progress=False)
+    assert isinstance(info.value.original, ValueError)
+
+
+def test_an_error_in_gateprobes_own_hook_is_a_bug_not_the_users(tmp_path, monkeypatch):
+    """A hook of ours that raises inside the model's forward keeps its own type and traceback."""
+    import probe
+    from probe.stats.layer_stats import GatedLayerStats
+
+    def broken(self, *args, **kwargs):
+        raise KeyError("a bug in gateprobe")
+
+    monkeypatch.setattr(GatedLayerStats, "add", broken)
+    with pytest.raises(KeyError, match="a bug in gateprobe"):
+        probe.record(probe.create_model("gated-scenes", width=8, image_size=32), probe.Scenes(size=32, n=4),
+                     tmp_path / "run", progress=False)

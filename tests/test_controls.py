@@ -99,7 +99,7 @@ def trained_and_twin(tmp_path_factory):
         first.weight.zero_()
         first.bias.fill_(-6.0)
         first.weight[:, 3] = 12.0
-    run = probe.record(model, data, root / "run", progress=False)
+    probe.record(model, data, root / "run", progress=False)
     twin = probe.recording.loop.record_baseline(model, data, root / "run", progress=False)
     partial = probe.record(probe.create_model("pconv-scenes", width=8, image_size=32), data, root / "pconv",
                            progress=False)

@@ -15,13 +15,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from dashboards.live import live_forward, live_model
-from dashboards.store import RunStore
 
 from dashboards.app import create_app, describe
+from dashboards.live import live_forward, live_model
 from dashboards.pages import channel as channel_page
 from dashboards.pages import layer as layer_page
 from dashboards.pages.live import apply_relayout, parse_path, rasterise
+from dashboards.store import RunStore
 from probe.models.sources import resolve_model
 from probe.recording.loop import record
 

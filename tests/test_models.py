@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 from probe.data import Scenes, collate
-from probe.layers import GatedConv2d, HookPoint, PartialConv2d
 from probe.errors import ModelError
+from probe.layers import GatedConv2d, HookPoint, PartialConv2d
 from probe.models import create_model, list_models, model_config
 from probe.models.pconv import encoder_depth
 

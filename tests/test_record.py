@@ -805,20 +805,34 @@ def test_record_leaves_no_hooks_restores_modes_and_runs_without_autograd(tmp_pat
 
 
 class Exploding(GatedConv2d):
+    """Raises after its gate fired, from its ``after``-th call on (the probe pass and the
+    calibration batches come first)."""
+
+    def __init__(self, *args, after: int = 0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.after, self.calls = after, 0
+
     def forward(self, x):
-        super().forward(x)
-        raise RuntimeError("boom in layer 2")
+        out = super().forward(x)
+        self.calls += 1
+        if self.calls > self.after:
+            raise RuntimeError("boom in layer 2")
+        return out
 
 
-def test_a_model_that_raises_leaves_no_hooks_and_an_incomplete_run(tmp_path):
+@pytest.mark.parametrize("after", [0, 3])  # 0: in the discovery/calibration passes; 3: while recording
+def test_a_model_that_raises_leaves_no_hooks_and_no_usable_run(tmp_path, after):
     model = TinyMixed()
-    model.g2 = Exploding(6, 6, 3, stride=2)  # the second gated layer raises after its gate fired
+    model.g2 = Exploding(6, 6, 3, stride=2, after=after)  # the second gated layer raises after its gate fired
     model.train()
     before, modes = state_copy(model), {n: m.training for n, m in model.named_modules()}
     with pytest.raises(probe.UserModelError, match="module 'g2' \\(Exploding\\).*boom") as info:
-        record(model, scenes(n=6), tmp_path / "run", batch_size=4, progress=False)
+        record(model, scenes(n=12), tmp_path / "run", batch_size=4, progress=False, calibration=4)
     assert isinstance(info.value.original, RuntimeError) and info.value.module == "g2"
     assert_untouched(model, before, modes)
+    if after == 0:  # refused before anything was written
+        assert not (tmp_path / "run").exists()
+        return
     assert json.loads((tmp_path / "run" / "manifest.json").read_text())["complete"] is False
     with pytest.raises(RunError, match="--resume"):
         probe.load_run(tmp_path / "run")

@@ -31,6 +31,7 @@ class Context:
     store: object
     root: Path
     allow_import_paths: bool = False
+    device: str = "cpu"
     max_shapes: int = 40
     max_path_points: int = 400
 

@@ -269,7 +269,7 @@ def register(app, context):
                 or not 0 <= sample < view.n_samples:
             msg = viz.message_figure("Unknown run, layer or sample.")
             return msg, msg, "", "", ""
-        live = live_model(view, context.root, context.allow_import_paths)
+        live = live_model(view, context.root, context.allow_import_paths, context.device)
         notes = [html.Div(n, className="note") for n in live.notes]
         if live.model is None:
             msg = viz.message_figure("The model of this run cannot be run here.")

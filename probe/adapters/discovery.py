@@ -35,6 +35,7 @@ import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
+from ..devices import model_device
 from ..hooks import eval_mode, hooks_attached
 
 IMAGE, MASK = 1, 2  # taint bits: derived from the image (or sketch) / from the hole
@@ -447,11 +448,11 @@ class Discovery:
     candidates: list[Candidate] = field(default_factory=list)
 
 
-def probe_batch(size: int = 64, batch: int = 1) -> tuple[Tensor, Tensor]:
-    """A small fixed probe batch: noise images ``[B, 3, S, S]`` and a square hole ``[B, 1, S, S]``."""
+def probe_batch(size: int = 64, batch: int = 1, device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
+    """A small fixed probe batch on ``device``: noise images ``[B, 3, S, S]`` and a square hole ``[B, 1, S, S]``."""
     gen = torch.Generator().manual_seed(0)
-    image = torch.rand(batch, 3, size, size, generator=gen)
-    hole = torch.zeros(batch, 1, size, size)
+    image = torch.rand(batch, 3, size, size, generator=gen, device="cpu").to(device)
+    hole = torch.zeros(batch, 1, size, size, device=device)
     hole[..., size // 4: size // 2 + size // 8, size // 4: size // 2 + size // 8] = 1
     return image, hole
 
@@ -477,7 +478,7 @@ def discover(model: nn.Module, probe: tuple | None = None, gate_activations=(), 
             handles.append(module.register_forward_hook(lambda _m, a, out: tracer.leave(a, out), always_call=True))
         return handles
 
-    image, hole = probe if probe is not None else probe_batch()
+    image, hole = probe if probe is not None else probe_batch(device=model_device(model))
     try:
         with hooks_attached(model, [attach_tracking]), eval_mode(model), torch.inference_mode(), tracer:
             model(tracer.source(image, IMAGE), tracer.source(hole, MASK), None)

@@ -12,6 +12,7 @@ import pandas as pd
 from torch import nn
 
 from ..data import dataset_from_spec
+from ..devices import resolve_device
 from ..errors import RunError, SettingsError
 from ..rundir.files import write_table
 from ..rundir.folder import run_lock, write_manifest
@@ -73,7 +74,7 @@ def analyze(run: Run | str | Path, model: nn.Module | None = None, n: int = 64, 
             per_role: int = 3, sketch: bool = True, ablate: bool = True, attribute: bool = True,
             attribution_images: int = 8, attribution_steps: int = 16, progress: bool = True,
             model_spec: str | None = None, allow_import_models: bool = False, trust_pickle: bool = False,
-            null: int = 0) -> Run:
+            null: int = 0, device: str | None = None) -> Run:
     """Add ``embedding``, ``interventions`` (sketch on/off), ``ablation`` and ``attributions``
     tables to a gated run (partial runs get none: they have no gate channels), and with ``null``
     > 0 the ``null`` table: role counts under that many label-shuffle draws (each a recording of
@@ -97,6 +98,8 @@ def analyze(run: Run | str | Path, model: nn.Module | None = None, n: int = 64, 
             model = resolve_model(model_spec, trust_pickle=trust_pickle)
             check_weights(run, model)
         model = model or model_of_run(run, allow_import_models, trust_pickle)
+        if device is not None:
+            model.to(resolve_device(device))
         return _analyze(run, model, n, batch_size, per_role, sketch, ablate, attribute, attribution_images,
                         attribution_steps, progress, null)
 

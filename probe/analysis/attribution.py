@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from ..adapters import find_sites
 from ..data import collate
+from ..devices import batch_to, model_device
 from ..errors import calling_model
 from ..hooks import eval_mode, hooks_attached
 
@@ -36,7 +37,7 @@ def attribute_channels(model: nn.Module, data, channels: list[tuple[str, int]], 
     from captum.attr import IntegratedGradients
 
     sites = {s.name: s for s in find_sites(model) if s.kind == "gated"}
-    batch = collate([data[i] for i in range(n)])
+    batch = batch_to(collate([data[i] for i in range(n)]), model_device(model))
     image, hole, sketch = batch["image"], batch["hole"], batch["sketch"]
     use_sketch = bool(getattr(model, "accepts_sketch", False))
     rows = []
@@ -65,7 +66,7 @@ def attribute_channels(model: nn.Module, data, channels: list[tuple[str, int]], 
                                                    internal_batch_size=n * 4, return_convergence_delta=True)
                 with torch.no_grad():
                     value = target(image, hole, sketch).mean().item()
-            sums = [a.sum((1, 2, 3)).detach().numpy() for a in attributions]
+            sums = [a.sum((1, 2, 3)).detach().cpu().numpy() for a in attributions]
             total = sum(np.abs(s.mean()) for s in sums) or 1.0
             for group, s in zip(GROUPS, sums):
                 rows.append({"layer": layer, "channel": channel, "group": group, "attribution": float(s.mean()),

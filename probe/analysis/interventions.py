@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from ..adapters import find_sites
 from ..data import collate
+from ..devices import batch_to, model_device
 from ..errors import ModelError, calling_model
 from ..hooks import eval_mode, hooks_attached, site_attachers
 from ..recording.context import BatchContext
@@ -47,9 +48,9 @@ class _HoleMeans:
         return _Sink()
 
 
-def _batches(data, n: int, batch_size: int):
+def _batches(data, n: int, batch_size: int, device: torch.device):
     for start in range(0, n, batch_size):
-        yield collate([data[i] for i in range(start, min(start + batch_size, n))])
+        yield batch_to(collate([data[i] for i in range(start, min(start + batch_size, n))]), device)
 
 
 def _hole_l1(image, hole, output) -> torch.Tensor:
@@ -79,14 +80,14 @@ def sketch_intervention(model: nn.Module, data, n: int = 64, batch_size: int = 1
     l1_with, l1_without = [], []
     with eval_mode(model), hooks_attached(model, site_attachers(sites, tap.for_layer)), torch.inference_mode(), \
             calling_model(model, "sketch intervention"):
-        for batch in tqdm(list(_batches(data, n, batch_size)), desc="sketch on/off", disable=not progress):
+        for batch in tqdm(list(_batches(data, n, batch_size, model_device(model))), desc="sketch on/off", disable=not progress):
             image, hole, sketch = batch["image"], batch["hole"], batch["sketch"]
             for store, l1, given in ((with_sketch, l1_with, sketch), (without, l1_without, None)):
-                tap.ctx = BatchContext(hole, given, batch["labels"], torch.zeros(len(image), dtype=torch.long), 1)
+                tap.ctx = BatchContext(hole, given, batch["labels"], torch.zeros(len(image), dtype=torch.long, device=image.device), 1)
                 out = model(image, hole, given)
-                l1.append(_hole_l1(image, hole, out).numpy())
+                l1.append(_hole_l1(image, hole, out).cpu().numpy())
                 for name in store:
-                    store[name].append(tap.means[name].numpy())
+                    store[name].append(tap.means[name].cpu().numpy())
     rows = []
     for s in sites:
         on, off = np.concatenate(with_sketch[s.name]), np.concatenate(without[s.name])  # [n, C]
@@ -113,14 +114,14 @@ def ablation(model: nn.Module, data, channels: list[tuple[str, int]], n: int = 6
     use_sketch = bool(getattr(model, "accepts_sketch", False)) if use_sketch is None else use_sketch
     intact, ablated = [], {key: [] for key in channels}
     with eval_mode(model), torch.inference_mode(), calling_model(model, "ablation"):
-        for batch in tqdm(list(_batches(data, n, batch_size)), desc="ablation", disable=not progress):
+        for batch in tqdm(list(_batches(data, n, batch_size, model_device(model))), desc="ablation", disable=not progress):
             image, hole = batch["image"], batch["hole"]
             sketch = batch["sketch"] if use_sketch else None
-            intact.append(_hole_l1(image, hole, model(image, hole, sketch)).numpy())
+            intact.append(_hole_l1(image, hole, model(image, hole, sketch)).cpu().numpy())
             for layer, c in channels:
                 site = sites[layer]
                 with hooks_attached(model, [lambda: site.adapter.ablate(site.module, c, value)]):
-                    ablated[(layer, c)].append(_hole_l1(image, hole, model(image, hole, sketch)).numpy())
+                    ablated[(layer, c)].append(_hole_l1(image, hole, model(image, hole, sketch)).cpu().numpy())
     base = np.concatenate(intact)
     rows = []
     for (layer, c), parts in ablated.items():

@@ -36,7 +36,7 @@ def collate(items: list[dict]) -> dict:
         names = [it.get("name", it["index"]) for it in items]
         raise DataError(f"images of different sizes {sizes} in one batch (items {names[:4]}); pass --size S to "
                         "resize and crop every image to S x S") from None
-    batch["index"] = torch.tensor([it["index"] for it in items])
+    batch["index"] = torch.tensor([it["index"] for it in items], device="cpu")
     return batch
 
 

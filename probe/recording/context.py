@@ -45,7 +45,7 @@ class BatchContext:
             sketch = (F.adaptive_max_pool2d(self.sketch, size) > 0) & hole
             k = 2 * self.border + 1
             near = F.max_pool2d(hole.float(), k, stride=1, padding=self.border) > 0
-            region = torch.full(hole.shape, FAR, dtype=torch.int64)
+            region = torch.full(hole.shape, FAR, dtype=torch.int64, device=hole.device)
             region[near & ~hole] = BORDER
             region[hole] = HOLE_PLAIN
             region[sketch] = HOLE_SKETCH
@@ -58,8 +58,9 @@ class BatchContext:
         key = ("labels", size)
         if key not in self._cache:
             H, W = self.labels.shape[-2:]
-            ys = ((torch.arange(size[0]) + 0.5) * H / size[0]).long()
-            xs = ((torch.arange(size[1]) + 0.5) * W / size[1]).long()
+            device = self.labels.device
+            ys = ((torch.arange(size[0], device=device) + 0.5) * H / size[0]).long()
+            xs = ((torch.arange(size[1], device=device) + 0.5) * W / size[1]).long()
             labels = self.labels[:, ys][:, :, xs].unsqueeze(1)
             onehot = _onehot(labels.clamp(min=-1) + 1, self.n_labels + 1)[..., 1:]  # ignored: the dropped column
             self._cache[key] = (labels.clamp(min=0), onehot)
@@ -98,8 +99,9 @@ class BatchContext:
             mean = F.avg_pool2d(lum, 3, stride=1, padding=1, count_include_pad=False)
             var = (F.avg_pool2d(lum ** 2, 3, stride=1, padding=1, count_include_pad=False) - mean ** 2).clamp_min(0)
             b, (h, w) = len(colour), size
-            rows = ((torch.arange(h, dtype=torch.float32) + 0.5) / h).view(1, 1, h, 1).expand(b, 1, h, w)
-            cols = ((torch.arange(w, dtype=torch.float32) + 0.5) / w).view(1, 1, 1, w).expand(b, 1, h, w)
+            device = colour.device
+            rows = ((torch.arange(h, dtype=torch.float32, device=device) + 0.5) / h).view(1, 1, h, 1).expand(b, 1, h, w)
+            cols = ((torch.arange(w, dtype=torch.float32, device=device) + 0.5) / w).view(1, 1, 1, w).expand(b, 1, h, w)
             self._cache[key] = torch.cat([colour, var, rows, cols], dim=1)
         return self._cache[key]
 

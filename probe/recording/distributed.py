@@ -37,6 +37,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ..data import dataset_from_spec, parse_data
+from ..devices import resolve_device
 from ..errors import ModelError, SettingsError
 from ..rundir.folder import prepare_run_dir, replaces_safely, write_manifest
 from ..rundir.run import INPUTS, Run
@@ -129,7 +130,7 @@ def record_shard(job: dict, index: int, fault_hook=None) -> dict:
     from ..adapters import find_sites
 
     settings = RecordSettings.from_dict(job["settings"])
-    model = _worker_model(job["model"], job["weights_sha256"], job.get("trust_pickle", False))
+    model = _worker_model(job["model"], job["weights_sha256"], job.get("trust_pickle", False)).to(job.get("device", "cpu"))
     data = dataset_from_spec(job["data"])
     positions = shard_range(job["n"], (index, job["shards"]))
     sites = find_sites(model, settings.layers, gate_activations=settings.gate_activations)
@@ -146,7 +147,7 @@ def record_shard(job: dict, index: int, fault_hook=None) -> dict:
                    "maps": {key: np.concatenate(parts) for key, parts in kept.maps.items()}}
     return {"index": index, "start": positions.start, "stop": positions.stop, "n_images": len(positions),
             "image_size": size, "order": list(recorder.order), "host": socket.gethostname(),
-            "state": {name: s.state_dict() for name, s in recorder.stats.items()}, "samples": samples}
+            "state": {name: {k: v.cpu() for k, v in s.state_dict().items()} for name, s in recorder.stats.items()}, "samples": samples}
 
 
 def check_coverage(spans: list[tuple[int, int]], n: int) -> None:
@@ -167,7 +168,7 @@ def record_ray(model_spec: str, data_spec, out: str | Path, n: int | None = None
                address: str | None = None, *, settings: RecordSettings | None = None, seed: int | None = None,
                overwrite: bool = False, progress: bool = True, command: str = "", num_cpus: int | None = None,
                max_retries: int = 3, random_init: bool = False, fault_hook=None, trust_pickle: bool = False,
-               **setting_values) -> Run:
+               device: str = "cpu", **setting_values) -> Run:
     """Record ``model_spec`` over ``n`` images of ``data_spec`` as ``shards`` Ray tasks into ``out``.
 
     Args:
@@ -203,8 +204,9 @@ def record_ray(model_spec: str, data_spec, out: str | Path, n: int | None = None
     check_memory(sites, len(data.classes), settings, tuple(data[0]["image"].shape[-2:]))
     fresh = not Path(out).exists()
     out = prepare_run_dir(out, overwrite)
+    gpu = resolve_device(device).type == "cuda"  # checked on the driver; each worker takes its own GPU
     job = {"model": worker_spec(model_spec), "weights_sha256": weights_sha256(model), "data": data.spec(), "n": n,
-           "settings": settings.to_dict(), "trust_pickle": trust_pickle}
+           "settings": settings.to_dict(), "trust_pickle": trust_pickle, "device": "cuda" if gpu else "cpu"}
 
     started = not ray.is_initialized()
     if started:
@@ -226,7 +228,7 @@ def record_ray(model_spec: str, data_spec, out: str | Path, n: int | None = None
         manifest["ray"] = {"address": address or "local", "shards": shards, "max_retries": max_retries}
         write_manifest(out, manifest)
 
-        task = ray.remote(num_cpus=1, max_retries=max_retries)(record_shard)
+        task = ray.remote(num_cpus=1, num_gpus=1 if gpu else 0, max_retries=max_retries)(record_shard)
         job_ref = ray.put(job)
         pending = {task.remote(job_ref, i, fault_hook): i for i in range(shards)}
         def new_stats() -> dict:

@@ -11,11 +11,13 @@ from tqdm.auto import tqdm
 
 from ..adapters import find_sites
 from ..data import collate, parse_data
-from ..errors import SettingsError
-from ..rundir.folder import prepare_run_dir, replaces_safely, write_manifest
+from ..devices import autocast, batch_to, describe, model_device, resolve_device
+from ..errors import SettingsError, UserModelError
+from ..rundir.folder import check_new_run_dir, prepare_run_dir, replaces_safely, write_manifest
 from ..rundir.run import Run
 from ..rundir.samples import SampleStore
 from ..rundir.settings import RecordSettings
+from ..rundir.state import stats_to_cpu
 from ..rundir.write import write_run
 from .budget import DEFAULT_MAX_HOURS, check_duration, check_memory, duration, time_estimate
 from .calibration import calibrate_logit_ranges
@@ -56,7 +58,7 @@ def record(model: nn.Module, data, out: str | Path, n: int | None = None, *, set
            seed: int | None = None, shard: tuple[int, int] | None = None, overwrite: bool = False,
            resume: bool = False, checkpoint_every: int | None = None, checkpoint_seconds: float | None = 30.0,
            progress: bool = True, command: str = "", max_hours: float | None = DEFAULT_MAX_HOURS,
-           **setting_values) -> Run:
+           device: str | torch.device | None = None, **setting_values) -> Run:
     """Record ``model`` over ``n`` images of ``data`` into the run directory ``out``.
 
     Args:
@@ -78,6 +80,10 @@ def record(model: nn.Module, data, out: str | Path, n: int | None = None, *, set
             turns a trigger off; both off: no checkpoints).
         max_hours: refuse a recording that the calibration pass says would take longer (None or
             0: no bound); with ``progress`` the estimate is printed either way.
+        device: where to record (``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps``; the model is moved
+            there); None: where the model is. The forward runs in ``settings.dtype`` (autocast);
+            the statistics accumulate on the device in float32/float64/int64 and move to the CPU
+            only to be written.
 
     Before anything is written into ``out``, the statistics' memory is estimated (refused when it
     cannot fit, :mod:`probe.recording.budget`) and the calibration pass is timed.
@@ -85,6 +91,8 @@ def record(model: nn.Module, data, out: str | Path, n: int | None = None, *, set
     Returns the :class:`~probe.rundir.run.Run`.
     """
     settings = with_values(settings, setting_values)
+    device = model_device(model) if device is None else resolve_device(device)
+    model.to(device)
     if resume and overwrite:
         raise SettingsError("--resume continues the run in --out and --overwrite replaces it; pass only one")
     check_seed(seed)
@@ -98,15 +106,22 @@ def record(model: nn.Module, data, out: str | Path, n: int | None = None, *, set
         raise SettingsError(f"--shard {shard[0]}/{shard[1]} holds no images: {n} images split into {shard[1]} "
                             f"shards; use at most {n} shards")
     first = collate([data[positions.start]])
-    sites = find_sites(model, settings.layers, gate_activations=settings.gate_activations,
-                       probe=(first["image"], first["hole"]))
+    try:
+        sites = find_sites(model, settings.layers, gate_activations=settings.gate_activations,
+                           probe=(first["image"], first["hole"]))
+    except SystemExit as err:  # the model's forward called sys.exit in the discovery pass (its errors are handled there)
+        raise UserModelError(f"your model raised SystemExit in {type(model).__name__} during the layer discovery "
+                             f"pass: sys.exit({err.code!r})", "", err) from err
     manifest = new_manifest(model, data, n, settings, sites,
                             [{"shard": list(shard) if shard else [0, 1], "start": positions.start,
                               "stop": positions.stop}], min(settings.samples, len(positions)), command)
+    manifest["device"] = describe(device)
     resumed = open_for_resume(out, manifest) if resume else None
+    if resumed is None:
+        check_new_run_dir(out, overwrite)  # refuse before the calibration pass, not after it
     check_memory(sites, len(data.classes), settings, tuple(data[0]["image"].shape[-2:]))
     began = time.perf_counter()
-    recorder = build_recorder(model, sites, data, n, settings)
+    recorder = build_recorder(model, sites, data, n, settings, device)
     per_image = (time.perf_counter() - began) / min(n, settings.calibration)
     start = positions.start
     if resumed is not None and resumed["progress"] is not None:
@@ -135,7 +150,7 @@ def record(model: nn.Module, data, out: str | Path, n: int | None = None, *, set
                               on_batch=lambda done: (bar.update(len(done)), checkpoint(done)))
     manifest["image_size"] = size or image_size
     manifest.update(n_images=len(positions), layers=recorder.order)
-    run = write_run(out, manifest, recorder.stats, kept)
+    run = write_run(out, manifest, stats_to_cpu(recorder.stats), kept)
     clear_progress(out)
     return run
 
@@ -149,14 +164,17 @@ def with_values(settings: RecordSettings | None, values: dict) -> RecordSettings
     return settings.replace(**values) if values else settings
 
 
-def build_recorder(model: nn.Module, sites: list, data, n: int, settings: RecordSettings) -> Recorder:
-    """A :class:`Recorder` for ``settings``, its gate bins calibrated on the first
-    ``settings.calibration`` images of ``data`` (the same images, in the same batches of
-    ``settings.batch_size``, for every shard)."""
+def build_recorder(model: nn.Module, sites: list, data, n: int, settings: RecordSettings,
+                   device: torch.device | None = None) -> Recorder:
+    """A :class:`Recorder` for ``settings`` on ``device`` (default: the model's), its gate bins
+    calibrated on the first ``settings.calibration`` images of ``data`` (the same images, in the
+    same batches of ``settings.batch_size``, for every shard)."""
+    device = model_device(model) if device is None else device
     first, size = range(min(n, settings.calibration)), settings.batch_size
-    batches = [collate([data[i] for i in first[j:j + size]]) for j in range(0, len(first), size)]
-    return Recorder(model, sites, len(data.classes), settings,
-                    logit_ranges=calibrate_logit_ranges(model, sites, batches, settings.sketch))
+    batches = [batch_to(collate([data[i] for i in first[j:j + size]]), device) for j in range(0, len(first), size)]
+    with autocast(device, settings.dtype):
+        ranges = calibrate_logit_ranges(model, sites, batches, settings.sketch)
+    return Recorder(model, sites, len(data.classes), settings, logit_ranges=ranges, device=device)
 
 
 def record_batches(recorder: Recorder, data, positions: range, n: int, settings: RecordSettings,
@@ -170,9 +188,10 @@ def record_batches(recorder: Recorder, data, positions: range, n: int, settings:
     size = None
     for start in range(positions.start, positions.stop, batch_size):
         batch_positions = range(start, min(start + batch_size, positions.stop))
-        batch = collate([data[i] for i in batch_positions])
+        batch = batch_to(collate([data[i] for i in batch_positions]), recorder.device)
         size = list(batch["image"].shape[-2:])
-        group = torch.tensor([settings.group_of(p, n) for p in batch_positions], dtype=torch.int64)
+        group = torch.tensor([settings.group_of(p, n) for p in batch_positions], dtype=torch.int64,
+                             device=recorder.device)
         want = max(0, kept.k - kept.taken)
         output = recorder.forward(batch["image"], batch["hole"], batch["sketch"] if use_sketch else None,
                                   batch["labels"], group, capture=min(want, len(batch_positions)))

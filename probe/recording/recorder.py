@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from ..adapters import Site
+from ..devices import autocast, model_device
 from ..errors import ModelError, NumericalError, calling_model
 from ..hooks import eval_mode, hooks_attached, site_attachers
 from ..rundir.settings import RecordSettings
@@ -29,10 +30,12 @@ class Recorder:
     """
 
     def __init__(self, model: nn.Module, sites: list[Site], n_labels: int, settings: RecordSettings | None = None,
-                 logit_ranges: dict | None = None):
+                 logit_ranges: dict | None = None, device: torch.device | None = None):
         settings = settings or RecordSettings()
         self.model, self.sites, self.n_labels, self.border = model, sites, n_labels, settings.border
-        self.stats = new_layer_stats(sites, n_labels, settings, logit_ranges)
+        self.device = model_device(model) if device is None else torch.device(device)
+        self.dtype = settings.dtype
+        self.stats = new_layer_stats(sites, n_labels, settings, logit_ranges, device=self.device)
         self.order: list[str] = []  # layer names in execution order (filled by the first batch)
         self.capture = 0
         self.captured: dict[str, dict[str, Tensor]] = {}
@@ -66,7 +69,7 @@ class Recorder:
         first = not self.order
         self._first_batch = first
         try:
-            with torch.inference_mode(), calling_model(self.model):
+            with torch.inference_mode(), autocast(self.device, self.dtype), calling_model(self.model):
                 out = self.model(image, hole, sketch)
         finally:
             self._ctx = None
@@ -78,7 +81,7 @@ class Recorder:
     def _on_gated(self, name: str, logits: Tensor, gates: Tensor) -> None:
         self._note(name)
         try:
-            self.stats[name].add(logits, gates, self._ctx)
+            self.stats[name].add(logits.float(), gates.float(), self._ctx)  # (autocast may give bfloat16)
         except RuntimeError as err:  # NaN logits make bincount indices negative; say which layer
             if not torch.isfinite(logits).all():
                 raise NumericalError(f"layer {name}: NaN or inf gate values; check the model's weights "

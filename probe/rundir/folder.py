@@ -109,9 +109,9 @@ def _is_complete(out: Path) -> bool:
         return False
 
 
-def prepare_run_dir(out: str | Path, overwrite: bool = False) -> Path:
-    """Create ``out`` for a new run; refuse to clobber an existing run unless ``overwrite`` (and
-    then only a gateprobe run, see :func:`check_replaceable`)."""
+def check_new_run_dir(out: str | Path, overwrite: bool = False) -> None:
+    """Raise what :func:`prepare_run_dir` would refuse ``out`` for, changing nothing (so a command
+    can refuse before its expensive part)."""
     out = Path(out)
     if (out / "manifest.json").exists():
         if not overwrite:
@@ -122,12 +122,19 @@ def prepare_run_dir(out: str | Path, overwrite: bool = False) -> Path:
             raise FileExistsError(f"{out} already holds a run{hint}; pass --overwrite to replace it or choose "
                                   "another --out")
         check_replaceable(out)
+    elif out.exists() and any(out.iterdir()) and not _holds_only_temporaries(out):
+        raise FileExistsError(f"{out} exists and is not a run directory; choose an empty or new --out")
+
+
+def prepare_run_dir(out: str | Path, overwrite: bool = False) -> Path:
+    """Create ``out`` for a new run; refuse to clobber an existing run unless ``overwrite`` (and
+    then only a gateprobe run, see :func:`check_replaceable`)."""
+    out = Path(out)
+    check_new_run_dir(out, overwrite)
+    if (out / "manifest.json").exists():
         shutil.rmtree(out)
-    elif out.exists() and any(out.iterdir()):
-        if _holds_only_temporaries(out):  # a recording killed while writing its manifest: start afresh
-            remove_temporaries(out)
-        else:
-            raise FileExistsError(f"{out} exists and is not a run directory; choose an empty or new --out")
+    elif out.exists() and any(out.iterdir()):  # only temporaries: a recording killed while writing its manifest
+        remove_temporaries(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:  # read-only or missing file system: one clear line

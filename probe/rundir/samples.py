@@ -26,10 +26,10 @@ class SampleStore:
                   "labels": batch["labels"][:m].short(), "output": output[:m].clamp(0, 1).half(),
                   "index": batch["index"][:m]}
         for name, tensor in arrays.items():
-            self.inputs[name].append(tensor.numpy())
+            self.inputs[name].append(tensor.cpu().numpy())
         for layer, maps in captured.items():
             for kind, tensor in maps.items():
-                self.maps.setdefault((kind, layer), []).append(tensor[:m].numpy())
+                self.maps.setdefault((kind, layer), []).append(tensor[:m].cpu().numpy())
         self.taken += m
 
     def add_arrays(self, inputs: dict, maps: dict) -> None:

@@ -39,6 +39,8 @@ class RecordSettings:
         layers: comma-separated shell patterns of layer names to record (``None``: all).
         gate_activations: names of activations (op or module class) that discovery should also take
             as gates, besides sigmoid and hard-sigmoid (``--gate-activation``).
+        dtype: the precision of the model's forward pass (``float32``, ``bfloat16``, ``float16``:
+            autocast); statistics accumulate in float32/float64/int64 whatever it is.
     """
 
     batch_size: int = 16
@@ -52,6 +54,7 @@ class RecordSettings:
     layers: str | None = None
     group_by: str = "auto"
     gate_activations: tuple[str, ...] = ()
+    dtype: str = "float32"
 
     def __post_init__(self):
         if isinstance(self.gate_activations, (list, str)):  # from JSON, or one name
@@ -73,6 +76,8 @@ class RecordSettings:
             raise SettingsError(f"--quantile must lie strictly between 0 and 1 (e.g. 0.005), not {q!r}")
         if self.sketch not in (None, True, False):
             raise SettingsError(f"sketch must be True, False or None (auto), not {self.sketch!r}")
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise SettingsError(f"--dtype must be float32, bfloat16 or float16, not {self.dtype!r}")
         if self.group_by not in GROUPINGS:
             raise SettingsError(f"--groups must be one of {', '.join(GROUPINGS)}, not {self.group_by!r}")
         if self.layers is not None and (not isinstance(self.layers, str) or not self.layers.strip()):

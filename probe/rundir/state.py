@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from ..stats.layer_stats import GatedLayerStats, LayerGeometry, PartialLayerStats
 from .files import write_atomic
 from .run import Run
@@ -13,18 +15,29 @@ STATE_FILE = "state.safetensors"
 DEFAULT_LOGIT_RANGE = (-12.0, 12.0)  # gate bins before calibration (tests and single-image probes)
 
 
-def new_layer_stats(sites, n_labels: int, settings: RecordSettings, logit_ranges: dict | None = None) -> dict:
-    """Empty accumulators, layer name -> :class:`GatedLayerStats` / :class:`PartialLayerStats`, for
-    ``sites`` (anything with a layer's ``name``, ``kind`` and geometry); gated layers are binned
-    over ``logit_ranges[name]`` = ``(lo [C], hi [C])`` when given."""
-    ranges = logit_ranges or {}
-    return {s.name: GatedLayerStats(s, n_labels, settings.bins, settings.groups, *ranges.get(s.name, DEFAULT_LOGIT_RANGE))
-            if s.kind == "gated" else PartialLayerStats(s, settings.groups) for s in sites}
+def new_layer_stats(sites, n_labels: int, settings: RecordSettings, logit_ranges: dict | None = None,
+                    device: torch.device | str = "cpu") -> dict:
+    """Empty accumulators on ``device``, layer name -> :class:`GatedLayerStats` /
+    :class:`PartialLayerStats`, for ``sites`` (anything with a layer's ``name``, ``kind`` and
+    geometry); gated layers are binned over ``logit_ranges[name]`` = ``(lo [C], hi [C])`` when given."""
+    ranges = {name: tuple(torch.as_tensor(v, device=device) for v in pair) for name, pair in (logit_ranges or {}).items()}
+    with torch.device(device):  # every accumulator the constructors allocate
+        return {s.name: GatedLayerStats(s, n_labels, settings.bins, settings.groups,
+                                        *ranges.get(s.name, DEFAULT_LOGIT_RANGE))
+                if s.kind == "gated" else PartialLayerStats(s, settings.groups) for s in sites}
+
+
+def stats_to_cpu(stats: dict) -> dict:
+    """``stats`` with every accumulator on the CPU (through their state: exact), for writing."""
+    with torch.device("cpu"):
+        for s in stats.values():
+            s.load_state_dict({k: v.detach().cpu() for k, v in s.state_dict().items()})
+    return stats
 
 
 def state_tensors(stats: dict, prefix: str = "") -> dict:
     """Every layer's accumulator state as flat ``PREFIXLAYER/key`` tensors."""
-    return {f"{prefix}{name}/{key}": value.detach().contiguous() for name, s in stats.items()
+    return {f"{prefix}{name}/{key}": value.detach().cpu().contiguous() for name, s in stats.items()
             for key, value in s.state_dict().items()}
 
 

@@ -64,7 +64,7 @@ class ConditionedHistogram:
 
     def bin_edges(self) -> Tensor:
         """``[C, bins + 1]`` edges on each channel's logit axis (the outer ones stand for +-infinity)."""
-        steps = torch.linspace(0, 1, self.bins + 1, dtype=torch.float64)
+        steps = torch.linspace(0, 1, self.bins + 1, dtype=torch.float64, device=self.lo.device)
         return self.lo[:, None] + (self.hi - self.lo)[:, None] * steps
 
     def affine(self) -> tuple[Tensor, Tensor]:
@@ -115,7 +115,7 @@ class ConditionedHistogram:
 
     def state_dict(self) -> dict:
         return {"counts": self.counts_, "sums": self.sums_, "pixels": self.pixels_,
-                "config": torch.tensor([self.channels, self.conditions, self.bins, self.groups]),
+                "config": torch.tensor([self.channels, self.conditions, self.bins, self.groups], device="cpu"),
                 "lo": self.lo, "hi": self.hi}
 
     @classmethod

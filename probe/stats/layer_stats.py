@@ -78,10 +78,10 @@ class ChannelMoments:
     al.'s stable pairwise formula (each batch is centred on its own mean before its products are
     summed). The covariance ``comoment_ / n_`` gives the effective number of distinct maps."""
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, device: torch.device | str | None = None):
         self.n_ = 0
-        self.mean_ = torch.zeros(channels, dtype=torch.float64)
-        self.comoment_ = torch.zeros(channels, channels, dtype=torch.float64)
+        self.mean_ = torch.zeros(channels, dtype=torch.float64, device=device)
+        self.comoment_ = torch.zeros(channels, channels, dtype=torch.float64, device=device)
 
     def merge_parts(self, n: int, mean: Tensor, comoment: Tensor) -> None:
         total = self.n_ + n
@@ -105,7 +105,7 @@ class ChannelMoments:
         self.merge_parts(other.n_, other.mean_, other.comoment_)
 
     def state_dict(self, prefix: str) -> dict:
-        return {f"{prefix}_n": torch.tensor([self.n_]), f"{prefix}_mean": self.mean_, f"{prefix}_comoment": self.comoment_}
+        return {f"{prefix}_n": torch.tensor([self.n_], device="cpu"), f"{prefix}_mean": self.mean_, f"{prefix}_comoment": self.comoment_}
 
     def load_state_dict(self, state: dict, prefix: str) -> None:
         self.n_ = int(state[f"{prefix}_n"][0])
@@ -154,7 +154,7 @@ class GatedLayerStats:
         b, f = features.shape[:2]
         sums = torch.bmm(features.reshape(b, f, -1), onehot).transpose(1, 2)
         self.trivial.add_binned(*ctx.drop_ignored(size, self.trivial.flat_bins(features), self.trivial.offsets(label)),
-                                sums, onehot.sum(1), torch.zeros(b, dtype=torch.int64))
+                                sums, onehot.sum(1), torch.zeros(b, dtype=torch.int64, device=features.device))
 
     def merge(self, other: "GatedLayerStats") -> None:
         self.regions.merge(other.regions)
@@ -167,9 +167,9 @@ class GatedLayerStats:
         return {**{f"regions.{k}": v for k, v in self.regions.state_dict().items()},
                 **{f"labels.{k}": v for k, v in self.labels.state_dict().items()},
                 **{f"trivial.{k}": v for k, v in self.trivial.state_dict().items()},
-                "state_version": torch.tensor(STATE_VERSION),
+                "state_version": torch.tensor(STATE_VERSION, device="cpu"),
                 **self.moments.state_dict("moments"),
-                "size": torch.tensor(self.size_ or (0, 0))}
+                "size": torch.tensor(self.size_ or (0, 0), device="cpu")}
 
     def load_state_dict(self, state: dict) -> None:
         state = check_state_version(state, "gated layer")
@@ -219,7 +219,7 @@ class PartialLayerStats:
             leak = float(out[outside].abs().max()) if bool(outside.any()) else 0.0
             self.leak_ = leak if self.leak_ != self.leak_ else max(self.leak_, leak)
         if self.mask_moments is None:
-            self.mask_moments = ChannelMoments(new_valid.shape[1])
+            self.mask_moments = ChannelMoments(new_valid.shape[1], device=new_valid.device)
         self.mask_moments.add(new_valid)
         new_valid = new_valid[:, :1].float()
         coverage = coverage[:, :1].float()
@@ -251,7 +251,7 @@ class PartialLayerStats:
         flipped = (new_valid > 0) & (centre < 1)
         if self.coverage_hist_ is None:
             n_bins = int(min(self.window, COVERAGE_BINS_MAX))
-            self.coverage_hist_ = torch.zeros(n_bins, dtype=torch.int64)
+            self.coverage_hist_ = torch.zeros(n_bins, dtype=torch.int64, device=coverage.device)
         n_bins = len(self.coverage_hist_)
         values = coverage[flipped]
         index = (values * n_bins - 1e-6).ceil().long().sub(1).clamp(0, n_bins - 1)
@@ -271,7 +271,7 @@ class PartialLayerStats:
         self.size_, self.input_size_ = self.size_ or other.size_, self.input_size_ or other.input_size_
         if other.mask_moments is not None:
             if self.mask_moments is None:
-                self.mask_moments = ChannelMoments(len(other.mask_moments.mean_))
+                self.mask_moments = ChannelMoments(len(other.mask_moments.mean_), device=other.mask_moments.mean_.device)
             self.mask_moments.merge(other.mask_moments)
 
     _SCALARS = ("images_", "all_valid_", "valid_sum_", "valid_sumsq_", "predicted_sum_", "predicted_all_valid_",
@@ -279,17 +279,19 @@ class PartialLayerStats:
     _INTEGERS = ("images_", "all_valid_", "predicted_all_valid_")
 
     def state_dict(self) -> dict:
-        state = {name.rstrip("_"): torch.tensor(getattr(self, name), dtype=torch.float64) for name in self._SCALARS}
-        return {**state, "state_version": torch.tensor(STATE_VERSION), "valid_hist": self.valid_hist_,
+        state = {name.rstrip("_"): torch.tensor(getattr(self, name), dtype=torch.float64, device="cpu")
+                 for name in self._SCALARS}
+        return {**state, "state_version": torch.tensor(STATE_VERSION, device="cpu"), "valid_hist": self.valid_hist_,
                 "group_valid": self.group_valid_, "group_images": self.group_images_,
-                "coverage_hist": self.coverage_hist_ if self.coverage_hist_ is not None else torch.zeros(0, dtype=torch.int64),
-                "size": torch.tensor((self.size_ or (0, 0)) + (self.input_size_ or (0, 0))),
+                "coverage_hist": self.coverage_hist_ if self.coverage_hist_ is not None
+                else torch.zeros(0, dtype=torch.int64, device="cpu"),
+                "size": torch.tensor((self.size_ or (0, 0)) + (self.input_size_ or (0, 0)), device="cpu"),
                 **(self.mask_moments.state_dict("mask") if self.mask_moments is not None else {})}
 
     def load_state_dict(self, state: dict) -> None:
         state = _migrate_partial(check_state_version(state, "partial layer"))
         if "mask_comoment" in state:
-            self.mask_moments = ChannelMoments(len(state["mask_mean"]))
+            self.mask_moments = ChannelMoments(len(state["mask_mean"]), device=state["mask_mean"].device)
             self.mask_moments.load_state_dict(state, "mask")
         for name in self._SCALARS:
             value = float(state[name.rstrip("_")])

@@ -6,6 +6,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data import collate
+from ..devices import batch_to, model_device
 from ..errors import DataError
 
 
@@ -39,11 +40,12 @@ def _mean_metrics(rows: list[dict]) -> dict:
 def evaluate_model(model, items: list[dict], use_sketch: bool = False, batch_size: int = 64,
                    progress: bool = False) -> dict:
     """Mean metrics of ``model`` over held-out ``items`` (see :func:`probe.data.heldout_items`)."""
-    rows = []
+    rows, device = [], model_device(model)
     for start in tqdm(range(0, len(items), batch_size), desc="evaluate", disable=not progress, leave=False):
-        batch = collate(items[start:start + batch_size])
+        batch = batch_to(collate(items[start:start + batch_size]), device)
         sketch = batch["sketch"] if use_sketch else None
-        filled = composite(batch["image"], batch["hole"], model(batch["image"], batch["hole"], sketch))
+        filled = composite(batch["image"], batch["hole"], model(batch["image"], batch["hole"], sketch).float()).cpu()
+        batch = {k: v.cpu() for k, v in batch.items()}
         rows += [image_metrics(i.numpy(), h.numpy(), f.numpy())
                  for i, h, f in zip(batch["image"], batch["hole"], filled)]
     return _mean_metrics(rows)

@@ -17,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data import HELDOUT_SEED, TRAIN_SEED, Scenes, collate
+from ..devices import batch_to, model_device, resolve_device
 from ..models import create_model
 from ..models.checkpoints import CARD, WEIGHTS, read_card, save_checkpoint
 from ..rundir.files import write_atomic, write_json
@@ -101,7 +102,7 @@ def check_train_settings(steps, minutes, batch_size, lr, size, width, seed, chec
 def train(model_name: str, out: str | Path, steps: int = 20000, minutes: float | None = None,
           batch_size: int = 16, lr: float = 5e-4, size: int = 64, width: int | None = None,
           seed: int = 0, resume: bool = False, checkpoint_every: int = 500, threads: int | None = None,
-          eval_items: int = 256, command: str = "") -> dict:
+          eval_items: int = 256, command: str = "", device: str | None = "cpu") -> dict:
     """Train ``model_name`` into checkpoint folder ``out`` for ``steps`` steps (or until ``minutes``
     of wall time), writing ``losses.csv`` and a checkpoint every ``checkpoint_every`` steps; at the
     end evaluate on ``eval_items`` held-out items and write the card, the loss curve and README.md."""
@@ -112,14 +113,14 @@ def train(model_name: str, out: str | Path, steps: int = 20000, minutes: float |
         torch.set_num_threads(threads)
     torch.manual_seed(seed)
     config = {"image_size": size} | ({"width": width} if width else {})
-    model = create_model(model_name, **config)
+    model = create_model(model_name, **config).to(resolve_device(device))
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     start_step, elapsed = 0, 0.0
     if resume and (out / WEIGHTS).exists():
         from safetensors.torch import load_file
 
         card = read_card(out)
-        model.load_state_dict(load_file(out / WEIGHTS))
+        model.load_state_dict(load_file(out / WEIGHTS, device=str(model_device(model))))
         _load_optimizer(optimizer, out)
         start_step, elapsed = card["training"]["step"], card["training"]["seconds"]
     elif (out / WEIGHTS).exists():
@@ -142,7 +143,8 @@ def train(model_name: str, out: str | Path, steps: int = 20000, minutes: float |
     step = start_step
     with tqdm(total=steps, initial=start_step, desc=f"train {model_name}") as bar:
         while step < steps and (minutes is None or time.time() - began < minutes * 60):
-            batch = collate([data[i] for i in range(step * batch_size, (step + 1) * batch_size)])
+            batch = batch_to(collate([data[i] for i in range(step * batch_size, (step + 1) * batch_size)]),
+                             model_device(model))
             sketch = batch["sketch"] if model.accepts_sketch and step % 2 == 0 else None
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(step, steps, lr)
