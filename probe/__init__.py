@@ -12,16 +12,8 @@ __version__ = "0.1.0"
 from . import viz
 from .analysis import analyze, claims
 from .data import FolderDataset, Scenes, heldout_items
-from .errors import (
-                     CheckpointError,
-                     DataError,
-                     GateprobeError,
-                     ModelError,
-                     NumericalError,
-                     RunError,
-                     SettingsError,
-                     UserModelError,
-)
+from .errors import (CheckpointError, DataError, GateprobeError, ModelError, NumericalError, RunError, SettingsError,
+                     UserModelError)
 from .layers import GatedConv2d, HookPoint, PartialConv2d
 from .models import create_model, list_models, load_model, resolve_model, save_checkpoint
 from .recording.loop import record

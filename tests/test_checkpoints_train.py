@@ -16,15 +16,8 @@ from probe.models import create_model
 from probe.models.checkpoints import CARD, WEIGHTS, load_model, read_card, save_checkpoint
 from probe.rundir.files import sha256_file
 from probe.training.evaluate import composite, format_table, image_metrics, metrics_table
-from probe.training.train import (
-    LOSS_COLUMNS,
-    LOSS_FILE,
-    OPTIMIZER_FILE,
-    finalize,
-    inpainting_losses,
-    learning_rate,
-    train,
-)
+from probe.training.train import (LOSS_COLUMNS, LOSS_FILE, OPTIMIZER_FILE, finalize, inpainting_losses, learning_rate,
+                                  train)
 
 TINY = dict(size=32, width=8, batch_size=4, eval_items=0, threads=1, checkpoint_every=1000)
 

@@ -6,18 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from probe.data import (
-    CLASSES,
-    HELDOUT_SEED,
-    DataError,
-    FolderDataset,
-    Scenes,
-    collate,
-    dataset_from_spec,
-    heldout_items,
-    hole_mask,
-    parse_data,
-)
+from probe.data import (CLASSES, HELDOUT_SEED, DataError, FolderDataset, Scenes, collate, dataset_from_spec,
+                        heldout_items, hole_mask, parse_data)
 
 
 def boundaries(labels: np.ndarray) -> np.ndarray:

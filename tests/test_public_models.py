@@ -17,26 +17,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from probe.adapters import (
-    ADAPTERS,
-    NvidiaPartialConv2dAdapter,
-    SigmoidModuleGateAdapter,
-    SplitGateAdapter,
-    TuplePartialAdapter,
-    find_sites,
-    register_adapter,
-)
+from probe.adapters import (ADAPTERS, NvidiaPartialConv2dAdapter, SigmoidModuleGateAdapter, SplitGateAdapter,
+                            TuplePartialAdapter, find_sites, register_adapter)
 from probe.cli import main
 from probe.data import collate, parse_data
-from probe.models.ported.deepfillv2 import (
-    DeepFillV2,
-    DeepFillV2TF,
-    GConv,
-    RGBConv,
-    deepfillv2_from_state_dict,
-    load_deepfillv2,
-    tree_state_to_flat,
-)
+from probe.models.ported.deepfillv2 import (DeepFillV2, DeepFillV2TF, GConv, RGBConv, deepfillv2_from_state_dict,
+                                            load_deepfillv2, tree_state_to_flat)
 from probe.models.ported.pconv_unet import LiuPConvUNet, PartialConv, load_pconv_unet
 from probe.recording.recorder import Recorder
 from probe.rundir.run import Run

@@ -10,28 +10,9 @@ from dash.exceptions import PreventUpdate
 
 from probe import viz
 
-from .common import (
-    Problems,
-    card,
-    control,
-    frame_table,
-    graph,
-    header,
-    href,
-    kv_table,
-    layer_options,
-    nav_store,
-    no_runs,
-    pick_int,
-    pick_layer,
-    pick_run,
-    problems_box,
-    register_run_switch,
-    run_options,
-    safe,
-    view_state,
-    view_store,
-)
+from .common import (Problems, card, control, frame_table, graph, header, href, kv_table, layer_options, nav_store,
+                     no_runs, pick_int, pick_layer, pick_run, problems_box, register_run_switch, run_options, safe,
+                     view_state, view_store)
 
 NAME = "channel"
 PATH = "/channel"

@@ -10,24 +10,8 @@ from dash.exceptions import PreventUpdate
 
 from probe import viz
 
-from .common import (
-    Problems,
-    card,
-    control,
-    graph,
-    header,
-    href,
-    layer_options,
-    nav_store,
-    no_runs,
-    pick_layer,
-    pick_run,
-    problems_box,
-    run_options,
-    safe,
-    view_state,
-    view_store,
-)
+from .common import (Problems, card, control, graph, header, href, layer_options, nav_store, no_runs, pick_layer,
+                     pick_run, problems_box, run_options, safe, view_state, view_store)
 
 NAME = "labels"
 PATH = "/labels"

@@ -12,29 +12,9 @@ from dash.exceptions import PreventUpdate
 
 from probe import viz
 
-from .common import (
-    Problems,
-    card,
-    control,
-    graph,
-    header,
-    href,
-    kv_table,
-    label_legend,
-    layer_options,
-    nav_store,
-    no_runs,
-    pick_int,
-    pick_layer,
-    pick_run,
-    problems_box,
-    role_legend,
-    run_options,
-    safe,
-    sample_options,
-    view_state,
-    view_store,
-)
+from .common import (Problems, card, control, graph, header, href, kv_table, label_legend, layer_options, nav_store,
+                     no_runs, pick_int, pick_layer, pick_run, problems_box, role_legend, run_options, safe,
+                     sample_options, view_state, view_store)
 
 NAME = "layer"
 PATH = "/layer"

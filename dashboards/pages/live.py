@@ -19,26 +19,9 @@ from dash.exceptions import PreventUpdate
 from probe import viz
 
 from ..live import live_forward, live_model
-from .common import (
-    Problems,
-    card,
-    control,
-    graph,
-    header,
-    layer_options,
-    nav_store,
-    no_runs,
-    pick_int,
-    pick_layer,
-    pick_run,
-    problems_box,
-    register_run_switch,
-    run_options,
-    safe,
-    sample_options,
-    view_state,
-    view_store,
-)
+from .common import (Problems, card, control, graph, header, layer_options, nav_store, no_runs, pick_int, pick_layer,
+                     pick_run, problems_box, register_run_switch, run_options, safe, sample_options, view_state,
+                     view_store)
 
 NAME = "live"
 PATH = "/live"

@@ -7,28 +7,11 @@ gateprobe's own layers (:mod:`.own`), the third-party designs of public inpainti
 pass (:mod:`.discovery`) finds the gates and mask updates of every other module.
 """
 from . import own  # noqa: F401  (registers the adapters of gateprobe's own layers)
-from .base import (
-    ADAPTERS,
-    FOUND_BY,
-    GatedAdapter,
-    PartialAdapter,
-    Site,
-    Survey,
-    adapter_for,
-    conv_geometry,
-    find_sites,
-    register_adapter,
-    survey,
-)
+from .base import (ADAPTERS, FOUND_BY, GatedAdapter, PartialAdapter, Site, Survey, adapter_for, conv_geometry,
+                   find_sites, register_adapter, survey)
 from .discovery import DiscoveredAdapter, discover
-from .thirdparty import (
-                   MaskConvPartialAdapter,
-                   NvidiaPartialConv2dAdapter,
-                   SigmoidModuleGateAdapter,
-                   SplitGateAdapter,
-                   TuplePartialAdapter,
-                   window_count,
-)
+from .thirdparty import (MaskConvPartialAdapter, NvidiaPartialConv2dAdapter, SigmoidModuleGateAdapter, SplitGateAdapter,
+                         TuplePartialAdapter, window_count)
 
 __all__ = ["ADAPTERS", "FOUND_BY", "DiscoveredAdapter", "GatedAdapter", "MaskConvPartialAdapter",
            "NvidiaPartialConv2dAdapter", "PartialAdapter", "SigmoidModuleGateAdapter", "Site", "SplitGateAdapter",

@@ -14,15 +14,7 @@ from ..errors import DataError
 from .folder import FolderDataset
 from .formats import FORMATS, IGNORE
 from .masks import HOLE_AREA, hole_mask
-from .scenes import (
-    CLASSES,
-    HELDOUT_SEED,
-    TRAIN_SEED,
-    Scenes,
-    heldout_items,
-    render_scene,
-    scene_item,
-)
+from .scenes import CLASSES, HELDOUT_SEED, TRAIN_SEED, Scenes, heldout_items, render_scene, scene_item
 from .sketch import label_boundaries, sketch_from_labels
 
 

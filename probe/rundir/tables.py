@@ -23,14 +23,8 @@ import pandas as pd
 
 from ..stats.diversity import gate_covariance, participation_ratio
 from ..stats.layer_stats import TRIVIAL_FEATURES, GatedLayerStats, PartialLayerStats
-from ..stats.readouts import (
-    auc_error_bound,
-    auc_from_histograms,
-    iou_above,
-    mass_above,
-    sigmoid,
-    top_quantile_threshold,
-)
+from ..stats.readouts import (auc_error_bound, auc_from_histograms, iou_above, mass_above, sigmoid,
+                              top_quantile_threshold)
 from ..stats.regions import BORDER, FAR, HOLE, HOLE_PLAIN, HOLE_SKETCH, VALID
 from ..stats.significance import bh_qvalues, difference_effects, group_t_test, label_effects
 from .roles import assign_roles

@@ -24,17 +24,8 @@ array helpers), :mod:`.runs` (per-layer figures of a run), :mod:`.maps` (map and
 from .analysis import attribution_bars, effect_bars, role_counts
 from .channels import channel_scatter, embedding_scatter, gate_histograms, label_bars, label_heatmap
 from .images import masked_input, tile_origin, upsample
-from .maps import (
-                   channel_grid,
-                   channel_samples,
-                   drawing_canvas,
-                   grid_tile,
-                   image_panel,
-                   image_row,
-                   label_legend,
-                   mask_detail,
-                   mask_evolution,
-)
+from .maps import (channel_grid, channel_samples, drawing_canvas, grid_tile, image_panel, image_row, label_legend,
+                   mask_detail, mask_evolution)
 from .runs import coverage_histogram, diversity_bars, layer_summary, valid_fraction_curve
 from .style import ROLE_COLORS, ROLE_ORDER, esc, highlight_band, message_figure, role_category
 

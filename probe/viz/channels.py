@@ -9,20 +9,8 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from .style import (
-    ROLE_COLORS,
-    ROLE_ORDER,
-    columns,
-    esc,
-    figure,
-    hline,
-    legend_top,
-    message_figure,
-    note,
-    role_category,
-    trace,
-    vline,
-)
+from .style import (ROLE_COLORS, ROLE_ORDER, columns, esc, figure, hline, legend_top, message_figure, note,
+                    role_category, trace, vline)
 
 
 def gate_histograms(hole_values: np.ndarray, valid_values: np.ndarray, mean_hole: float | None = None,

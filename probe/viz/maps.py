@@ -8,21 +8,8 @@ import numpy as np
 import plotly.graph_objects as go
 
 from .images import box_path, masked_input, mosaic, outline, plane, png_uri, tile_origin, to_rgb8, upsample
-from .style import (
-    GATE_SCALE,
-    HIGHLIGHT,
-    LABEL_PALETTE,
-    MASK_SCALE,
-    ROLE_COLORS,
-    ROLE_ORDER,
-    axis_ref,
-    columns,
-    esc,
-    figure,
-    message_figure,
-    role_category,
-    trace,
-)
+from .style import (GATE_SCALE, HIGHLIGHT, LABEL_PALETTE, MASK_SCALE, ROLE_COLORS, ROLE_ORDER, axis_ref, columns, esc,
+                    figure, message_figure, role_category, trace)
 
 
 def channel_grid(maps: np.ndarray, order: Sequence[int] | None = None, roles: Sequence[str] | None = None,

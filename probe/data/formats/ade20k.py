@@ -23,9 +23,7 @@ class ADE20K(LabelledImages):
         return "expected ADEChallengeData2016 with images/, annotations/ and objectInfo150.csv"
 
     def read_classes(self) -> list[str]:
-        path = self.root / "objectInfo150.csv"
-        if not path.is_file():
-            raise DataError(f"{path}: missing; {self.layout_hint()}")
+        path = self.root_file("objectInfo150.csv")
         with path.open(encoding="utf-8", newline="") as f:
             rows = list(csv.DictReader(f))
         try:

@@ -59,6 +59,13 @@ class LabelledImages(torch.utils.data.Dataset):
     def layout_hint(self) -> str:
         return "see probe.data.formats for the expected layout"
 
+    def root_file(self, name: str) -> Path:
+        """``ROOT/name``, which the format needs: a :class:`DataError` with the layout when missing."""
+        path = self.root / name
+        if not path.is_file():
+            raise DataError(f"{path}: missing; {self.layout_hint()}")
+        return path
+
     def entries(self) -> list[tuple[str, Path, Path]]:
         """``(name, image path, label path)`` of every image of the split, in order."""
         raise NotImplementedError

@@ -26,9 +26,7 @@ class COCOStuff(LabelledImages):
         return "expected COCO-Stuff with images/SPLIT/, stuffthingmaps_trainval2017/SPLIT/ and labels.txt"
 
     def read_classes(self) -> list[str]:
-        path = self.root / "labels.txt"
-        if not path.is_file():
-            raise DataError(f"{path}: missing; {self.layout_hint()}")
+        path = self.root_file("labels.txt")
         named = {}
         for line in path.read_text(encoding="utf-8").splitlines():
             match = _LINE.match(line)
