@@ -1,7 +1,7 @@
 """Property-based fuzzing of everything that reads files a user hands to gateprobe.
 
 Whatever the bytes, the loaders raise only the project's documented errors -- ``DataError``
-(:class:`probe.data.FolderDataset`), ``CheckpointError`` (:func:`probe.checkpoints.load_model`),
+(:class:`probe.data.FolderDataset`), ``CheckpointError`` (:func:`probe.load_model`),
 ``RunError`` (:func:`probe.load_run` and a run's tables and samples), all ``ValueError``
 subclasses with a message saying what to fix -- or succeed; never another exception type and never
 a hang (every example runs under a 20 s alarm). Inputs are random bytes, truncations and byte

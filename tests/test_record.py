@@ -2,7 +2,7 @@
 
 * Exactness: all gate logits and gates are captured here with our own forward hooks, the regions and
   labels are brought to each layer's resolution with numpy (a re-implementation of the rules
-  documented in :mod:`probe.context`), and the exact statistics (sklearn / rank AUC, exact
+  documented in :mod:`probe.recording.context`), and the exact statistics (sklearn / rank AUC, exact
   quantile IoU, float64 means) are compared with the streamed tables.
 * Shards merge into the unsharded run; a planted gated model and a partial-convolution stack have
   analytically known answers; hooks, weights and modes survive a record and a crash; the

@@ -4,16 +4,16 @@
     gateprobe record --model checkpoints/scenes-pconv --n 4096 --out runs/pconv --ray [ADDRESS]
 
 Every task rebuilds the model from its spec string (a checkpoint folder, a loader prefix such as
-``deepfillv2:PATH.pth``, or ``package.module:function``) with :func:`probe.sources.resolve_model` and
+``deepfillv2:PATH.pth``, or ``package.module:function``) with :func:`probe.models.sources.resolve_model` and
 the dataset from its ``spec()`` with :func:`probe.data.dataset_from_spec`; a worker process keeps
 the model it built, so each worker builds it once. The task records shard ``(i, N)``
-(:func:`probe.record.shard_range`) through :func:`probe.record.record_batches`, the loop that
+(:func:`probe.recording.loop.shard_range`) through :func:`probe.recording.loop.record_batches`, the loop that
 ``record`` itself runs, and returns its accumulators' state dicts (plus the sample maps when the
 shard holds some of the first ``samples`` images) instead of writing files.
 
 The driver takes the results as they finish (``ray.wait``) and merges them in order of their first
 image (a result that arrives early waits for its predecessors), so the run is bit for bit the
-:func:`probe.merge.merge_runs` of the same shards recorded one at a time with ``--shard I/N``.
+:func:`probe.rundir.merge.merge_runs` of the same shards recorded one at a time with ``--shard I/N``.
 Counts and histograms are exact; float sums equal a single-process run's up to float rounding.
 
 Failures: a task whose worker process dies (killed, out of memory, machine lost) is run again by
@@ -27,7 +27,7 @@ a ``folder:`` dataset must exist at the same absolute path on every machine, and
 installed there. Each worker checks that the weights it built hash to the driver's
 (``weights_sha256``) and refuses otherwise, which is also why a ``--random-init`` registry model
 is refused: each worker would draw other random weights. Save it with
-:func:`probe.checkpoints.save_checkpoint` and pass the folder instead.
+:func:`probe.save_checkpoint` and pass the folder instead.
 """
 from __future__ import annotations
 
@@ -82,7 +82,7 @@ def _refuse_random_init(model_spec: str, random_init: bool) -> None:
 
     if random_init or (model_spec in list_models() and not Path(model_spec).is_dir()):
         raise SettingsError(f"--ray rebuilds the model on every worker, and a random-init registry model ({model_spec!r}) "
-                         "would get other weights on each; save it first with probe.checkpoints.save_checkpoint("
+                         "would get other weights on each; save it first with probe.save_checkpoint("
                          "model, FOLDER) and pass --model FOLDER")
 
 
@@ -103,8 +103,8 @@ def _worker_model(spec: str, expected_sha256: str, trust_pickle: bool = False):
 
 
 def _worker_recorder(job: dict, model, sites: list, data):
-    """A fresh Recorder for one shard, its gate bins calibrated like :func:`probe.record.record`'s
-    (:func:`probe.record.build_recorder`, on images 0.. whatever the shard). The calibration runs
+    """A fresh Recorder for one shard, its gate bins calibrated like :func:`probe.recording.loop.record`'s
+    (:func:`probe.recording.loop.build_recorder`, on images 0.. whatever the shard). The calibration runs
     once per worker and job; later shards of the job reuse its logit ranges."""
     import json
 
@@ -184,7 +184,7 @@ def record_ray(model_spec: str, data_spec, out: str | Path, n: int | None = None
             after every batch (e.g. to kill the worker once).
         The other arguments (``settings`` and single setting values) are :func:`probe.record`'s.
 
-    Returns the :class:`~probe.run.Run`; its manifest lists every shard's span.
+    Returns the :class:`~probe.Run`; its manifest lists every shard's span.
     """
     ray = import_ray()
     from ..adapters import find_sites

@@ -125,7 +125,7 @@ def clear_progress(out: Path) -> None:
 
 
 class Checkpointer:
-    """``on_batch`` callback of :func:`probe.record.record_batches` that writes a checkpoint once
+    """``on_batch`` callback of :func:`probe.recording.loop.record_batches` that writes a checkpoint once
     ``every`` batches have passed since the last one or ``seconds`` of wall time, whichever comes
     first (``None`` or 0 turns a trigger off; both off: never). The accumulators of a large model
     are tens of MB, so the default is time-based (30 s)."""

@@ -13,7 +13,7 @@ from markupsafe import Markup
 
 from .. import viz
 from ..analysis.claims import claims as claims_table
-from ..analysis.claims import split_runs
+from ..analysis.claims import g5_sensitivity, split_runs
 from ..analysis.interventions import strongest_channels
 from ..analysis.summary import partial_layer_summary
 from ..errors import SettingsError
@@ -134,6 +134,7 @@ def build_report(run_paths: list[str | Path], out: str | Path, title: str | None
         "diversity": _fig(viz.diversity_bars({r.name: r.layers for r in runs})),
         "claims": claims.to_dict("records") if claims is not None else [],
         "claims_note": CLAIMS_NOTE,
+        "g5": [{"run": r.name, "rows": g5_sensitivity(r).to_dict("records")} for r in runs if not r.channels.empty],
         "reproducibility": _reproducibility(runs),
         "python": platform.python_version(),
         "sections": SECTIONS,
@@ -178,8 +179,11 @@ def markdown_summary(runs: list[Run], claims: pd.DataFrame | None, title: str) -
         if row["metrics"]:
             parts += ["", _md_table(pd.DataFrame(row["metrics"]).round(4)), ""]
     if claims is not None:
-        parts += ["", "## Claims", "", CLAIMS_NOTE, "", _md_table(claims[["claim", "verdict", "value", "ci_low", "ci_high",
-                                                                       "measurement", "evidence"]]), ""]
+        columns = ["claim", "verdict", "value", "baseline", "difference", "ci_low", "ci_high", "measurement", "evidence"]
+        parts += ["", "## Claims", "", CLAIMS_NOTE, "", _md_table(claims.reindex(columns=columns)), ""]
+        for run in runs:
+            if not run.channels.empty:
+                parts += [f"### G5 by where \"deep\" starts: {_md(run.name)}", "", _md_table(g5_sensitivity(run)), ""]
     for run in runs:
         if not run.evolution.empty:
             parts += [f"## Mask evolution: {_md(run.name)}", "", _md_table(partial_layer_summary(run).round(4)), ""]
