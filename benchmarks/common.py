@@ -35,8 +35,10 @@ def recorder_for(model, size: int = 64):
     from probe.recording.loop import build_recorder
     from probe.stats.histograms import DEFAULT_BINS
 
-    settings = {"calibration": 32, "sketch": bool(getattr(model, "accepts_sketch", False)), "bins": DEFAULT_BINS,
-                "groups": 32, "border": 2, "batch_size": 16}
+    from probe.rundir.settings import RecordSettings
+
+    settings = RecordSettings(calibration=32, sketch=bool(getattr(model, "accepts_sketch", False)), bins=DEFAULT_BINS,
+                              groups=32, border=2, batch_size=16)
     return build_recorder(model, find_sites(model), Scenes(size=size, n=32, seed=1), 32, settings)
 
 

@@ -2,11 +2,10 @@
 (:func:`check_memory`, refused when it cannot fit) and the time the whole run will take,
 extrapolated from the calibration pass (:func:`time_estimate`, refused beyond ``max_hours``).
 
-Memory of one gated layer of ``C`` channels with ``K = L + 4`` conditions (``L`` classes, 4
-regions), ``bins`` bins and ``G`` groups: histograms ``K*C*bins`` int64 plus sums ``G*K*C``
-float64, and once per batch a ``bincount`` of the same ``L*C*bins`` size and the labels' one-hot
-``B*H*W*K`` float32 (bounded above at the image's resolution). A histogram of more than 2**31
-cells cannot be indexed (int32 offsets): refused whatever the memory.
+Memory of the gated layers' statistics: see :func:`label_memory` (label cells of size
+labels x channels x cells, not x bins, plus (group, label) sums at worst). The per-batch
+``bincount`` covers only the labels present in the batch; more than 2**31 of its cells cannot be
+indexed (int32 offsets): refused whatever the memory.
 """
 from __future__ import annotations
 
@@ -36,19 +35,34 @@ def available_memory() -> int | None:
 
 
 def label_memory(sites, n_labels: int, settings, image_hw: tuple[int, int]) -> tuple[int, int]:
-    """``(bytes, largest histogram cells)`` the gated layers' statistics need for ``n_labels`` classes."""
-    conditions = n_labels + 4
+    """``(bytes, largest bincount cells)`` the gated layers' statistics need for ``n_labels`` classes.
+
+    Per gated layer of ``C`` channels (:mod:`probe.stats.histograms`): region histograms
+    ``4*C*bins`` int64 and sums ``G*4*C`` float64; label cells ``L*C*cells`` counts + offset sums
+    (int32, int64 after 2**31 / w labelled pixels: counted as int32) with ``cells =
+    label_cells(L, C, bins)`` (fine bins while ``L*C*bins <= 2**20``, then fewer, at least 16); the
+    labelled total ``C*bins`` int64; the (group, label) sums at worst ``G*L*(C+3)`` 8-byte words
+    (kept only for pairs that occur: an upper bound); the trivial features' cells; the co-moment
+    ``C*C`` float64. Once per batch: the present labels' ``P*C*bins`` int64 bincount with ``P <=
+    min(L, 16 * batch)`` and the one-hot ``B*H*W*(4+P)`` float32 (bounded at the image's size)."""
+    from ..stats.histograms import label_cells
+    from ..stats.layer_stats import TRIVIAL_FEATURES
+
     h, w = image_hw
+    bins, groups, batch = settings.bins, settings.groups, settings.batch_size
+    present = min(n_labels, 16 * batch)
+    n_trivial = len(TRIVIAL_FEATURES)
     state = peak = cells = 0
     for site in sites:
         if site.kind != "gated":
             continue
         c = max(1, int(site.channels))
-        layer_cells = conditions * c * settings.bins
-        cells = max(cells, n_labels * c * settings.bins)
-        state += layer_cells * 8 + settings.groups * conditions * (c + 1) * 8 + c * c * 8
-        peak = max(peak, layer_cells * 8 + settings.batch_size * h * w * conditions * 4 * 2
-                   + settings.batch_size * conditions * c * 4)
+        layer_cells = label_cells(n_labels, c, bins)
+        trivial_cells = label_cells(n_labels, n_trivial, bins)
+        state += (4 * c * bins * 8 + groups * 4 * (c + 1) * 8 + n_labels * c * layer_cells * 8 + c * bins * 8
+                  + groups * n_labels * (c + 3) * 8 + n_labels * n_trivial * trivial_cells * 8 + c * c * 8)
+        cells = max(cells, present * c * bins)
+        peak = max(peak, (present + 4) * c * bins * 8 + batch * h * w * (4 + present) * 4 * 2 + batch * present * c * 4)
     return state + peak, cells
 
 
@@ -62,8 +76,8 @@ def check_memory(sites, n_labels: int, settings, image_hw: tuple[int, int]) -> i
     channels = sum(int(s.channels) for s in sites if s.kind == "gated")
     fix = ("merge rare classes into fewer, record fewer --layers, or lower --batch-size")
     if cells > INT32_CELLS:
-        raise SettingsError(f"{n_labels} classes x up to {cells // (n_labels * settings.bins)} gate channels x "
-                            f"{settings.bins} bins is {cells:,} histogram cells per layer, beyond the 2**31 a "
+        raise SettingsError(f"{n_labels} classes x {channels} gate channels x {settings.bins} bins needs "
+                            f"{cells:,} histogram cells per batch and layer, beyond the 2**31 a "
                             f"histogram can index; {fix}")
     free = available_memory()
     if free is not None and need > 0.8 * free:

@@ -23,8 +23,8 @@ import pandas as pd
 
 from ..stats.diversity import gate_covariance, participation_ratio
 from ..stats.layer_stats import TRIVIAL_FEATURES, GatedLayerStats, PartialLayerStats
-from ..stats.readouts import (auc_error_bound, auc_from_histograms, iou_above, mass_above, sigmoid,
-                              top_quantile_threshold)
+from ..stats.readouts import (auc_error_bound, auc_from_cells, auc_from_histograms, iou_from_cells, mass_above,
+                              sigmoid, top_quantile_threshold)
 from ..stats.regions import BORDER, FAR, HOLE, HOLE_PLAIN, HOLE_SKETCH, VALID
 from ..stats.significance import bh_qvalues, difference_effects, group_t_test, label_effects
 from .roles import assign_roles
@@ -142,18 +142,18 @@ def _soft_fraction(counts: np.ndarray, edges: np.ndarray) -> np.ndarray:
 
 def _labels_of_layer(name: str, s: GatedLayerStats, classes: list[str], threshold_logit: np.ndarray) -> pd.DataFrame:
     lab = s.labels
-    counts = lab.counts_.numpy()  # [L, C, bins]
-    total = counts.sum(0)
-    edges = lab.bin_edges().numpy()
-    sums, pixels = lab.sums_.sum(0).numpy(), lab.pixels_.sum(0).numpy()  # [L, C], [L]
+    counts, moments = lab.counts_.cpu().numpy(), lab.moments_.cpu().numpy()  # [L, C, cells]
+    total = lab.total_.cpu().numpy()  # [C, bins], every labelled pixel
+    edges = lab.bin_edges().cpu().numpy()
+    group_sums, group_pixels = (t.cpu().numpy() for t in lab.dense_sums())  # [G, L, C], [G, L]
+    sums, pixels = group_sums.sum(0), group_pixels.sum(0)  # [L, C], [L]
     n_labels, n_channels = counts.shape[:2]
-    auc = auc_from_histograms(counts, total[None] - counts)
-    auc_error = auc_error_bound(counts, total[None] - counts)
+    auc, auc_error = auc_from_cells(counts, moments, total)
     trivial_auc, trivial_feature = _trivial_control(s.trivial)
-    iou = iou_above(counts, total, edges, threshold_logit)
+    iou = iou_from_cells(counts, moments, total, edges, threshold_logit)
     mean_in = _ratio(sums, pixels[:, None])
     mean_out = _ratio(sums.sum(0)[None] - sums, (pixels.sum() - pixels)[:, None])
-    p = group_t_test(label_effects(lab.sums_.numpy(), lab.pixels_.numpy().astype(np.float64)))
+    p = group_t_test(label_effects(group_sums, group_pixels.astype(np.float64)))
     grid_label, grid_channel = np.meshgrid(np.arange(n_labels), np.arange(n_channels), indexing="ij")
     return pd.DataFrame({
         "layer": name, "channel": grid_channel.ravel(), "label_id": grid_label.ravel(),
@@ -176,9 +176,8 @@ def _trivial_control(trivial) -> tuple[np.ndarray, np.ndarray]:
     """Per label ``[L]``: the best separation by one trivial input feature, ``max(auc, 1 - auc)``
     over :data:`~probe.stats.layer_stats.TRIVIAL_FEATURES` (a feature lower on the label is as
     trivial as one higher), and that feature's name. NaN / "" when the run kept no trivial features."""
-    counts = trivial.counts_.numpy()  # [L, F, bins]
-    total = counts.sum(0)
-    auc = auc_from_histograms(counts, total[None] - counts)  # [L, F]
+    auc, _ = auc_from_cells(trivial.counts_.cpu().numpy(), trivial.moments_.cpu().numpy(),
+                            trivial.total_.cpu().numpy())  # [L, F]
     separation = np.fmax(auc, 1 - auc)
     ok = np.isfinite(separation).any(1)
     best = np.where(ok, np.nanargmax(np.where(np.isfinite(separation), separation, -1), axis=1), 0)

@@ -8,10 +8,10 @@ resolution in the tails, where the top-quantile threshold of Network Dissection 
 logit range for every channel is not enough either: a trained channel may spread its logits over
 a fraction of one such bin, and pixel pairs that share a bin make the AUC a tie. So the range of
 each channel is calibrated on the first images of the data (see
-:func:`probe.recorder.calibrate_logit_ranges`), the same images for every shard, so shard
+:func:`probe.recording.calibration.calibrate_logit_ranges`), the same images for every shard, so shard
 histograms stay mergeable. Binning a logit is one fused multiply-add, a clamp and a truncation.
 
-The fast path (see :class:`probe.recorder.GatedLayerStats`) bins a layer's logits once into
+The fast path (see :class:`probe.stats.layer_stats.GatedLayerStats`) bins a layer's logits once into
 flat ``channel * bins + bin`` indices, adds a broadcast int32 offset per pixel's condition and
 histograms everything with one ``bincount``; sums come from one batched matrix product with the
 conditions' one-hot matrix. No temporary larger than one int32 copy of the gate map is made.
@@ -24,6 +24,15 @@ from torch import Tensor
 from ..errors import RunError
 
 DEFAULT_BINS = 512  # per channel; AUC p99 error 0.00025, IoU p90 2.1% at 64 images (benchmarks/accuracy.py)
+
+
+def _per_channel(value, channels: int, device=None) -> Tensor:
+    """float64 ``[channels]`` from a tensor (on its own device unless ``device``) or a number."""
+    if isinstance(value, Tensor):
+        t = value.to(dtype=torch.float64, device=device or value.device)
+    else:
+        t = torch.tensor(value, dtype=torch.float64, device=device)
+    return torch.broadcast_to(t, (channels,)).clone()
 
 
 def logit_bins(logits: Tensor, scale: Tensor, offset: Tensor, bins: int) -> Tensor:
@@ -52,15 +61,16 @@ class ConditionedHistogram:
     def __init__(self, channels: int, conditions: int, bins: int = 256, lo: Tensor | float = -12.0,
                  hi: Tensor | float = 12.0, groups: int = 1):
         self.channels, self.conditions, self.bins, self.groups = channels, conditions, bins, groups
-        self.lo = torch.broadcast_to(torch.as_tensor(lo, dtype=torch.float64), (channels,)).clone()
-        self.hi = torch.broadcast_to(torch.as_tensor(hi, dtype=torch.float64), (channels,)).clone()
+        self.lo = _per_channel(lo, channels)
+        self.hi = _per_channel(hi, channels, self.lo.device)
         if not bool((self.hi > self.lo).all()):
             raise ValueError("every channel's logit range must satisfy lo < hi")
         self._binning = self.affine()  # lo and hi never change: the float32 scale/offset, once
-        self._channel_base = torch.arange(channels, dtype=torch.int32).view(1, -1, 1, 1) * bins
-        self.counts_ = torch.zeros(conditions, channels, bins, dtype=torch.int64)
-        self.sums_ = torch.zeros(groups, conditions, channels, dtype=torch.float64)
-        self.pixels_ = torch.zeros(groups, conditions, dtype=torch.int64)
+        device = self.lo.device
+        self._channel_base = torch.arange(channels, dtype=torch.int32, device=device).view(1, -1, 1, 1) * bins
+        self.counts_ = torch.zeros(conditions, channels, bins, dtype=torch.int64, device=device)
+        self.sums_ = torch.zeros(groups, conditions, channels, dtype=torch.float64, device=device)
+        self.pixels_ = torch.zeros(groups, conditions, dtype=torch.int64, device=device)
 
     def bin_edges(self) -> Tensor:
         """``[C, bins + 1]`` edges on each channel's logit axis (the outer ones stand for +-infinity)."""
@@ -123,4 +133,201 @@ class ConditionedHistogram:
         channels, conditions, bins, groups = (int(v) for v in state["config"])
         hist = cls(channels, conditions, bins, state["lo"], state["hi"], groups)
         hist.counts_, hist.sums_, hist.pixels_ = state["counts"].clone(), state["sums"].clone(), state["pixels"].clone()
+        return hist
+
+
+LABEL_CELLS = 16  # fewest cells per channel of the label statistics (groups of DEFAULT_BINS / 16 = 32 fine bins)
+LABEL_CELLS_PER_CHANNEL = 8 * DEFAULT_BINS  # labels x cells per channel up to this (8 labels: fine bins)
+
+
+def label_cells(labels: int, channels: int, bins: int) -> int:
+    """Cells per channel for a layer: the most (a power of two dividing ``bins``, up to one cell per
+    fine bin, i.e. exact fine counts) with ``labels * cells <= LABEL_CELLS_PER_CHANNEL``, never
+    fewer than ``LABEL_CELLS``: up to 8 labels the label statistics are the exact fine histograms;
+    beyond, their size per channel stays at that budget until 256 labels, then grows as 16 cells
+    per label (not as ``bins`` per label)."""
+    cells = bins
+    while cells > LABEL_CELLS and cells % 2 == 0 and labels * cells > LABEL_CELLS_PER_CHANNEL:
+        cells //= 2
+    return cells
+INT32_SAFE = 2 ** 31 - 1
+DENSE_SLOTS = 1024  # groups x labels up to this: (group, label) sums allocated densely up front
+
+
+class LabelCellHistogram:
+    """Per-(label, channel) statistics whose size is ``labels x channels x cells`` (not x bins).
+
+    The ``bins`` fine bins of each channel (the same calibrated binning as the region histograms)
+    are grouped into ``cells`` runs of ``w = bins / cells`` consecutive bins. For each (label,
+    channel, cell) two integers are kept: the pixel count and the sum of the pixels' fine-bin
+    offsets inside the cell (``0 .. w-1``), i.e. the label's mean fine position in the cell. The
+    fine histogram over all labelled pixels (``total_``, ``[C, bins]``) is kept exactly. A
+    read-out that is linear in the label's fine histogram (AUC's rank sum, the mass above the
+    IoU threshold) is then evaluated cell by cell with the label's fine distribution inside the
+    cell taken as the total's, tilted linearly to the label's exact mean (see
+    :func:`probe.stats.readouts.cell_functional`); its error is bounded rigorously by the cell's
+    residual of that linear fit (``auc_error``).
+
+    Updates are sparse: each batch is binned once into a fine histogram of the ``P`` labels
+    *present in that batch* (a ``P x C x bins`` temporary), reduced to cells and added to the rows
+    of those labels. The cells are a fixed function of the calibrated range, so every shard has
+    the same ones and ``merge`` adds integers exactly. Counts and moments are int32 while the
+    labelled pixels seen (times ``w``) cannot overflow one, then promoted to int64.
+
+    Per-(image group, label) gate sums (the t-test and ``mean_in``/``mean_out``) are kept only for
+    pairs that occurred: ``slot_of_`` ``[G, L]`` (int64, -1 = none), ``slot_sums_`` ``[S, C]``
+    float64, ``slot_pixels_`` ``[S]`` int64; at worst (every label in every group) ``G*L*C``.
+    """
+
+    def __init__(self, channels: int, labels: int, bins: int, lo, hi, groups: int = 1,
+                 cells: int | None = None, device=None):
+        cells = label_cells(labels, channels, bins) if cells is None else cells
+        if bins % cells:
+            cells = 1 if bins < 2 else max(c for c in range(1, min(cells, bins) + 1) if bins % c == 0)
+        self.channels, self.labels, self.bins, self.cells, self.groups = channels, labels, bins, cells, groups
+        self.width = bins // cells
+        self.lo = _per_channel(lo, channels, device)
+        self.hi = _per_channel(hi, channels, self.lo.device)
+        device = self.lo.device
+        self.counts_ = torch.zeros(labels, channels, cells, dtype=torch.int32, device=device)
+        self.moments_ = torch.zeros(labels, channels, cells, dtype=torch.int32, device=device)
+        self.total_ = torch.zeros(channels, bins, dtype=torch.int64, device=device)
+        self.slot_of_ = torch.full((groups, labels), -1, dtype=torch.int64, device=device)  # -1: no slot yet
+        self.slot_sums_ = torch.zeros(0, channels, dtype=torch.float64, device=device)
+        self.slot_pixels_ = torch.zeros(0, dtype=torch.int64, device=device)
+        self.slot_keys_ = torch.zeros(0, 2, dtype=torch.int64, device=device)  # (group, label) of each slot
+        self._offset = torch.arange(self.width, dtype=torch.int64, device=device)
+        if groups * labels <= DENSE_SLOTS:  # few labels: every (group, label) slot from the start (flat memory)
+            g, lab = torch.meshgrid(torch.arange(groups, dtype=torch.int64, device=device),
+                                    torch.arange(labels, dtype=torch.int64, device=device), indexing="ij")
+            self.slot_keys_ = torch.stack([g.reshape(-1), lab.reshape(-1)], 1)
+            self.slot_of_ = torch.arange(groups * labels, dtype=torch.int64, device=device).view(groups, labels)
+            self.slot_sums_ = torch.zeros(groups * labels, channels, dtype=torch.float64, device=device)
+            self.slot_pixels_ = torch.zeros(groups * labels, dtype=torch.int64, device=device)
+
+    # ------------------------------------------------------------------ accumulate
+    def _promote(self, new_pixels: int) -> None:
+        """int64 once ``pixels seen * w`` could overflow an int32 cell (exact either way)."""
+        if self.counts_.dtype == torch.int32 and (int(self.total_[0].sum()) + new_pixels) * self.width > INT32_SAFE:
+            self.counts_, self.moments_ = self.counts_.long(), self.moments_.long()
+
+    def add_fine(self, present: Tensor, fine: Tensor, batch_total: Tensor) -> None:
+        """``present`` ``[P]`` label ids, ``fine`` ``[P, C, bins]`` int64 their fine counts in this
+        batch, ``batch_total`` ``[C, bins]`` the fine counts of all labelled pixels of the batch."""
+        self._promote(int(batch_total[0].sum()))
+        self.total_ += batch_total
+        if not len(present):
+            return
+        dtype = self.counts_.dtype
+        if self.width == 1:  # cells are the fine bins: the offsets are all 0
+            if len(present) == self.labels:  # dense (every class, in order)
+                self.counts_ += fine.to(dtype)
+            else:
+                self.counts_.index_add_(0, present, fine.to(dtype))
+            return
+        cells = fine.view(len(present), self.channels, self.cells, self.width)
+        self.counts_.index_add_(0, present, cells.sum(-1).to(dtype))
+        self.moments_.index_add_(0, present, (cells * self._offset).sum(-1).to(dtype))
+
+    def add_sums(self, present: Tensor, group: Tensor, sums: Tensor, pixels: Tensor) -> None:
+        """Per-image ``sums`` ``[B, P, C]`` and ``pixels`` ``[B, P]`` of the present labels, ``group`` ``[B]``."""
+        b_idx, p_idx = torch.nonzero(pixels > 0, as_tuple=True)
+        if not len(b_idx):
+            return
+        g, lab = group[b_idx], present[p_idx]
+        slots = self.slot_of_[g, lab]
+        new = slots < 0
+        if bool(new.any()):
+            keys = torch.unique(torch.stack([g[new], lab[new]], 1), dim=0)
+            first = len(self.slot_pixels_)
+            ids = torch.arange(first, first + len(keys), dtype=torch.int64, device=self.slot_of_.device)
+            self.slot_of_[keys[:, 0], keys[:, 1]] = ids
+            self.slot_keys_ = torch.cat([self.slot_keys_, keys])
+            self.slot_sums_ = torch.cat([self.slot_sums_, torch.zeros(len(keys), self.channels, dtype=torch.float64,
+                                                                      device=self.slot_sums_.device)])
+            self.slot_pixels_ = torch.cat([self.slot_pixels_, torch.zeros(len(keys), dtype=torch.int64,
+                                                                          device=self.slot_pixels_.device)])
+            slots = self.slot_of_[g, lab]
+        self.slot_sums_.index_add_(0, slots, sums[b_idx, p_idx].double())
+        self.slot_pixels_.index_add_(0, slots, pixels[b_idx, p_idx].round().long())
+
+    # ------------------------------------------------------------------ read
+    def dense_sums(self) -> tuple[Tensor, Tensor]:
+        """``sums`` ``[G, L, C]`` float64 and ``pixels`` ``[G, L]`` int64 (zeros where a label never
+        occurred in a group), for the read-outs of one layer."""
+        sums = torch.zeros(self.groups, self.labels, self.channels, dtype=torch.float64, device=self.slot_sums_.device)
+        pixels = torch.zeros(self.groups, self.labels, dtype=torch.int64, device=self.slot_sums_.device)
+        if len(self.slot_keys_):
+            g, lab = self.slot_keys_[:, 0], self.slot_keys_[:, 1]
+            sums[g, lab] = self.slot_sums_
+            pixels[g, lab] = self.slot_pixels_
+        return sums, pixels
+
+    @property
+    def sums_(self) -> Tensor:
+        """Dense ``[G, L, C]`` gate sums (read-only view of the slots, as version 3 kept them)."""
+        return self.dense_sums()[0]
+
+    @property
+    def pixels_(self) -> Tensor:
+        """Dense ``[G, L]`` pixel counts (read-only view of the slots)."""
+        return self.dense_sums()[1]
+
+    def bin_edges(self) -> Tensor:
+        steps = torch.linspace(0, 1, self.bins + 1, dtype=torch.float64, device=self.lo.device)
+        return self.lo[:, None] + (self.hi - self.lo)[:, None] * steps
+
+    # ------------------------------------------------------------------ merge and state
+    def merge(self, other: "LabelCellHistogram") -> "LabelCellHistogram":
+        if (other.channels, other.labels, other.bins, other.cells, other.groups) != (
+                self.channels, self.labels, self.bins, self.cells, self.groups) or not (
+                torch.equal(other.lo, self.lo) and torch.equal(other.hi, self.hi)):
+            raise RunError("cannot merge label statistics of different shapes or binning (were the shards "
+                           "calibrated on the same images?)")
+        self._promote(int(other.total_[0].sum()))
+        if other.counts_.dtype == torch.int64:
+            self.counts_, self.moments_ = self.counts_.long(), self.moments_.long()
+        self.counts_ += other.counts_.to(self.counts_.dtype)
+        self.moments_ += other.moments_.to(self.moments_.dtype)
+        self.total_ += other.total_
+        if len(other.slot_keys_):
+            self._merge_slots(other)
+        return self
+
+    def _merge_slots(self, other: "LabelCellHistogram") -> None:
+        g, lab = other.slot_keys_[:, 0], other.slot_keys_[:, 1]
+        slots = self.slot_of_[g, lab]
+        new = slots < 0
+        if bool(new.any()):
+            keys = other.slot_keys_[new]
+            first = len(self.slot_pixels_)
+            self.slot_of_[keys[:, 0], keys[:, 1]] = torch.arange(first, first + len(keys), dtype=torch.int64,
+                                                                 device=self.slot_of_.device)
+            self.slot_keys_ = torch.cat([self.slot_keys_, keys])
+            self.slot_sums_ = torch.cat([self.slot_sums_, torch.zeros(len(keys), self.channels, dtype=torch.float64,
+                                                                      device=self.slot_sums_.device)])
+            self.slot_pixels_ = torch.cat([self.slot_pixels_, torch.zeros(len(keys), dtype=torch.int64,
+                                                                          device=self.slot_pixels_.device)])
+            slots = self.slot_of_[g, lab]
+        self.slot_sums_.index_add_(0, slots, other.slot_sums_)
+        self.slot_pixels_.index_add_(0, slots, other.slot_pixels_)
+
+    def state_dict(self) -> dict:
+        return {"cell_counts": self.counts_, "cell_moments": self.moments_, "total": self.total_,
+                "slot_keys": self.slot_keys_, "slot_sums": self.slot_sums_, "slot_pixels": self.slot_pixels_,
+                "config": torch.tensor([self.channels, self.labels, self.bins, self.groups, self.cells], device="cpu"),
+                "lo": self.lo, "hi": self.hi}
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> "LabelCellHistogram":
+        channels, labels, bins, groups, cells = (int(v) for v in state["config"])
+        hist = cls(channels, labels, bins, state["lo"], state["hi"], groups, cells)
+        hist.counts_, hist.moments_ = state["cell_counts"].clone(), state["cell_moments"].clone()
+        hist.total_ = state["total"].clone()
+        hist.slot_of_.fill_(-1)
+        hist.slot_keys_, hist.slot_sums_ = state["slot_keys"].clone().long(), state["slot_sums"].clone()
+        hist.slot_pixels_ = state["slot_pixels"].clone()
+        if len(hist.slot_keys_):
+            hist.slot_of_[hist.slot_keys_[:, 0], hist.slot_keys_[:, 1]] = torch.arange(
+                len(hist.slot_keys_), dtype=torch.int64, device=hist.slot_of_.device)
         return hist

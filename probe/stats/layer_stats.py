@@ -17,15 +17,18 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import RunError
-from .histograms import ConditionedHistogram
+from .histograms import ConditionedHistogram, LabelCellHistogram
 from .regions import REGIONS
 
-STATE_VERSION = 3  # 1: PartialLayerStats packed its scalars into one positional tensor (migrated on load);
-# 2: no trivial-feature histograms and no partial-layer mask moments (read as empty: no control, NaN)
+STATE_VERSION = 4  # 1: PartialLayerStats packed its scalars into one positional tensor (migrated on load);
+# 2: no trivial-feature histograms and no partial-layer mask moments (read as empty: no control, NaN);
+# 3: fine [labels, channels, bins] label histograms and dense [groups, labels, channels] sums (converted
+# exactly on load to version 4's cells and (group, label) slots)
 TRIVIAL_FEATURES = ("mean_red", "mean_green", "mean_blue", "local_variance", "row", "column")
 TRIVIAL_RANGES = ((0.0, 0.0, 0.0, 0.0, 0.0, 0.0), (1.0, 1.0, 1.0, 0.25, 1.0, 1.0))  # (lo, hi) per feature
 VALID_FRACTION_BINS = 101  # per-image valid fraction in bins of 0.01; the last holds exactly 1.0
 COVERAGE_BINS_MAX = 64
+DENSE_LABELS = 64  # up to this many classes every batch updates all of them (the old, dense shapes)
 
 
 
@@ -113,19 +116,29 @@ class ChannelMoments:
 
 
 class GatedLayerStats:
-    """Streaming statistics of one gated layer: gate histograms by region and by label, exact
-    per-group sums, the channel-by-channel covariance of the gate maps (gate diversity,
-    :class:`ChannelMoments` ``moments``) and the label histograms of the trivial input features
-    at the layer's resolution (the control for semantic roles)."""
+    """Streaming statistics of one gated layer: exact fine gate histograms and per-group sums by
+    region (:class:`ConditionedHistogram`), label statistics of size labels x channels x cells
+    (:class:`LabelCellHistogram`: updated only for the labels present in a batch), the
+    channel-by-channel covariance of the gate maps (:class:`ChannelMoments` ``moments``) and the
+    same label statistics of the trivial input features at the layer's resolution (the control
+    for semantic roles).
+
+    One batch costs one binning of the logits (shared by regions and labels), one ``bincount``
+    into the ``4 x C x bins`` region block, one ``bincount`` into a ``P x C x bins`` block of the
+    ``P`` labels present in the batch (reduced to cells), and one ``bmm`` with the joint
+    region/present-label one-hot for all sums."""
 
     def __init__(self, site, n_labels: int, bins: int, groups: int, lo: Tensor | float = -12.0,
                  hi: Tensor | float = 12.0):
         self.site = site
         self.regions = ConditionedHistogram(site.channels, len(REGIONS), bins, lo, hi, groups)
-        self.labels = ConditionedHistogram(site.channels, n_labels, bins, lo, hi, groups)
-        # the trivial input features at this layer's resolution, histogrammed by label like the gates
-        self.trivial = ConditionedHistogram(len(TRIVIAL_FEATURES), n_labels, bins, *TRIVIAL_RANGES, groups=1)
-        self.moments = ChannelMoments(site.channels)
+        device = self.regions.lo.device
+        self.labels = LabelCellHistogram(site.channels, n_labels, bins, self.regions.lo, self.regions.hi, groups)
+        # the trivial input features at this layer's resolution, with the same label statistics as the gates
+        lo_t, hi_t = (torch.tensor(r, dtype=torch.float64, device=device) for r in TRIVIAL_RANGES)
+        self.trivial = LabelCellHistogram(len(TRIVIAL_FEATURES), n_labels, bins, lo_t, hi_t, groups=1)
+        self._trivial_binning = ConditionedHistogram(len(TRIVIAL_FEATURES), 1, bins, lo_t, hi_t)
+        self.moments = ChannelMoments(site.channels, device=device)
         self.size_: tuple[int, int] | None = None
 
     def add(self, logits: Tensor, gates: Tensor, ctx) -> None:
@@ -133,28 +146,39 @@ class GatedLayerStats:
         b, c, h, w = gates.shape
         size = (h, w)
         self.size_ = size
-        region_offsets, label_offsets, onehot = ctx.layer_inputs(size, self.regions, self.labels)
+        region_offsets, present, compact, onehot, ignored = _layer_conditions(ctx, size, self.regions)
         bins = self.regions.flat_bins(logits)  # the labels share the regions' binning
         flat = gates.reshape(b, c, h * w)
-        sums = torch.bmm(flat, onehot).transpose(1, 2)  # [B, 4 + L, C]: one product for both partitions
-        pixels = onehot.sum(1)
         n_regions = len(REGIONS)
-        self.regions.add_binned(bins, region_offsets, sums[:, :n_regions], pixels[:, :n_regions], ctx.group)
-        # ignored label cells: in no label histogram (and their one-hot rows are 0)
-        self.labels.add_binned(*ctx.drop_ignored(size, bins, label_offsets), sums[:, n_regions:],
-                               pixels[:, n_regions:], ctx.group)
-        self.moments.add(gates, channel_sum=sums[:, :n_regions].sum((0, 1)))  # every pixel is in one region
-        self._add_trivial(ctx, size)
-
-    def _add_trivial(self, ctx, size: tuple[int, int]) -> None:
+        if ctx.n_labels <= DENSE_LABELS:  # every label's column: one product, the same shape every batch
+            sums = torch.bmm(flat, onehot).transpose(1, 2)  # [B, 4 + L, C]
+            region_sums, label_sums = sums[:, :n_regions], sums[:, n_regions:]
+        else:  # the regions' 4 columns (rounding independent of the labels a batch holds), then the present labels'
+            region_sums = torch.bmm(flat, onehot[..., :n_regions]).transpose(1, 2)  # [B, 4, C]
+            label_sums = torch.bmm(flat, onehot[..., n_regions:]).transpose(1, 2) if len(present) else None
+        pixels = onehot.sum(1)
+        self.regions.add_binned(bins, region_offsets, region_sums, pixels[:, :n_regions], ctx.group)
+        self._add_labels(self.labels, bins, present, compact, ignored)
+        if len(present):
+            self.labels.add_sums(present, ctx.group, label_sums, pixels[:, n_regions:])
+        self.moments.add(gates, channel_sum=region_sums.sum((0, 1)))  # every pixel is in one region
         features = ctx.trivial_features(size)  # [B, F, h, w] or None (no image given)
-        if features is None:
+        if features is not None:
+            self._add_labels(self.trivial, self._trivial_binning.flat_bins(features), present, compact, ignored)
+
+    @staticmethod
+    def _add_labels(hist: "LabelCellHistogram", bins: Tensor, present: Tensor, compact: Tensor, ignored: bool) -> None:
+        """One sparse update: the fine counts of the present labels (ignored cells dropped)."""
+        c, n_bins = hist.channels, hist.bins
+        if not len(present):
+            hist.add_fine(present, bins.new_zeros((0, c, n_bins), dtype=torch.int64),
+                          torch.zeros(c, n_bins, dtype=torch.int64, device=bins.device))
             return
-        label, onehot = ctx.label_ids(size)
-        b, f = features.shape[:2]
-        sums = torch.bmm(features.reshape(b, f, -1), onehot).transpose(1, 2)
-        self.trivial.add_binned(*ctx.drop_ignored(size, self.trivial.flat_bins(features), self.trivial.offsets(label)),
-                                sums, onehot.sum(1), torch.zeros(b, dtype=torch.int64, device=features.device))
+        index = bins + compact * (c * n_bins)  # int32: P * C * bins cells
+        if ignored:
+            index = index[index >= 0]
+        fine = torch.bincount(index.view(-1), minlength=len(present) * c * n_bins).view(len(present), c, n_bins)
+        hist.add_fine(present, fine, fine.sum(0))
 
     def merge(self, other: "GatedLayerStats") -> None:
         self.regions.merge(other.regions)
@@ -174,13 +198,70 @@ class GatedLayerStats:
     def load_state_dict(self, state: dict) -> None:
         state = check_state_version(state, "gated layer")
         self.regions = ConditionedHistogram.from_state_dict(_sub(state, "regions."))
-        self.labels = ConditionedHistogram.from_state_dict(_sub(state, "labels."))
-        if "trivial.counts" in state:
-            self.trivial = ConditionedHistogram.from_state_dict(_sub(state, "trivial."))
+        self.labels = _label_cells_from_state(_sub(state, "labels."))
+        if "trivial.counts" in state or "trivial.cell_counts" in state:
+            self.trivial = _label_cells_from_state(_sub(state, "trivial."))
         if "comoment" in state:  # version <= 2 named the co-moment without the prefix
             state = {**state, "moments_comoment": state["comoment"]}
         self.moments.load_state_dict(state, "moments")
         self.size_ = tuple(int(v) for v in state["size"]) or None
+
+
+def _label_cells_from_state(state: dict) -> LabelCellHistogram:
+    """Version 4 label statistics, or a version <= 3 fine ``[L, C, bins]`` histogram with dense
+    ``[G, L, C]`` sums converted exactly (cells are sums of fine bins, offsets are integers)."""
+    if "cell_counts" in state:
+        return LabelCellHistogram.from_state_dict(state)
+    counts = state["counts"]
+    channels, labels, bins, groups = (int(v) for v in state["config"])
+    hist = LabelCellHistogram(channels, labels, bins, state["lo"], state["hi"], groups)
+    present = torch.arange(labels, dtype=torch.int64, device=counts.device)
+    hist.add_fine(present, counts.long(), counts.long().sum(0))
+    sums, pixels = state["sums"], state["pixels"]
+    g, lab = torch.nonzero(pixels > 0, as_tuple=True)
+    if len(g):
+        other = LabelCellHistogram(channels, labels, bins, state["lo"], state["hi"], groups)
+        other.slot_of_.fill_(-1)
+        other.slot_keys_ = torch.stack([g, lab], 1)
+        other.slot_sums_, other.slot_pixels_ = sums[g, lab].double().clone(), pixels[g, lab].long().clone()
+        hist._merge_slots(other)
+    return hist
+
+
+def _layer_conditions(ctx, size: tuple[int, int], regions: ConditionedHistogram):
+    """Per batch and layer shape, cached on ``ctx``: region offsets ``[B,1,h,w]`` int32, the labels
+    present in the batch ``[P]``, each cell's compact label ``[B,1,h,w]`` int32 (its position in
+    ``present``; -1 where ignored), the joint one-hot ``[B, h*w, 4 + P]`` of region and present
+    label (an ignored cell's label part is zero), and whether any cell is ignored.
+
+    Labels are taken at the centre pixel of each cell, the rule of
+    :meth:`probe.recording.context.BatchContext.label_ids` (checked against it in the tests), but
+    the one-hot covers only the labels present, not all classes."""
+    key = ("gated-layer-conditions", size, regions.channels, regions.bins)
+    cache = ctx._cache
+    if key not in cache:
+        lab_key = ("present-labels", size)
+        if lab_key not in cache:
+            H, W = ctx.labels.shape[-2:]
+            device = ctx.labels.device
+            ys = ((torch.arange(size[0], device=device) + 0.5) * H / size[0]).long()
+            xs = ((torch.arange(size[1], device=device) + 0.5) * W / size[1]).long()
+            labels = ctx.labels[:, ys][:, :, xs].unsqueeze(1).clamp(min=-1)
+            if ctx.n_labels <= DENSE_LABELS:  # few classes: all of them, every batch
+                present = torch.arange(ctx.n_labels, dtype=torch.int64, device=device)
+            else:
+                present = torch.unique(labels)
+                present = present[present >= 0]
+            remap = torch.full((ctx.n_labels + 1,), -1, dtype=torch.int64, device=device)
+            remap[present + 1] = torch.arange(len(present), dtype=torch.int64, device=device)
+            compact = remap[labels + 1]
+            label_onehot = F.one_hot((compact + 1).flatten(1), len(present) + 1).float()[..., 1:]
+            cache[lab_key] = (present, compact.to(torch.int32), label_onehot, bool((compact < 0).any()))
+        present, compact, label_onehot, ignored = cache[lab_key]
+        region, region_onehot = ctx.regions(size)
+        cache[key] = (regions.offsets(region), present, compact, torch.cat([region_onehot, label_onehot], dim=2),
+                      ignored)
+    return cache[key]
 
 
 class PartialLayerStats:

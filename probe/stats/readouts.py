@@ -76,3 +76,78 @@ def iou_above(label_counts: np.ndarray, all_counts: np.ndarray, edges: np.ndarra
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
+
+
+def cell_fit(total: np.ndarray, phi: np.ndarray, cells: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per (channel, cell) the linear fit ``phi_b ~ a + beta * o_b`` over the fine bins ``b`` of the
+    cell (``o_b`` = offset 0..w-1 in the cell), weighted by ``total`` ``[C, bins]``, and the largest
+    |residual| over the bins the cell's pixels can occupy (``total_b > 0``). ``phi`` ``[C, bins]``.
+    Returns ``a``, ``beta``, ``max_residual``, each ``[C, cells]``."""
+    c, bins = total.shape
+    w = bins // cells
+    t = total.reshape(c, cells, w).astype(np.float64)
+    f = np.broadcast_to(phi, total.shape).reshape(c, cells, w).astype(np.float64)
+    o = np.arange(w, dtype=np.float64)
+    n = t.sum(-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        o_mean = np.where(n > 0, (t * o).sum(-1) / n, 0.0)
+        f_mean = np.where(n > 0, (t * f).sum(-1) / n, 0.0)
+        var = np.where(n > 0, (t * (o - o_mean[..., None]) ** 2).sum(-1) / n, 0.0)
+        cov = np.where(n > 0, (t * (o - o_mean[..., None]) * (f - f_mean[..., None])).sum(-1) / n, 0.0)
+        beta = np.where(var > 1e-12, cov / np.where(var > 1e-12, var, 1.0), 0.0)
+    a = f_mean - beta * o_mean
+    residual = np.where(t > 0, np.abs(f - a[..., None] - beta[..., None] * o), 0.0).max(-1)
+    return a, beta, residual
+
+
+def cell_functional(counts: np.ndarray, moments: np.ndarray, fit) -> tuple[np.ndarray, np.ndarray]:
+    """``sum_b pos_b * phi_b`` for each (label, channel) from the label's cell counts and offset
+    sums ``[L, C, cells]`` and :func:`cell_fit` of ``phi``: ``(estimate, bound)`` ``[L, C]``. The
+    estimate is exact when ``phi`` is linear inside every cell the label occupies (e.g. a cell of
+    one occupied fine bin); in general ``|exact - estimate| <= bound`` = sum over cells of
+    count * max |fit residual| (the label's count and mean inside a cell are exact)."""
+    a, beta, residual = fit
+    counts, moments = counts.astype(np.float64), moments.astype(np.float64)
+    estimate = (counts * a[None]).sum(-1) + (moments * beta[None]).sum(-1)
+    return estimate, (counts * residual[None]).sum(-1)
+
+
+def midranks(total: np.ndarray) -> np.ndarray:
+    """Mid-rank of each fine bin among all pixels, ``[C, bins]``: pixels below plus half the bin."""
+    total = total.astype(np.float64)
+    return np.cumsum(total, -1) - 0.5 * total
+
+
+def auc_from_cells(counts: np.ndarray, moments: np.ndarray, total: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Label-vs-rest AUC ``[L, C]`` from cell statistics (:class:`~probe.stats.histograms.LabelCellHistogram`)
+    and the fine ``total`` ``[C, bins]`` of the same pixels, with its error bound against the
+    exact pixel AUC. The fine-binned AUC is ``(sum_b pos_b M_b - N_pos^2 / 2) / (N_pos N_neg)``
+    (``M_b`` the bin's mid-rank; :func:`auc_from_histograms` rewritten), whose rank sum is linear in
+    the label's fine counts: :func:`cell_functional`. Bound: the rank sum's cell bound plus the fine
+    bins' tie bound ``sum_b pos_b neg_b / 2 <= sum_b pos_b T_b / 2`` (itself estimated + bounded)."""
+    cells = counts.shape[-1]
+    n_pos = counts.astype(np.float64).sum(-1)
+    n_neg = total.astype(np.float64).sum(-1)[None] - n_pos
+    rank, rank_bound = cell_functional(counts, moments, cell_fit(total, midranks(total), cells))
+    ties, ties_bound = cell_functional(counts, moments, cell_fit(total, total.astype(np.float64), cells))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        auc = (rank - n_pos ** 2 / 2) / (n_pos * n_neg)
+        bound = (rank_bound + np.minimum(ties + ties_bound, n_pos * n_neg) / 2) / (n_pos * n_neg)
+    return auc, bound
+
+
+def iou_from_cells(counts: np.ndarray, moments: np.ndarray, total: np.ndarray, edges: np.ndarray,
+                   threshold: np.ndarray) -> np.ndarray:
+    """Network Dissection IoU ``[L, C]`` of ``value > threshold`` ``[C]`` with each label, from cell
+    statistics and the fine ``total`` ``[C, bins]`` over ``edges`` ``[C, bins + 1]``: the label's
+    pixels above the threshold (the crossing bin contributing its uniform share, as
+    :func:`iou_above`) are :func:`cell_functional` of that share; exact when the crossing cell
+    holds the label in one fine bin or the label follows the total's shape tilted linearly."""
+    lo, hi = edges[..., :-1], edges[..., 1:]
+    share = np.clip((hi - threshold[:, None]) / (hi - lo), 0, 1)  # [C, bins]
+    inter, _ = cell_functional(counts, moments, cell_fit(total, share, counts.shape[-1]))
+    size = counts.astype(np.float64).sum(-1)
+    inter = np.clip(inter, 0, size)
+    active = (total * share).sum(-1)[None]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return inter / (active + size - inter)
