@@ -28,7 +28,6 @@ reports: venv
 	$(BIN)/gateprobe record --model checkpoints/scenes-pconv --data scenes:64 --n 1024 --out $(CANON)/scenes-pconv --overwrite
 	$(BIN)/gateprobe record --model checkpoints/scenes-gated --data scenes:64 --n 1024 --out $(CANON)/scenes-gated --overwrite --with-baseline
 	$(BIN)/gateprobe analyze $(CANON)/scenes-gated --n 128
-	$(BIN)/gateprobe analyze $(CANON)/scenes-gated-baseline --n 128 --no-ablation --no-attribution
 	$(BIN)/gateprobe report $(CANON)/scenes-pconv $(CANON)/scenes-gated --out reports/scenes-pconv-vs-gated.html \
 		--title "gateprobe: partial vs gated convolution on Scenes (shipped checkpoints, 1024 held-out images)"
 
