@@ -229,6 +229,17 @@ class LabelCellHistogram:
         self.counts_.index_add_(0, present, cells.sum(-1).to(dtype))
         self.moments_.index_add_(0, present, (cells * self._offset).sum(-1).to(dtype))
 
+
+    def _add_slots(self, keys: Tensor) -> None:
+        """Give each new ``(group, label)`` pair of ``keys`` ``[K, 2]`` an empty sparse sum slot."""
+        first = len(self.slot_pixels_)
+        self.slot_of_[keys[:, 0], keys[:, 1]] = torch.arange(first, first + len(keys), dtype=torch.int64,
+                                                             device=self.slot_of_.device)
+        self.slot_keys_ = torch.cat([self.slot_keys_, keys])
+        self.slot_sums_ = torch.cat([self.slot_sums_, torch.zeros(len(keys), self.channels, dtype=torch.float64,
+                                                                  device=self.slot_sums_.device)])
+        self.slot_pixels_ = torch.cat([self.slot_pixels_, torch.zeros(len(keys), dtype=torch.int64,
+                                                                      device=self.slot_pixels_.device)])
     def add_sums(self, present: Tensor, group: Tensor, sums: Tensor, pixels: Tensor) -> None:
         """Per-image ``sums`` ``[B, P, C]`` and ``pixels`` ``[B, P]`` of the present labels, ``group`` ``[B]``."""
         b_idx, p_idx = torch.nonzero(pixels > 0, as_tuple=True)
@@ -239,14 +250,7 @@ class LabelCellHistogram:
         new = slots < 0
         if bool(new.any()):
             keys = torch.unique(torch.stack([g[new], lab[new]], 1), dim=0)
-            first = len(self.slot_pixels_)
-            ids = torch.arange(first, first + len(keys), dtype=torch.int64, device=self.slot_of_.device)
-            self.slot_of_[keys[:, 0], keys[:, 1]] = ids
-            self.slot_keys_ = torch.cat([self.slot_keys_, keys])
-            self.slot_sums_ = torch.cat([self.slot_sums_, torch.zeros(len(keys), self.channels, dtype=torch.float64,
-                                                                      device=self.slot_sums_.device)])
-            self.slot_pixels_ = torch.cat([self.slot_pixels_, torch.zeros(len(keys), dtype=torch.int64,
-                                                                          device=self.slot_pixels_.device)])
+            self._add_slots(keys)
             slots = self.slot_of_[g, lab]
         self.slot_sums_.index_add_(0, slots, sums[b_idx, p_idx].double())
         self.slot_pixels_.index_add_(0, slots, pixels[b_idx, p_idx].round().long())
@@ -300,14 +304,7 @@ class LabelCellHistogram:
         new = slots < 0
         if bool(new.any()):
             keys = other.slot_keys_[new]
-            first = len(self.slot_pixels_)
-            self.slot_of_[keys[:, 0], keys[:, 1]] = torch.arange(first, first + len(keys), dtype=torch.int64,
-                                                                 device=self.slot_of_.device)
-            self.slot_keys_ = torch.cat([self.slot_keys_, keys])
-            self.slot_sums_ = torch.cat([self.slot_sums_, torch.zeros(len(keys), self.channels, dtype=torch.float64,
-                                                                      device=self.slot_sums_.device)])
-            self.slot_pixels_ = torch.cat([self.slot_pixels_, torch.zeros(len(keys), dtype=torch.int64,
-                                                                          device=self.slot_pixels_.device)])
+            self._add_slots(keys)
             slots = self.slot_of_[g, lab]
         self.slot_sums_.index_add_(0, slots, other.slot_sums_)
         self.slot_pixels_.index_add_(0, slots, other.slot_pixels_)
