@@ -69,7 +69,7 @@ def test_version_3_state_is_converted_exactly():
     sums, pixels = s.labels.dense_sums()
     old = {k: v for k, v in state.items() if not k.startswith("labels.")}
     old.update({"labels.counts": torch.from_numpy(fine), "labels.sums": sums, "labels.pixels": pixels,
-                "labels.config": torch.tensor([C, L, BINS, G]), "labels.lo": s.labels.lo, "labels.hi": s.labels.hi,
+                "labels.config": torch.tensor([C, L, BINS, G]), "labels.lo": s.labels.binning.lo, "labels.hi": s.labels.binning.hi,
                 "state_version": torch.tensor(3)})
     old = {k: v for k, v in old.items() if not k.startswith("trivial.")}
     again = GatedLayerStats(LayerGeometry("g", "gated", C), L, BINS, G, -3.0, 3.0)

@@ -14,9 +14,10 @@ Tolerances (why):
 * Means (``mean``, ``mean_hole``, ... ``mean_in``, ``mean_out``) and ``std``: 1e-5 absolute. Gates
   lie in (0, 1); the recorder sums one image's ``h*w`` gates in float32 (relative rounding about
   ``sqrt(h*w) * 6e-8``, about 2e-6 at 32x32) and adds images in float64.
-* AUC: the histogram AUC is *defined* by binning the logits (DEFAULT_BINS uniform bins over each
-  channel's calibrated range, open ends; the range is checked here against the documented
-  calibration rule, recomputed with numpy) and counting pairs in one bin as one half; the table must equal that definition, computed
+* AUC: the histogram AUC is *defined* by binning the logits (DEFAULT_BINS bins over each channel's
+  calibrated range, cut into segments at calibrated quantiles and uniform inside each, open ends;
+  the knots are checked here against the documented calibration rule, recomputed with numpy) and
+  counting pairs in one bin as one half; the table must equal that definition, computed
   here independently with sklearn on our own bin indices, to 1e-9. Its distance to the exact
   (pixel-level) AUC is then bounded, channel by channel, by half the share of (positive, negative)
   pairs that fall into one bin (the only pairs the histogram cannot order): we check
@@ -58,6 +59,9 @@ from probe.stats.histograms import DEFAULT_BINS
 
 BINS, QUANTILE, BORDER = DEFAULT_BINS, 0.005, 2  # record()'s documented defaults
 CALIBRATION, TAIL, MARGIN, MIN_SPAN = 32, 5e-4, 0.25, 1e-3  # the documented calibration rule
+# ... and its segments: 16 equal-mass ones up to the threshold band (1 - 2q, 1 - 0.4q), then the top
+SAMPLE, LEVELS = 8192, tuple(j / 16 for j in range(1, 16)) + (1 - 2 * QUANTILE, 1 - 0.4 * QUANTILE)
+SEGMENT_BINS = (18,) * 16 + (192, 32)  # of the 512 bins: 3/8 for the band, 1/16 for the top
 SIZE, N_IMAGES, BATCH, K_SAMPLES = 32, 24, 8, 10
 SKETCH, PLAIN, NEAR, FAR = range(4)  # region ids of the oracle (hole on a sketch stroke, hole off it, ...)
 
@@ -165,27 +169,34 @@ def cells(hole: np.ndarray, sketch: np.ndarray, labels: np.ndarray, h: int, w: i
     return region, labels[:, sy // 2::sy, sx // 2::sx]  # centre pixel: floor((i + 0.5) * s)
 
 
-def calibrated_range(first_logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def calibrated_knots(first_logits: np.ndarray) -> np.ndarray:
     """The documented calibration: per channel, the TAIL and 1 - TAIL quantiles of the first
-    images' logits ``[C, P]``, widened by MARGIN of their span (+ MIN_SPAN), no rounding."""
-    q_lo, q_hi = np.quantile(first_logits.astype(np.float64), [TAIL, 1 - TAIL], axis=1)
+    images' logits ``[C, P]``, widened by MARGIN of their span (+ MIN_SPAN), no rounding; inside,
+    the LEVELS quantiles of every ceil(P / SAMPLE)-th logit. ``[C, 19]`` knots."""
+    x = first_logits.astype(np.float64)
+    q_lo, q_hi = np.quantile(x, [TAIL, 1 - TAIL], axis=1)
     pad = MARGIN * (q_hi - q_lo) + MIN_SPAN
-    return q_lo - pad, q_hi + pad
+    inner = np.quantile(x[:, ::-(-x.shape[1] // SAMPLE)], LEVELS, axis=1).T
+    return np.concatenate([(q_lo - pad)[:, None], inner, (q_hi + pad)[:, None]], 1)
 
 
-def affine(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """float32 per-channel scale and offset mapping a logit to its fractional bin."""
-    scale = BINS / (hi - lo)
-    return scale.astype(np.float32), (-lo * scale).astype(np.float32)
+def bin_index(logits: np.ndarray, knots: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """The documented binning of ``logits`` ``[C, P]`` by ``knots``/``starts`` ``[C, K + 1]``: the
+    segment is the number of inner knots <= the logit; then (logit - knot) * scale + start, each
+    step rounded to float32, clamped to the end bins, truncated."""
+    k32 = knots.astype(np.float32)
+    x = logits.astype(np.float32)
+    segment = (x[:, :, None] >= k32[:, None, 1:-1]).sum(-1)  # [C, P]
+    scale = ((starts[:, 1:] - starts[:, :-1]) / (knots[:, 1:] - knots[:, :-1])).astype(np.float32)
+    v = x - np.take_along_axis(k32[:, :-1], segment, 1)
+    v = v * np.take_along_axis(scale, segment, 1)
+    v = v + np.take_along_axis(starts[:, :-1].astype(np.float32), segment, 1)
+    return np.clip(v, 0, BINS - 1).astype(np.int64)
 
 
-def bin_index(logits: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """The documented binning of ``logits`` ``[C, P]``: offset + logit * scale in float32 (one
-    fused multiply-add, as torch.addcmul), clamped to the end bins, truncated."""
-    scale, offset = affine(lo, hi)
-    x = torch.addcmul(torch.from_numpy(offset)[:, None], torch.from_numpy(logits.astype(np.float32)),
-                      torch.from_numpy(scale)[:, None])
-    return np.clip(x.numpy(), 0, BINS - 1).astype(np.int64)
+def bin_edges(knots: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """``[C, BINS + 1]``: bin edges, uniform inside each segment."""
+    return np.stack([np.interp(np.arange(BINS + 1), s, k) for k, s in zip(knots, starts)])
 
 
 def rank_auc(ranks: np.ndarray, onehot: np.ndarray) -> np.ndarray:
@@ -231,26 +242,30 @@ def quantile_readout(counts: np.ndarray, total: np.ndarray, edges: np.ndarray, q
 class Oracle:
     """Exact statistics of one captured run, layer by layer, plus our own bin counts."""
 
-    def __init__(self, logits, gates, hole, sketch, labels, n_labels: int, ranges: dict):
+    def __init__(self, logits, gates, hole, sketch, labels, n_labels: int, binnings: dict):
         self.channels, self.labels, self.counts, self.calibration = [], [], {}, {}
         for layer, L in logits.items():
             first = L[:CALIBRATION].transpose(1, 0, 2, 3).reshape(L.shape[1], -1)
-            self.calibration[layer] = calibrated_range(first)
-            self._layer(layer, L, gates[layer], hole, sketch, labels, n_labels, *ranges[layer])
+            self.calibration[layer] = calibrated_knots(first)
+            self._layer(layer, L, gates[layer], hole, sketch, labels, n_labels, *binnings[layer])
         self.channels = pd.DataFrame(self.channels)
         self.labels = pd.DataFrame(self.labels)
 
-    def _layer(self, layer, L, G, hole, sketch, labels, n_labels, lo, hi):
-        """``lo``/``hi``: the run's calibrated ranges (checked against ours in a test) so that the
-        counts can be compared exactly even where a 1-ulp logit difference moves a grid step."""
+    def _layer(self, layer, L, G, hole, sketch, labels, n_labels, knots, starts):
+        """``knots``/``starts``: the run's calibrated binning (its knots are checked against ours in
+        a test) so that the counts can be compared exactly even where a 1-ulp logit difference
+        moves a knot."""
         N, C, h, w = L.shape
-        edges = lo[:, None] + (hi - lo)[:, None] * np.linspace(0, 1, BINS + 1)
-        scale, offset = affine(lo, hi)
+        edges = bin_edges(knots, starts)
         region, lab = cells(hole, sketch, labels, h, w)
         region, lab = region.reshape(-1), lab.reshape(-1)
         x = L.transpose(1, 0, 2, 3).reshape(C, -1).astype(np.float64)  # [C, P]
         g = G.transpose(1, 0, 2, 3).reshape(C, -1).astype(np.float64)
-        b = bin_index(L.transpose(1, 0, 2, 3).reshape(C, -1), lo, hi)
+        b = bin_index(L.transpose(1, 0, 2, 3).reshape(C, -1), knots, starts)
+        exact_bins = bin_index(np.quantile(x, 1 - QUANTILE, axis=1)[:, None], knots, starts)[:, 0]
+        # the m-th largest logit (m = ceil(q * pixels)) lies in the bin where the mass at or above reaches q
+        mth = np.sort(x, axis=1)[:, -int(np.ceil(QUANTILE * x.shape[1]))]
+        order_bins = bin_index(mth[:, None], knots, starts)[:, 0]
         self.counts[layer] = {
             "regions": np.stack([np.stack([np.bincount(b[c][region == r], minlength=BINS) for c in range(C)])
                                  for r in range(4)]),
@@ -277,14 +292,17 @@ class Oracle:
         active = x > threshold[:, None]
         inter = active.astype(np.float64) @ onehot_lab
         size = onehot_lab.sum(0)
+        top = x >= mth[:, None]  # the m largest (and their ties): a set between the bins above and the crossing bin
+        inter_top = top.astype(np.float64) @ onehot_lab
         with np.errstate(invalid="ignore", divide="ignore"):
             iou = inter / (active.sum(1)[:, None] + size[None] - inter)
+            iou_top = inter_top / (top.sum(1)[:, None] + size[None] - inter_top)
         auc_lab, auc_lab_bins = rank_auc(ranks_x, onehot_lab), rank_auc(ranks_b, onehot_lab)
         ties_lab = tie_share(b, onehot_lab)
         for c in range(C):
             read = quantile_readout(self.counts[layer]["labels"][:, c], np.bincount(b[c], minlength=BINS), edges[c],
                                     QUANTILE)
-            exact_bin = int(np.clip(np.floor(threshold[c] * float(scale[c]) + float(offset[c])), 0, BINS - 1))
+            exact_bin = int(exact_bins[c])
             self.channels.append({
                 "layer": layer, "channel": c, "mean": g[c].mean(), "std": g[c].std(),
                 **{name: value[c] for name, value in means.items()},
@@ -295,12 +313,13 @@ class Oracle:
                 "auc_sketch_bins": rank_auc(ranks_bh[c:c + 1], onehot_sk)[0, 0] if len(in_hole) else np.nan,
                 "ties_sketch": tie_share(b[c:c + 1, in_hole], onehot_sk)[0, 0] if len(in_hole) else np.nan,
                 "threshold_logit": threshold[c], "crossing_bin": read[0], "exact_bin": exact_bin,
-                "bin_width": (hi[c] - lo[c]) / BINS,
+                "order_bin": int(order_bins[c]),
+                "bin_width": edges[c, read[0] + 1] - edges[c, read[0]],
                 "threshold_readout": read[1]})
             for l in range(n_labels):
                 self.labels.append({
                     "layer": layer, "channel": c, "label_id": l, "auc": auc_lab[c, l], "auc_bins": auc_lab_bins[c, l],
-                    "ties": ties_lab[c, l], "iou": iou[c, l], "iou_readout": read[2][l], "iou_lo": read[3][l],
+                    "ties": ties_lab[c, l], "iou": iou[c, l], "iou_top": iou_top[c, l], "iou_readout": read[2][l], "iou_lo": read[3][l],
                     "iou_hi": read[4][l], "pixels": int(size[l]), "mean_in": mean_in[c, l], "mean_out": mean_out[c, l]})
         # sklearn is the reference for the rank formula: spot-check channel 0 of every layer
         for y, score_x, score_b, got, got_b in [
@@ -321,9 +340,9 @@ def exact(tmp_path_factory):
     run = record(model, data, tmp_path_factory.mktemp("exact") / "run", n=N_IMAGES, batch_size=BATCH,
                  samples=K_SAMPLES, progress=False)
     logits, gates, hole, sketch, labels = capture(model, data, N_IMAGES, BATCH)
-    ranges = {name: (s.regions.lo.numpy(), s.regions.hi.numpy()) for name, s in load_stats(run).items()
-              if hasattr(s, "regions")}
-    oracle = Oracle(logits, gates, hole, sketch, labels, len(data.classes), ranges)
+    binnings = {name: (s.regions.binning.knots.numpy(), s.regions.binning.starts.numpy())
+                for name, s in load_stats(run).items() if hasattr(s, "regions")}
+    oracle = Oracle(logits, gates, hole, sketch, labels, len(data.classes), binnings)
     return run, oracle, gates, hole
 
 
@@ -345,11 +364,13 @@ def test_tail_quantiles_equal_numpy_over_all_chunks(n, chunk, q):
 def test_bins_are_calibrated_by_the_documented_rule(exact):
     run, oracle, _, _ = exact
     stats = load_stats(run)
-    for layer, (lo, hi) in oracle.calibration.items():
+    for layer, knots in oracle.calibration.items():
+        binning = stats[layer].regions.binning
         # equal up to float32 rounding of the logits (which depends on the batch size)
-        assert np.abs(stats[layer].regions.lo.numpy() - lo).max() <= 1e-4 * (1 + np.abs(lo).max()), layer
-        assert np.abs(stats[layer].regions.hi.numpy() - hi).max() <= 1e-4 * (1 + np.abs(hi).max()), layer
-        assert np.array_equal(stats[layer].labels.lo.numpy(), stats[layer].regions.lo.numpy())
+        got = binning.knots.numpy()
+        assert np.abs(got - knots).max() <= 1e-4 * (1 + np.abs(knots).max()), layer
+        np.testing.assert_array_equal(binning.starts.numpy(), np.cumsum((0,) + SEGMENT_BINS)[None].repeat(len(got), 0))
+        assert stats[layer].labels.binning == binning
 
 
 def joined(table: pd.DataFrame, oracle: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
@@ -410,17 +431,21 @@ def test_threshold_and_iou_match_the_exact_quantile_within_one_bin(exact):
     # the table's threshold is the uniform-within-bin reading of the exact top-0.5% value...
     assert_close_nan(ch.threshold, 1 / (1 + np.exp(-ch.threshold_readout)), 1e-9, "threshold")
     assert_close_nan(lab.iou, lab.iou_readout, 1e-9, "iou vs uniform-within-bin reading")
-    # ...so the exact value lies in the same bin, and the exact IoU in the interval its counts allow
+    # ...of the bin holding the m-th largest logit (m = ceil(q * pixels)), in every channel
+    assert (ch.crossing_bin == ch.order_bin).all(), "the crossing bin must hold the m-th largest logit"
+    # the IoU of the m largest lies in the interval the crossing bin's counts allow, in every channel
+    top = lab.iou_top.notna()
+    assert ((lab.iou_top[top] >= lab.iou_lo[top] - 1e-9) & (lab.iou_top[top] <= lab.iou_hi[top] + 1e-9)).all()
+    # np.quantile interpolates between two order statistics (only ~8 pixels above the quantile per
+    # layer here), so it can sit a few narrow bins away; where it shares the bin, the same holds
     same = ch.crossing_bin == ch.exact_bin
-    # with 512 narrow bins and only ~8 pixels above the quantile per layer here, the exact quantile
-    # (interpolated between two sparse order statistics) can sit a few bins from the crossing bin
-    assert same.mean() >= 0.5, "the exact quantile should usually lie in the crossing bin"
+    assert same.mean() >= 0.1
     logit = np.log(ch.threshold / (1 - ch.threshold))
     inner = same & (ch.crossing_bin > 0) & (ch.crossing_bin < BINS - 1)
     assert ((logit - ch.threshold_logit).abs()[inner] <= ch.bin_width[inner] + 1e-6).all()
     checked = lab.merge(ch.loc[same, ["layer", "channel"]], on=["layer", "channel"])
     checked = checked[checked.iou_x.notna()]
-    assert len(checked) > 0.5 * len(lab)
+    assert len(checked) > 0.1 * len(lab)
     for col in ["iou", "iou_x"]:
         assert ((checked[col] >= checked.iou_lo - 1e-9) & (checked[col] <= checked.iou_hi + 1e-9)).all(), col
 

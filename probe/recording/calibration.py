@@ -8,26 +8,52 @@ from torch import Tensor, nn
 from ..adapters import Site
 from ..errors import NumericalError, calling_model
 from ..hooks import eval_mode, hooks_attached, site_attachers
+from ..stats.binning import Binning, segment_levels
 from .recorder import check_output
 
 MIN_SPAN = 1e-3  # logits: a channel that is constant on the calibration images still gets bins this wide
+SAMPLE = 8192  # logits per channel kept (a fixed stride over the calibration pixels) for the inner knots
 
 
-def calibrate_logit_ranges(model: nn.Module, sites: list[Site], batches: list[dict], use_sketch: bool,
-                           margin: float = 0.25, tail: float = 5e-4) -> dict[str, tuple[Tensor, Tensor]]:
-    """Per gated layer, the logit range ``(lo [C], hi [C])`` of each channel on ``batches`` (the
-    first images of the data, the same for every shard): its ``tail`` and ``1 - tail`` quantiles
-    (linear interpolation, as ``torch.quantile``), widened by ``margin`` of their span (plus
-    ``MIN_SPAN``) on both sides. Rare outliers then fall in the open end bins instead of stretching
-    every bin; the top-0.005 threshold of the IoU stays inside the range. There is no rounding to a
-    fixed grid: a channel whose logits span 0.01 gets bins 0.01 / 512 wide, not one bin of 1/64.
-    Every shard calibrates on the same images in the same batches, so the ranges agree exactly.
+def calibrate_binnings(model: nn.Module, sites: list[Site], batches: list[dict], use_sketch: bool, bins: int,
+                       quantile: float, margin: float = 0.25, tail: float = 5e-4) -> dict[str, Binning]:
+    """Per gated layer, the :class:`~probe.stats.binning.Binning` of its channels calibrated on
+    ``batches`` (the first images of the data, the same for every shard, in the same batches, so
+    shard binnings agree exactly and their histograms merge).
 
-    The quantiles are exact over all the images, yet only the ``k`` smallest and largest logits of
-    each channel are kept from batch to batch (``k`` = the tail's order statistics plus one), so
-    calibration costs one recording batch of memory, not a sort of every logit."""
+    Each channel's range is its ``tail`` and ``1 - tail`` quantiles (linear interpolation, as
+    ``torch.quantile``), widened by ``margin`` of their span (plus ``MIN_SPAN``) on both sides:
+    rare outliers fall in the open end bins instead of stretching every bin, and the top-0.005
+    threshold of the IoU stays inside the range. There is no rounding to a fixed grid. The range is
+    cut into segments at the quantiles :func:`~probe.stats.binning.segment_levels` of ``quantile``,
+    taken over a fixed-stride sample of at most ``SAMPLE`` logits per channel.
+
+    The tail quantiles are exact over all the images, yet only the ``k`` smallest and largest
+    logits of each channel are kept from batch to batch (``k`` = the tail's order statistics plus
+    one), so calibration costs about one recording batch of memory, not a sort of every logit."""
+    tails, samples = _calibration_pass(model, sites, batches, use_sketch, tail)
+    levels = segment_levels(quantile)
+    binnings = {}
+    for name, t in tails.items():
+        lo, hi = logit_range(t, margin)
+        sample = samples[name].values().double()
+        inner = torch.quantile(sample, torch.tensor(levels, dtype=torch.float64, device=sample.device), dim=1).T
+        binnings[name] = Binning.calibrated(lo, hi, inner, bins)
+    return binnings
+
+
+def logit_range(tails: "TailQuantiles", margin: float) -> tuple[Tensor, Tensor]:
+    """``(lo [C], hi [C])``: the tail quantiles widened by ``margin`` of their span plus ``MIN_SPAN``."""
+    lo, hi = tails.quantiles()
+    pad = margin * (hi - lo) + MIN_SPAN
+    return lo - pad, hi + pad
+
+
+def _calibration_pass(model, sites, batches, use_sketch: bool, tail: float):
+    """One pass over ``batches``: per gated layer its :class:`TailQuantiles` and :class:`StridedSample`."""
     n_images = sum(len(b["image"]) for b in batches)
     tails: dict[str, TailQuantiles] = {}
+    samples: dict[str, StridedSample] = {}
 
     class _Collect:
         def __init__(self, name):
@@ -38,8 +64,11 @@ def calibrate_logit_ranges(model: nn.Module, sites: list[Site], batches: list[di
                 raise NumericalError(f"layer {self.name}: NaN or inf gate values on the calibration images; "
                                      "check the model's weights and inputs")
             if self.name not in tails:
-                tails[self.name] = TailQuantiles(n_images * logits.shape[-2] * logits.shape[-1], tail)
-            tails[self.name].add(logits.transpose(0, 1).reshape(logits.shape[1], -1))
+                n = n_images * logits.shape[-2] * logits.shape[-1]
+                tails[self.name], samples[self.name] = TailQuantiles(n, tail), StridedSample(n, SAMPLE)
+            per_channel = logits.transpose(0, 1).reshape(logits.shape[1], -1)
+            tails[self.name].add(per_channel)
+            samples[self.name].add(per_channel)
 
         def partial(self, *args, **kwargs):
             pass
@@ -50,12 +79,26 @@ def calibrate_logit_ranges(model: nn.Module, sites: list[Site], batches: list[di
         for batch in batches:
             out = model(batch["image"], batch["hole"], batch["sketch"] if use_sketch else None)
             check_output(model, out, batch["image"], "calibration pass")
-    ranges = {}
-    for name, t in tails.items():
-        lo, hi = t.quantiles()
-        pad = margin * (hi - lo) + MIN_SPAN
-        ranges[name] = (lo - pad, hi + pad)
-    return ranges
+    return tails, samples
+
+
+class StridedSample:
+    """Every ``ceil(n / size)``-th of ``n`` values arriving in chunks ``[C, m]`` (at most ``size``
+    per channel; the same values for the same chunks, whatever process reads them)."""
+
+    def __init__(self, n: int, size: int):
+        self.stride = max(1, -(-n // size))
+        self.seen = 0
+        self.kept: list[Tensor] = []
+
+    def add(self, values: Tensor) -> None:
+        first = (-self.seen) % self.stride  # the next multiple of the stride, relative to this chunk
+        self.kept.append(values[:, first::self.stride].clone())
+        self.seen += values.shape[1]
+
+    def values(self) -> Tensor:
+        """``[C, kept]`` the sampled values."""
+        return torch.cat(self.kept, 1)
 
 
 class TailQuantiles:

@@ -6,9 +6,8 @@ How masks and labels reach a layer of resolution ``h x w`` from the image's ``H 
 * border: valid cells within ``border`` cells (Chebyshev distance) of a hole cell; far: the rest;
 * sketch: a hole cell holding any sketch pixel (max pooling), so thin strokes survive;
 * labels: the label at the centre pixel of each cell (nearest, never averaged ids). A negative
-  id (-1, :data:`probe.data.IGNORE`) is ignored: its one-hot row is all zero and
-  :meth:`BatchContext.label_kept` marks it, so it counts in no label statistic; the region
-  statistics still count every pixel.
+  id (-1, :data:`probe.data.IGNORE`) is ignored: its one-hot row is all zero and it counts in
+  no label statistic; the region statistics still count every pixel.
 
 Each is computed once per batch and resolution and shared by every layer at that resolution.
 """
@@ -66,25 +65,6 @@ class BatchContext:
             self._cache[key] = (labels.clamp(min=0), onehot)
         return self._cache[key]
 
-    def label_kept(self, size: tuple[int, int]) -> Tensor | None:
-        """``[B,1,h,w]`` bool, false at ignored cells; None when no cell of the batch is ignored."""
-        key = ("kept", size)
-        if key not in self._cache:
-            kept = self.label_ids(size)[1].sum(2).bool().view(len(self.labels), 1, *size)
-            self._cache[key] = None if bool(kept.all()) else kept
-        return self._cache[key]
-
-    def drop_ignored(self, size: tuple[int, int], bins: Tensor, offsets: Tensor) -> tuple[Tensor, Tensor]:
-        """Flat ``bins`` ``[B,C,h,w]`` and label ``offsets`` ``[B,1,h,w]`` (see
-        ``ConditionedHistogram.add_binned``) of the cells at ``size``, as given when no label is
-        ignored, else ``[N]`` each for the cells whose label is kept."""
-        kept = self.label_kept(size)
-        if kept is None:
-            return bins, offsets
-        kept = kept.expand_as(bins)
-        return bins[kept], offsets.expand_as(bins)[kept]
-
-
     def trivial_features(self, size: tuple[int, int]) -> Tensor | None:
         """The trivial input features at ``size`` (``TRIVIAL_FEATURES``), ``[B, 6, h, w]``
         float32, or None without an image: the cell's mean R, G, B; the variance of the cell
@@ -103,18 +83,6 @@ class BatchContext:
             rows = ((torch.arange(h, dtype=torch.float32, device=device) + 0.5) / h).view(1, 1, h, 1).expand(b, 1, h, w)
             cols = ((torch.arange(w, dtype=torch.float32, device=device) + 0.5) / w).view(1, 1, 1, w).expand(b, 1, h, w)
             self._cache[key] = torch.cat([colour, var, rows, cols], dim=1)
-        return self._cache[key]
-
-    def layer_inputs(self, size: tuple[int, int], regions, labels) -> tuple[Tensor, Tensor, Tensor]:
-        """For a gated layer at ``size`` with histograms ``regions``/``labels``: the int32 region
-        and label offsets ``[B, 1, h, w]`` (see ``ConditionedHistogram.offsets``) and the joint
-        one-hot ``[B, h*w, 4 + L]``, cached per (size, channels) so layers of the same shape share them."""
-        key = ("layer", size, regions.channels, regions.bins)
-        if key not in self._cache:
-            region, region_onehot = self.regions(size)
-            label, label_onehot = self.label_ids(size)
-            self._cache[key] = (regions.offsets(region), labels.offsets(label),
-                                torch.cat([region_onehot, label_onehot], dim=2))
         return self._cache[key]
 
 

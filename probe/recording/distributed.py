@@ -52,7 +52,7 @@ from .manifest import new_manifest, weights_sha256
 INSTALL_HINT = "pip install 'gateprobe[ray]'"
 
 _WORKER_MODEL: dict = {}  # (spec, weights sha256) -> model: one model per worker process
-_WORKER_RANGES: dict = {}  # job -> calibrated gate logit ranges: one calibration per worker and job
+_WORKER_BINNINGS: dict = {}  # job -> calibrated gate binnings: one calibration per worker and job
 
 
 def import_ray():
@@ -105,7 +105,7 @@ def _worker_model(spec: str, expected_sha256: str, trust_pickle: bool = False):
 def _worker_recorder(job: dict, model, sites: list, data):
     """A fresh Recorder for one shard, its gate bins calibrated like :func:`probe.recording.loop.record`'s
     (:func:`probe.recording.loop.build_recorder`, on images 0.. whatever the shard). The calibration runs
-    once per worker and job; later shards of the job reuse its logit ranges."""
+    once per worker and job; later shards of the job reuse its binnings."""
     import json
 
     from ..stats.layer_stats import GatedLayerStats
@@ -113,14 +113,13 @@ def _worker_recorder(job: dict, model, sites: list, data):
 
     settings = RecordSettings.from_dict(job["settings"])
     key = json.dumps([job["model"], job["weights_sha256"], job["data"], job["n"], job["settings"]], sort_keys=True)
-    ranges = _WORKER_RANGES.get(key)
-    if ranges is None:
+    binnings = _WORKER_BINNINGS.get(key)
+    if binnings is None:
         calibrated = build_recorder(model, sites, data, job["n"], settings)
-        ranges = {name: (s.regions.lo, s.regions.hi) for name, s in calibrated.stats.items()
-                  if isinstance(s, GatedLayerStats)}
-        _WORKER_RANGES.clear()
-        _WORKER_RANGES[key] = ranges
-    return Recorder(model, sites, len(data.classes), settings, logit_ranges=ranges)
+        binnings = {name: s.regions.binning for name, s in calibrated.stats.items() if isinstance(s, GatedLayerStats)}
+        _WORKER_BINNINGS.clear()
+        _WORKER_BINNINGS[key] = binnings
+    return Recorder(model, sites, len(data.classes), settings, binnings=binnings)
 
 
 def record_shard(job: dict, index: int, fault_hook=None) -> dict:

@@ -20,7 +20,7 @@ from ..rundir.settings import RecordSettings
 from ..rundir.state import stats_to_cpu
 from ..rundir.write import write_run
 from .budget import DEFAULT_MAX_HOURS, check_duration, check_memory, duration, time_estimate
-from .calibration import calibrate_logit_ranges
+from .calibration import calibrate_binnings
 from .manifest import new_manifest
 from .recorder import Recorder
 from .resume import Checkpointer, clear_progress, open_for_resume, restore
@@ -173,8 +173,8 @@ def build_recorder(model: nn.Module, sites: list, data, n: int, settings: Record
     first, size = range(min(n, settings.calibration)), settings.batch_size
     batches = [batch_to(collate([data[i] for i in first[j:j + size]]), device) for j in range(0, len(first), size)]
     with autocast(device, settings.dtype):
-        ranges = calibrate_logit_ranges(model, sites, batches, settings.sketch)
-    return Recorder(model, sites, len(data.classes), settings, logit_ranges=ranges, device=device)
+        binnings = calibrate_binnings(model, sites, batches, settings.sketch, settings.bins, settings.quantile)
+    return Recorder(model, sites, len(data.classes), settings, binnings=binnings, device=device)
 
 
 def record_batches(recorder: Recorder, data, positions: range, n: int, settings: RecordSettings,

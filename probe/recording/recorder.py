@@ -30,12 +30,12 @@ class Recorder:
     """
 
     def __init__(self, model: nn.Module, sites: list[Site], n_labels: int, settings: RecordSettings | None = None,
-                 logit_ranges: dict | None = None, device: torch.device | None = None):
+                 binnings: dict | None = None, device: torch.device | None = None):
         settings = settings or RecordSettings()
         self.model, self.sites, self.n_labels, self.border = model, sites, n_labels, settings.border
         self.device = model_device(model) if device is None else torch.device(device)
         self.dtype = settings.dtype
-        self.stats = new_layer_stats(sites, n_labels, settings, logit_ranges, device=self.device)
+        self.stats = new_layer_stats(sites, n_labels, settings, binnings, device=self.device)
         self.order: list[str] = []  # layer names in execution order (filled by the first batch)
         self.capture = 0
         self.captured: dict[str, dict[str, Tensor]] = {}

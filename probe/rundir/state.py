@@ -15,15 +15,16 @@ STATE_FILE = "state.safetensors"
 DEFAULT_LOGIT_RANGE = (-12.0, 12.0)  # gate bins before calibration (tests and single-image probes)
 
 
-def new_layer_stats(sites, n_labels: int, settings: RecordSettings, logit_ranges: dict | None = None,
+def new_layer_stats(sites, n_labels: int, settings: RecordSettings, binnings: dict | None = None,
                     device: torch.device | str = "cpu") -> dict:
     """Empty accumulators on ``device``, layer name -> :class:`GatedLayerStats` /
     :class:`PartialLayerStats`, for ``sites`` (anything with a layer's ``name``, ``kind`` and
-    geometry); gated layers are binned over ``logit_ranges[name]`` = ``(lo [C], hi [C])`` when given."""
-    ranges = {name: tuple(torch.as_tensor(v, device=device) for v in pair) for name, pair in (logit_ranges or {}).items()}
+    geometry); gated layers are binned by ``binnings[name]`` (:class:`~probe.stats.binning.Binning`,
+    from the calibration) when given, else uniformly over ``DEFAULT_LOGIT_RANGE``."""
+    binnings = {name: b.to(device) for name, b in (binnings or {}).items()}
     with torch.device(device):  # every accumulator the constructors allocate
-        return {s.name: GatedLayerStats(s, n_labels, settings.bins, settings.groups,
-                                        *ranges.get(s.name, DEFAULT_LOGIT_RANGE))
+        return {s.name: GatedLayerStats(s, n_labels, settings.bins, settings.groups, *DEFAULT_LOGIT_RANGE,
+                                        binning=binnings.get(s.name))
                 if s.kind == "gated" else PartialLayerStats(s, settings.groups) for s in sites}
 
 

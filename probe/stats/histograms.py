@@ -1,20 +1,16 @@
 """Mergeable per-(condition, channel) gate histograms, in the spirit of GAN dissection's
 running statistics: ``add``, ``merge(other)``, ``state_dict()``, never storing maps.
 
-Gates are binned by their *logit* (the pre-sigmoid value), uniformly over a per-channel range
-``[lo_c, hi_c]`` with the two outer bins open-ended. Sigmoid gates saturate, so equal-width bins
-in gate space put most pixels of a channel into its first or last bin; logit bins keep
-resolution in the tails, where the top-quantile threshold of Network Dissection lies. A fixed
-logit range for every channel is not enough either: a trained channel may spread its logits over
-a fraction of one such bin, and pixel pairs that share a bin make the AUC a tie. So the range of
-each channel is calibrated on the first images of the data (see
-:func:`probe.recording.calibration.calibrate_logit_ranges`), the same images for every shard, so shard
-histograms stay mergeable. Binning a logit is one fused multiply-add, a clamp and a truncation.
+Gates are binned by their *logit* (the pre-sigmoid value) over a per-channel range with the two
+outer bins open-ended. Sigmoid gates saturate, so equal-width bins in gate space put most pixels
+of a channel into its first or last bin; logit bins keep resolution in the tails, where the
+top-quantile threshold of Network Dissection lies. The range, and the segments it is cut into
+(:class:`probe.stats.binning.Binning`), are calibrated on the first images of the data (see
+:func:`probe.recording.calibration.calibrate_binnings`), the same images for every shard, so shard
+histograms stay mergeable.
 
-The fast path (see :class:`probe.stats.layer_stats.GatedLayerStats`) bins a layer's logits once into
-flat ``channel * bins + bin`` indices, adds a broadcast int32 offset per pixel's condition and
-histograms everything with one ``bincount``; sums come from one batched matrix product with the
-conditions' one-hot matrix. No temporary larger than one int32 copy of the gate map is made.
+The fast path (see :class:`probe.stats.layer_stats.GatedLayerStats`) bins a layer's logits once and
+counts regions and labels in one pass (:mod:`probe.stats.native`).
 """
 from __future__ import annotations
 
@@ -22,25 +18,9 @@ import torch
 from torch import Tensor
 
 from ..errors import RunError
+from .binning import Binning
 
-DEFAULT_BINS = 512  # per channel; AUC p99 error 0.00025, IoU p90 2.1% at 64 images (benchmarks/accuracy.py)
-
-
-def _per_channel(value, channels: int, device=None) -> Tensor:
-    """float64 ``[channels]`` from a tensor (on its own device unless ``device``) or a number."""
-    if isinstance(value, Tensor):
-        t = value.to(dtype=torch.float64, device=device or value.device)
-    else:
-        t = torch.tensor(value, dtype=torch.float64, device=device)
-    return torch.broadcast_to(t, (channels,)).clone()
-
-
-def logit_bins(logits: Tensor, scale: Tensor, offset: Tensor, bins: int) -> Tensor:
-    """Bin index ``[0, bins)`` (int32, same shape ``[B, C, h, w]``) of each logit, with per-channel
-    ``scale``/``offset`` ``[1, C, 1, 1]`` (float32): three whole-tensor passes."""
-    x = torch.addcmul(offset, logits, scale)
-    x.clamp_(0, bins - 1)
-    return x.to(torch.int32)
+DEFAULT_BINS = 512  # per channel (benchmarks/accuracy.py measures the read-outs' errors)
 
 
 class ConditionedHistogram:
@@ -50,72 +30,57 @@ class ConditionedHistogram:
         channels: C, the channels of the layer.
         conditions: K, the number of pixel classes of the partition (e.g. regions or labels).
         bins: histogram bins over the logit axis.
-        lo, hi: ``[C]`` (or scalars) the logit range of each channel's bins; values beyond fall in
-            the end bins.
+        lo, hi: ``[C]`` (or scalars) the logit range of each channel's uniform bins; values beyond
+            fall in the end bins.
         groups: G, image groups for the sums (image-level inference, see :mod:`probe.analysis`).
+        binning: a calibrated :class:`~probe.stats.binning.Binning` (then ``lo``/``hi`` are unused).
 
     Fitted state: ``counts_`` int64 ``[K, C, bins]``; ``sums_`` float64 ``[G, K, C]`` (of the gate in
     (0, 1)) and ``pixels_`` int64 ``[G, K]``, per image group.
     """
 
     def __init__(self, channels: int, conditions: int, bins: int = 256, lo: Tensor | float = -12.0,
-                 hi: Tensor | float = 12.0, groups: int = 1):
+                 hi: Tensor | float = 12.0, groups: int = 1, binning: Binning | None = None):
+        self.binning = Binning.uniform(channels, lo, hi, bins) if binning is None else binning
+        if (self.binning.channels, self.binning.bins) != (channels, bins):
+            raise ValueError(f"a binning of {self.binning.channels} channels x {self.binning.bins} bins "
+                             f"for a histogram of {channels} x {bins}")
         self.channels, self.conditions, self.bins, self.groups = channels, conditions, bins, groups
-        self.lo = _per_channel(lo, channels)
-        self.hi = _per_channel(hi, channels, self.lo.device)
-        if not bool((self.hi > self.lo).all()):
-            raise ValueError("every channel's logit range must satisfy lo < hi")
-        self._binning = self.affine()  # lo and hi never change: the float32 scale/offset, once
-        device = self.lo.device
+        device = self.binning.knots.device
         self._channel_base = torch.arange(channels, dtype=torch.int32, device=device).view(1, -1, 1, 1) * bins
         self.counts_ = torch.zeros(conditions, channels, bins, dtype=torch.int64, device=device)
         self.sums_ = torch.zeros(groups, conditions, channels, dtype=torch.float64, device=device)
         self.pixels_ = torch.zeros(groups, conditions, dtype=torch.int64, device=device)
 
+    @property
+    def lo(self) -> Tensor:
+        return self.binning.lo
+
+    @property
+    def hi(self) -> Tensor:
+        return self.binning.hi
+
     def bin_edges(self) -> Tensor:
         """``[C, bins + 1]`` edges on each channel's logit axis (the outer ones stand for +-infinity)."""
-        steps = torch.linspace(0, 1, self.bins + 1, dtype=torch.float64, device=self.lo.device)
-        return self.lo[:, None] + (self.hi - self.lo)[:, None] * steps
-
-    def affine(self) -> tuple[Tensor, Tensor]:
-        """float32 ``scale``/``offset`` ``[1, C, 1, 1]`` mapping a logit to its fractional bin."""
-        scale = self.bins / (self.hi - self.lo)
-        return scale.float().view(1, -1, 1, 1), (-self.lo * scale).float().view(1, -1, 1, 1)
+        return self.binning.edges()
 
     def flat_bins(self, logits: Tensor) -> Tensor:
         """int32 ``[B, C, h, w]``: ``channel * bins + bin`` of each logit, the index into one
-        condition's ``[C, bins]`` block of ``counts_`` (one extra in-place pass over :func:`logit_bins`)."""
-        index = logit_bins(logits, *self._binning, self.bins)
+        condition's ``[C, bins]`` block of ``counts_``."""
+        index = self.binning.bin(logits)
         index += self._channel_base
         return index
 
-    def offsets(self, condition: Tensor) -> Tensor:
-        """int32 ``[B, 1, h, w]`` offset of each pixel's block in ``counts_`` for ``condition``
-        ``[B, 1, h, w]`` (int64 ids in ``[0, K)``); broadcast over the channels of :meth:`flat_bins`."""
-        return condition.to(torch.int32) * (self.channels * self.bins)
-
-    def add_binned(self, bins: Tensor, offsets: Tensor, sums: Tensor, pixels: Tensor, group: Tensor) -> None:
-        """Accumulate one batch: ``bins`` int32 ``[B, C, h, w]`` from :meth:`flat_bins`, ``offsets``
-        from :meth:`offsets`, per-image ``sums`` ``[B, K, C]`` and ``pixels`` ``[B, K]``, ``group`` ``[B]``."""
-        index = bins + offsets
-        self.counts_ += torch.bincount(index.view(-1), minlength=self.counts_.numel()).view_as(self.counts_)
+    def add_sums(self, sums: Tensor, pixels: Tensor, group: Tensor) -> None:
+        """Per-image gate ``sums`` ``[B, K, C]`` and ``pixels`` ``[B, K]`` into image groups ``group`` ``[B]``
+        (the counts were added in place by :func:`probe.stats.native.accumulate_gate_batch`)."""
         self.sums_.index_add_(0, group, sums.double())
         self.pixels_.index_add_(0, group, pixels.long())
-
-    def add(self, logits: Tensor, gates: Tensor, condition: Tensor, group: Tensor) -> None:
-        """Accumulate one batch from scratch (the slow, self-contained path; tests and adapters).
-
-        ``logits``/``gates`` ``[B, C, h, w]``, ``condition`` ``[B, 1, h, w]`` int64, ``group`` ``[B]``."""
-        b, c, h, w = gates.shape
-        onehot = torch.nn.functional.one_hot(condition.flatten(1), self.conditions).float()  # [B, hw, K]
-        sums = torch.bmm(gates.reshape(b, c, h * w).float(), onehot).transpose(1, 2)
-        self.add_binned(self.flat_bins(logits), self.offsets(condition), sums, onehot.sum(1).round(), group)
 
     def merge(self, other: "ConditionedHistogram") -> "ConditionedHistogram":
         """Add ``other``'s counts and sums into this one (exact: integer counts, float64 sums)."""
         if (other.channels, other.conditions, other.bins, other.groups) != (
-                self.channels, self.conditions, self.bins, self.groups) or not (
-                torch.equal(other.lo, self.lo) and torch.equal(other.hi, self.hi)):
+                self.channels, self.conditions, self.bins, self.groups) or other.binning != self.binning:
             raise RunError("cannot merge histograms of different shapes or binning (were the shards "
                            "calibrated on the same images?)")
         self.counts_ += other.counts_
@@ -126,12 +91,12 @@ class ConditionedHistogram:
     def state_dict(self) -> dict:
         return {"counts": self.counts_, "sums": self.sums_, "pixels": self.pixels_,
                 "config": torch.tensor([self.channels, self.conditions, self.bins, self.groups], device="cpu"),
-                "lo": self.lo, "hi": self.hi}
+                **self.binning.state_dict()}
 
     @classmethod
     def from_state_dict(cls, state: dict) -> "ConditionedHistogram":
         channels, conditions, bins, groups = (int(v) for v in state["config"])
-        hist = cls(channels, conditions, bins, state["lo"], state["hi"], groups)
+        hist = cls(channels, conditions, bins, groups=groups, binning=Binning.from_state(state, channels, bins))
         hist.counts_, hist.sums_, hist.pixels_ = state["counts"].clone(), state["sums"].clone(), state["pixels"].clone()
         return hist
 
@@ -179,16 +144,15 @@ class LabelCellHistogram:
     float64, ``slot_pixels_`` ``[S]`` int64; at worst (every label in every group) ``G*L*C``.
     """
 
-    def __init__(self, channels: int, labels: int, bins: int, lo, hi, groups: int = 1,
-                 cells: int | None = None, device=None):
+    def __init__(self, channels: int, labels: int, binning: Binning, groups: int = 1, cells: int | None = None):
+        bins = binning.bins
         cells = label_cells(labels, channels, bins) if cells is None else cells
         if bins % cells:
             cells = 1 if bins < 2 else max(c for c in range(1, min(cells, bins) + 1) if bins % c == 0)
         self.channels, self.labels, self.bins, self.cells, self.groups = channels, labels, bins, cells, groups
         self.width = bins // cells
-        self.lo = _per_channel(lo, channels, device)
-        self.hi = _per_channel(hi, channels, self.lo.device)
-        device = self.lo.device
+        self.binning = binning
+        device = binning.knots.device
         self.counts_ = torch.zeros(labels, channels, cells, dtype=torch.int32, device=device)
         self.moments_ = torch.zeros(labels, channels, cells, dtype=torch.int32, device=device)
         self.total_ = torch.zeros(channels, bins, dtype=torch.int64, device=device)
@@ -197,6 +161,9 @@ class LabelCellHistogram:
         self.slot_pixels_ = torch.zeros(0, dtype=torch.int64, device=device)
         self.slot_keys_ = torch.zeros(0, 2, dtype=torch.int64, device=device)  # (group, label) of each slot
         self._offset = torch.arange(self.width, dtype=torch.int64, device=device)
+        fine = torch.arange(bins, dtype=torch.int64, device=device)
+        self.cell_of_bin = (fine // self.width).expand(channels, bins).contiguous()  # [C, bins]
+        self.offset_of_bin = (fine % self.width).expand(channels, bins).contiguous()
         if groups * labels <= DENSE_SLOTS:  # few labels: every (group, label) slot from the start (flat memory)
             g, lab = torch.meshgrid(torch.arange(groups, dtype=torch.int64, device=device),
                                     torch.arange(labels, dtype=torch.int64, device=device), indexing="ij")
@@ -210,6 +177,18 @@ class LabelCellHistogram:
         """int64 once ``pixels seen * w`` could overflow an int32 cell (exact either way)."""
         if self.counts_.dtype == torch.int32 and (int(self.total_[0].sum()) + new_pixels) * self.width > INT32_SAFE:
             self.counts_, self.moments_ = self.counts_.long(), self.moments_.long()
+
+    def before_add(self, labelled: int) -> None:
+        """Ready the cells for a batch of ``labelled`` labelled pixels (promoted before an int32 could overflow)."""
+        self._promote(labelled)
+
+    def targets(self, compact: Tensor, present: Tensor) -> dict:
+        """The label arguments of :func:`probe.stats.native.accumulate_gate_batch` for a batch whose
+        cells hold ``compact`` ``[B, N]`` (int32 positions in ``present`` ``[P]``, -1 ignored): these
+        cells, totals and the fine-bin to cell maps, updated in place."""
+        return {"label": compact, "n_present": len(present), "label_rows": present, "cell_of_bin": self.cell_of_bin,
+                "offset_of_bin": self.offset_of_bin, "cell_counts": self.counts_, "cell_moments": self.moments_,
+                "total": self.total_}
 
     def add_fine(self, present: Tensor, fine: Tensor, batch_total: Tensor) -> None:
         """``present`` ``[P]`` label ids, ``fine`` ``[P, C, bins]`` int64 their fine counts in this
@@ -278,14 +257,12 @@ class LabelCellHistogram:
         return self.dense_sums()[1]
 
     def bin_edges(self) -> Tensor:
-        steps = torch.linspace(0, 1, self.bins + 1, dtype=torch.float64, device=self.lo.device)
-        return self.lo[:, None] + (self.hi - self.lo)[:, None] * steps
+        return self.binning.edges()
 
     # ------------------------------------------------------------------ merge and state
     def merge(self, other: "LabelCellHistogram") -> "LabelCellHistogram":
         if (other.channels, other.labels, other.bins, other.cells, other.groups) != (
-                self.channels, self.labels, self.bins, self.cells, self.groups) or not (
-                torch.equal(other.lo, self.lo) and torch.equal(other.hi, self.hi)):
+                self.channels, self.labels, self.bins, self.cells, self.groups) or other.binning != self.binning:
             raise RunError("cannot merge label statistics of different shapes or binning (were the shards "
                            "calibrated on the same images?)")
         self._promote(int(other.total_[0].sum()))
@@ -313,12 +290,12 @@ class LabelCellHistogram:
         return {"cell_counts": self.counts_, "cell_moments": self.moments_, "total": self.total_,
                 "slot_keys": self.slot_keys_, "slot_sums": self.slot_sums_, "slot_pixels": self.slot_pixels_,
                 "config": torch.tensor([self.channels, self.labels, self.bins, self.groups, self.cells], device="cpu"),
-                "lo": self.lo, "hi": self.hi}
+                **self.binning.state_dict()}
 
     @classmethod
     def from_state_dict(cls, state: dict) -> "LabelCellHistogram":
         channels, labels, bins, groups, cells = (int(v) for v in state["config"])
-        hist = cls(channels, labels, bins, state["lo"], state["hi"], groups, cells)
+        hist = cls(channels, labels, Binning.from_state(state, channels, bins), groups, cells)
         hist.counts_, hist.moments_ = state["cell_counts"].clone(), state["cell_moments"].clone()
         hist.total_ = state["total"].clone()
         hist.slot_of_.fill_(-1)

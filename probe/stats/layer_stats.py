@@ -17,13 +17,15 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import RunError
+from .binning import Binning
 from .histograms import ConditionedHistogram, LabelCellHistogram
+from .native import accumulate_gate_batch
 from .regions import REGIONS
 
-STATE_VERSION = 4  # 1: PartialLayerStats packed its scalars into one positional tensor (migrated on load);
+STATE_VERSION = 5  # 1: PartialLayerStats packed its scalars into one positional tensor (migrated on load);
 # 2: no trivial-feature histograms and no partial-layer mask moments (read as empty: no control, NaN);
 # 3: fine [labels, channels, bins] label histograms and dense [groups, labels, channels] sums (converted
-# exactly on load to version 4's cells and (group, label) slots)
+# exactly on load to version 4's cells and (group, label) slots); 4: one uniform segment per channel (lo, hi)
 TRIVIAL_FEATURES = ("mean_red", "mean_green", "mean_blue", "local_variance", "row", "column")
 TRIVIAL_RANGES = ((0.0, 0.0, 0.0, 0.0, 0.0, 0.0), (1.0, 1.0, 1.0, 0.25, 1.0, 1.0))  # (lo, hi) per feature
 VALID_FRACTION_BINS = 101  # per-image valid fraction in bins of 0.01; the last holds exactly 1.0
@@ -123,62 +125,42 @@ class GatedLayerStats:
     same label statistics of the trivial input features at the layer's resolution (the control
     for semantic roles).
 
-    One batch costs one binning of the logits (shared by regions and labels), one ``bincount``
-    into the ``4 x C x bins`` region block, one ``bincount`` into a ``P x C x bins`` block of the
-    ``P`` labels present in the batch (reduced to cells), and one ``bmm`` with the joint
-    region/present-label one-hot for all sums."""
+    One batch costs one pass over the logits that bins them (regions and labels share the
+    binning) and counts and sums them by region and present label
+    (:func:`probe.stats.native.accumulate_gate_batch`), and one ``bmm`` for the covariance."""
 
     def __init__(self, site, n_labels: int, bins: int, groups: int, lo: Tensor | float = -12.0,
-                 hi: Tensor | float = 12.0):
+                 hi: Tensor | float = 12.0, binning: Binning | None = None):
         self.site = site
-        self.regions = ConditionedHistogram(site.channels, len(REGIONS), bins, lo, hi, groups)
-        device = self.regions.lo.device
-        self.labels = LabelCellHistogram(site.channels, n_labels, bins, self.regions.lo, self.regions.hi, groups)
+        self.regions = ConditionedHistogram(site.channels, len(REGIONS), bins, lo, hi, groups, binning)
+        device = self.regions.binning.knots.device
+        self.labels = LabelCellHistogram(site.channels, n_labels, self.regions.binning, groups)
         # the trivial input features at this layer's resolution, with the same label statistics as the gates
         lo_t, hi_t = (torch.tensor(r, dtype=torch.float64, device=device) for r in TRIVIAL_RANGES)
-        self.trivial = LabelCellHistogram(len(TRIVIAL_FEATURES), n_labels, bins, lo_t, hi_t, groups=1)
-        self._trivial_binning = ConditionedHistogram(len(TRIVIAL_FEATURES), 1, bins, lo_t, hi_t)
+        self.trivial = LabelCellHistogram(len(TRIVIAL_FEATURES), n_labels,
+                                          Binning.uniform(len(TRIVIAL_FEATURES), lo_t, hi_t, bins), groups=1)
         self.moments = ChannelMoments(site.channels, device=device)
         self.size_: tuple[int, int] | None = None
 
     def add(self, logits: Tensor, gates: Tensor, ctx) -> None:
         """Accumulate one batch of a layer: ``logits``/``gates`` ``[B, C, h, w]``."""
         b, c, h, w = gates.shape
-        size = (h, w)
-        self.size_ = size
-        region_offsets, present, compact, onehot, ignored = _layer_conditions(ctx, size, self.regions)
-        bins = self.regions.flat_bins(logits)  # the labels share the regions' binning
-        flat = gates.reshape(b, c, h * w)
-        n_regions = len(REGIONS)
-        if ctx.n_labels <= DENSE_LABELS:  # every label's column: one product, the same shape every batch
-            sums = torch.bmm(flat, onehot).transpose(1, 2)  # [B, 4 + L, C]
-            region_sums, label_sums = sums[:, :n_regions], sums[:, n_regions:]
-        else:  # the regions' 4 columns (rounding independent of the labels a batch holds), then the present labels'
-            region_sums = torch.bmm(flat, onehot[..., :n_regions]).transpose(1, 2)  # [B, 4, C]
-            label_sums = torch.bmm(flat, onehot[..., n_regions:]).transpose(1, 2) if len(present) else None
-        pixels = onehot.sum(1)
-        self.regions.add_binned(bins, region_offsets, region_sums, pixels[:, :n_regions], ctx.group)
-        self._add_labels(self.labels, bins, present, compact, ignored)
-        if len(present):
-            self.labels.add_sums(present, ctx.group, label_sums, pixels[:, n_regions:])
+        self.size_ = (h, w)
+        cond = _layer_conditions(ctx, self.size_)
+        self.labels.before_add(cond.labelled)
+        region_sums, label_sums = accumulate_gate_batch(
+            logits.reshape(b, c, h * w), self.regions.binning, region=cond.region, n_regions=len(REGIONS),
+            region_counts=self.regions.counts_,
+            gates=gates.reshape(b, c, h * w), **self.labels.targets(cond.compact, cond.present))
+        self.regions.add_sums(region_sums, cond.region_pixels, ctx.group)
+        if len(cond.present):
+            self.labels.add_sums(cond.present, ctx.group, label_sums, cond.label_pixels)
         self.moments.add(gates, channel_sum=region_sums.sum((0, 1)))  # every pixel is in one region
-        features = ctx.trivial_features(size)  # [B, F, h, w] or None (no image given)
+        features = ctx.trivial_features(self.size_)  # [B, F, h, w] or None (no image given)
         if features is not None:
-            self._add_labels(self.trivial, self._trivial_binning.flat_bins(features), present, compact, ignored)
-
-    @staticmethod
-    def _add_labels(hist: "LabelCellHistogram", bins: Tensor, present: Tensor, compact: Tensor, ignored: bool) -> None:
-        """One sparse update: the fine counts of the present labels (ignored cells dropped)."""
-        c, n_bins = hist.channels, hist.bins
-        if not len(present):
-            hist.add_fine(present, bins.new_zeros((0, c, n_bins), dtype=torch.int64),
-                          torch.zeros(c, n_bins, dtype=torch.int64, device=bins.device))
-            return
-        index = bins + compact * (c * n_bins)  # int32: P * C * bins cells
-        if ignored:
-            index = index[index >= 0]
-        fine = torch.bincount(index.view(-1), minlength=len(present) * c * n_bins).view(len(present), c, n_bins)
-        hist.add_fine(present, fine, fine.sum(0))
+            self.trivial.before_add(cond.labelled)
+            accumulate_gate_batch(features.reshape(b, len(TRIVIAL_FEATURES), h * w), self.trivial.binning,
+                                  **self.trivial.targets(cond.compact, cond.present))
 
     def merge(self, other: "GatedLayerStats") -> None:
         self.regions.merge(other.regions)
@@ -214,13 +196,14 @@ def _label_cells_from_state(state: dict) -> LabelCellHistogram:
         return LabelCellHistogram.from_state_dict(state)
     counts = state["counts"]
     channels, labels, bins, groups = (int(v) for v in state["config"])
-    hist = LabelCellHistogram(channels, labels, bins, state["lo"], state["hi"], groups)
+    binning = Binning.from_state(state, channels, bins)
+    hist = LabelCellHistogram(channels, labels, binning, groups)
     present = torch.arange(labels, dtype=torch.int64, device=counts.device)
     hist.add_fine(present, counts.long(), counts.long().sum(0))
     sums, pixels = state["sums"], state["pixels"]
     g, lab = torch.nonzero(pixels > 0, as_tuple=True)
     if len(g):
-        other = LabelCellHistogram(channels, labels, bins, state["lo"], state["hi"], groups)
+        other = LabelCellHistogram(channels, labels, binning, groups)
         other.slot_of_.fill_(-1)
         other.slot_keys_ = torch.stack([g, lab], 1)
         other.slot_sums_, other.slot_pixels_ = sums[g, lab].double().clone(), pixels[g, lab].long().clone()
@@ -228,40 +211,54 @@ def _label_cells_from_state(state: dict) -> LabelCellHistogram:
     return hist
 
 
-def _layer_conditions(ctx, size: tuple[int, int], regions: ConditionedHistogram):
-    """Per batch and layer shape, cached on ``ctx``: region offsets ``[B,1,h,w]`` int32, the labels
-    present in the batch ``[P]``, each cell's compact label ``[B,1,h,w]`` int32 (its position in
-    ``present``; -1 where ignored), the joint one-hot ``[B, h*w, 4 + P]`` of region and present
-    label (an ignored cell's label part is zero), and whether any cell is ignored.
+@dataclass(frozen=True)
+class LayerConditions:
+    """The conditions of one batch at one layer resolution (``N = h*w`` cells), shared by every
+    gated layer of that size: ``region`` int32 ``[B, N]``; ``present`` int64 ``[P]`` the labels
+    present in the batch (every class when there are at most ``DENSE_LABELS``); ``compact`` int32
+    ``[B, N]`` each cell's position in ``present`` (-1 where ignored); pixel counts
+    ``region_pixels`` ``[B, 4]`` and ``label_pixels`` ``[B, P]`` (int64); ``labelled`` cells in all."""
 
-    Labels are taken at the centre pixel of each cell, the rule of
-    :meth:`probe.recording.context.BatchContext.label_ids` (checked against it in the tests), but
-    the one-hot covers only the labels present, not all classes."""
-    key = ("gated-layer-conditions", size, regions.channels, regions.bins)
+    region: Tensor
+    present: Tensor
+    compact: Tensor
+    region_pixels: Tensor
+    label_pixels: Tensor
+    labelled: int
+
+
+def _layer_conditions(ctx, size: tuple[int, int]) -> LayerConditions:
+    """:class:`LayerConditions` at ``size``, cached on ``ctx``. Labels are taken at the centre
+    pixel of each cell, the rule of :meth:`probe.recording.context.BatchContext.label_ids` (checked
+    against it in the tests)."""
+    key = ("gated-layer-conditions", size)
     cache = ctx._cache
     if key not in cache:
-        lab_key = ("present-labels", size)
-        if lab_key not in cache:
-            H, W = ctx.labels.shape[-2:]
-            device = ctx.labels.device
-            ys = ((torch.arange(size[0], device=device) + 0.5) * H / size[0]).long()
-            xs = ((torch.arange(size[1], device=device) + 0.5) * W / size[1]).long()
-            labels = ctx.labels[:, ys][:, :, xs].unsqueeze(1).clamp(min=-1)
-            if ctx.n_labels <= DENSE_LABELS:  # few classes: all of them, every batch
-                present = torch.arange(ctx.n_labels, dtype=torch.int64, device=device)
-            else:
-                present = torch.unique(labels)
-                present = present[present >= 0]
-            remap = torch.full((ctx.n_labels + 1,), -1, dtype=torch.int64, device=device)
-            remap[present + 1] = torch.arange(len(present), dtype=torch.int64, device=device)
-            compact = remap[labels + 1]
-            label_onehot = F.one_hot((compact + 1).flatten(1), len(present) + 1).float()[..., 1:]
-            cache[lab_key] = (present, compact.to(torch.int32), label_onehot, bool((compact < 0).any()))
-        present, compact, label_onehot, ignored = cache[lab_key]
-        region, region_onehot = ctx.regions(size)
-        cache[key] = (regions.offsets(region), present, compact, torch.cat([region_onehot, label_onehot], dim=2),
-                      ignored)
+        H, W = ctx.labels.shape[-2:]
+        device = ctx.labels.device
+        ys = ((torch.arange(size[0], device=device) + 0.5) * H / size[0]).long()
+        xs = ((torch.arange(size[1], device=device) + 0.5) * W / size[1]).long()
+        labels = ctx.labels[:, ys][:, :, xs].flatten(1).clamp(min=-1)  # [B, N]
+        if ctx.n_labels <= DENSE_LABELS:  # few classes: all of them, every batch
+            present = torch.arange(ctx.n_labels, dtype=torch.int64, device=device)
+        else:
+            present = torch.unique(labels)
+            present = present[present >= 0]
+        remap = torch.full((ctx.n_labels + 1,), -1, dtype=torch.int64, device=device)
+        remap[present + 1] = torch.arange(len(present), dtype=torch.int64, device=device)
+        compact = remap[labels + 1]
+        region = ctx.regions(size)[0].flatten(1)
+        cache[key] = LayerConditions(
+            region.to(torch.int32), present, compact.to(torch.int32), _per_image_counts(region, len(REGIONS)),
+            _per_image_counts(compact, len(present)), int((compact >= 0).sum()))
     return cache[key]
+
+
+def _per_image_counts(ids: Tensor, n: int) -> Tensor:
+    """int64 ``[B, n]``: how many entries of each row of ``ids`` ``[B, N]`` equal 0 .. n-1 (negative: none)."""
+    b = len(ids)
+    flat = ids.long() + torch.arange(b, device=ids.device)[:, None] * n
+    return torch.bincount(flat[ids >= 0], minlength=b * n).view(b, n)
 
 
 class PartialLayerStats:

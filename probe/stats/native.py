@@ -1,0 +1,272 @@
+"""One pass over a gated layer's logit map: :func:`accumulate_gate_batch`.
+
+It bins every logit, counts it into the region histogram ``[R, C, bins]`` and into the label cells
+``[L, C, cells]`` (with the fine total ``[C, bins]`` of the labelled pixels), and sums the gates per
+(image, region) and (image, label), all in place. Two paths with the same semantics:
+
+* ``"native"``: a C++ kernel (``native_kernel.cpp``) compiled on first use with
+  :func:`torch.utils.cpp_extension.load` (cached in torch's extension folder, keyed by a hash of the
+  source, the flags and the torch version), parallel over channels on torch's intra-op threads;
+  CPU tensors only. ``GATEPROBE_NATIVE=0`` turns it off; if it cannot be built, one line on
+  stderr says why and the torch path is used.
+* ``"torch"``: whole-tensor torch operations on any device (``bincount``, ``scatter_add_``,
+  ``index_add_``, a float32 ``bmm`` with one-hot matrices for the sums).
+
+Logits are binned by a :class:`probe.stats.binning.Binning`: the segment of ``x`` is the number of
+inner knots ``<= x``, then ``((x - base) * scale) + start``, each step a separately rounded float32
+operation (never a fused multiply-add: torch's ``addcmul`` is one on AVX2 CPUs), clamped to
+``[0, bins - 1]`` and truncated; the counts of the two paths are bit-identical. A NaN logit raises
+:class:`probe.errors.NumericalError` before anything is written.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..errors import NumericalError
+from .binning import Binning
+
+SOURCE = Path(__file__).with_name("native_kernel.cpp")
+CFLAGS = ("-O3", "-ffp-contract=off", "-fopenmp")  # no FMA contraction; OpenMP for at::parallel_for
+LDFLAGS = ("-fopenmp",)  # resolves to the libgomp torch has loaded already: one thread pool
+_lock = threading.Lock()
+_state: dict = {"tried": False, "module": None, "build_s": None}
+
+
+def _build():
+    """Compile (or load the cached build of) the kernel; raises whatever goes wrong."""
+    from torch.utils import cpp_extension
+
+    key = SOURCE.read_bytes() + repr((CFLAGS, LDFLAGS, torch.__version__)).encode()
+    name = "gateprobe_stats_" + hashlib.sha256(key).hexdigest()[:12]
+    old_path = os.environ.get("PATH", "")
+    try:  # the ninja of the `ninja` package (a dependency) first, activated virtualenv or not: ninjas of
+        import ninja  # other versions read each other's build logs as stale, and would rebuild each time
+
+        os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + old_path
+    except ImportError:
+        pass
+    start = time.perf_counter()
+    try:
+        with warnings.catch_warnings():  # e.g. the compiler-ABI notice: quiet unless it fails
+            warnings.simplefilter("ignore")
+            module = cpp_extension.load(name=name, sources=[str(SOURCE)], extra_cflags=list(CFLAGS),
+                                        extra_ldflags=list(LDFLAGS), verbose=False)
+    finally:
+        os.environ["PATH"] = old_path
+    _state["build_s"] = time.perf_counter() - start
+    return module
+
+
+def _module():
+    """The loaded extension, built once per process; None (after one line on stderr) if it cannot be."""
+    if not _state["tried"]:
+        with _lock:
+            if not _state["tried"]:
+                try:
+                    _state["module"] = _build()
+                except Exception as exc:  # no compiler, no ninja, a compile error...: the torch path
+                    lines = str(exc).strip().splitlines() or [type(exc).__name__]
+                    reason = next((ln for ln in lines if "error:" in ln), lines[0]).strip()
+                    print(f"gateprobe: C++ statistics kernel unavailable ({reason[:200]}); "
+                          "using the pure-torch path", file=sys.stderr)
+                _state["tried"] = True
+    return _state["module"]
+
+
+def _reset() -> None:
+    """Forget the loaded extension (tests): the next use builds or loads it again."""
+    with _lock:
+        _state.update(tried=False, module=None, build_s=None)
+
+
+def native_available() -> bool:
+    """Whether the C++ kernel can be used (builds it on first call unless ``GATEPROBE_NATIVE=0``)."""
+    if os.environ.get("GATEPROBE_NATIVE", "").strip() == "0":
+        return False
+    return _module() is not None
+
+
+def build_seconds() -> float | None:
+    """Seconds the first :func:`native_available` of this process spent building or loading the kernel."""
+    return _state["build_s"]
+
+
+def path(device: torch.device | str | None = None) -> str:
+    """``"native"`` or ``"torch"``: the path :func:`accumulate_gate_batch` takes for tensors on ``device``."""
+    device = torch.device("cpu" if device is None else device)
+    return "native" if device.type == "cpu" and native_available() else "torch"
+
+
+# ---------------------------------------------------------------------------------------------- checks
+def _need(t: Tensor | None, name: str, dtypes: tuple, shape: tuple | None = None) -> Tensor:
+    if t is None:
+        raise ValueError(f"{name} is required here")
+    if t.dtype not in dtypes:
+        raise ValueError(f"{name} must be {' or '.join(str(d) for d in dtypes)}, not {t.dtype}")
+    if shape is not None and tuple(t.shape) != shape:
+        raise ValueError(f"{name} must have shape {list(shape)}, not {list(t.shape)}")
+    return t
+
+
+def _in_place(t: Tensor | None, name: str, dtypes: tuple, shape: tuple) -> Tensor:
+    _need(t, name, dtypes, shape)
+    if not t.is_contiguous():
+        raise ValueError(f"{name} is accumulated in place and must be contiguous")
+    return t
+
+
+def _ids(t: Tensor, name: str, b: int, n: int, lo: int, hi: int) -> tuple[Tensor, int]:
+    """``t`` as ``[B, N]`` (any integer dtype, any shape of B*N elements) and its minimum, checked in [lo, hi)."""
+    if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool or t.numel() != b * n:
+        raise ValueError(f"{name} must be an integer tensor of {b} x {n} pixels, not {t.dtype} {list(t.shape)}")
+    t = t.reshape(b, n)
+    if not t.numel():
+        return t, lo
+    low, high = (int(v) for v in torch.aminmax(t))
+    if low < lo or high >= hi:
+        raise ValueError(f"{name} values must lie in [{lo}, {hi}), found [{low}, {high}]")
+    return t, low
+
+
+_INTS = (torch.int32, torch.int64)
+
+
+# ---------------------------------------------------------------------------------------------- entry
+def accumulate_gate_batch(logits: Tensor, binning: Binning, *,
+                          region: Tensor | None = None, region_counts: Tensor | None = None,
+                          gates: Tensor | None = None, n_regions: int = 0, label: Tensor | None = None,
+                          n_present: int = 0, label_rows: Tensor | None = None, cell_of_bin: Tensor | None = None,
+                          offset_of_bin: Tensor | None = None, cell_counts: Tensor | None = None,
+                          cell_moments: Tensor | None = None, total: Tensor | None = None,
+                          force_path: str | None = None) -> tuple[Tensor | None, Tensor | None]:
+    """Accumulate one batch of a gated layer in place; returns ``(region_sums, label_sums)``.
+
+    ``logits`` float32 ``[B, C, N]`` (or ``[B, C, h, w]``) binned by ``binning`` (``C`` channels, ``bins``).
+    Regions (if ``region`` ``[B, N]`` in ``[0, n_regions)`` is given): ``region_counts`` int64
+    ``[R, C, bins]`` += 1 per pixel at ``[region, c, bin]``. Labels (if ``label`` int ``[B, N]`` in
+    ``[-1, n_present)`` is given; -1: ignored pixel): for each labelled pixel ``cell_counts`` and
+    ``cell_moments`` (both int32 or both int64, ``[L, C, cells]``) get 1 and ``offset_of_bin[c, bin]``
+    at ``[label_rows[label], c, cell_of_bin[c, bin]]``, and ``total`` int64 ``[C, bins]`` gets 1 at
+    ``[c, bin]``. With ``gates`` float32 (the shape of ``logits``): ``region_sums`` float64
+    ``[B, R, C]`` and ``label_sums`` ``[B, P, C]`` of the gates over each image's region / label
+    pixels (None where regions, labels or gates are not given). ``force_path``: ``"native"`` or
+    ``"torch"`` (default: native for CPU tensors when available).
+    """
+    if logits.dim() == 4:
+        logits = logits.flatten(2)
+    _need(logits, "logits", (torch.float32,))
+    if logits.dim() != 3:
+        raise ValueError(f"logits must be [B, C, N] or [B, C, h, w], not {list(logits.shape)}")
+    b, c, n = logits.shape
+    bins = binning.bins
+    if not 1 <= bins < 2 ** 24:  # bins - 1 exact in float32
+        raise ValueError(f"bins must be in [1, 2**24), not {bins}")
+    if binning.channels != c:
+        raise ValueError(f"a binning of {binning.channels} channels for logits of {c}")
+    if gates is not None:
+        gates = _need(gates.flatten(2) if gates.dim() == 4 else gates, "gates", (torch.float32,), (b, c, n))
+    r = p = 0
+    if region is not None:
+        r = int(n_regions)
+        region, _ = _ids(region, "region", b, n, 0, r)
+        _in_place(region_counts, "region_counts", (torch.int64,), (r, c, bins))
+    ignored = False
+    if label is not None:
+        p = int(n_present)
+        label, low = _ids(label, "label", b, n, -1, p)
+        ignored = low < 0
+        cell_counts = _need(cell_counts, "cell_counts", _INTS)
+        if cell_counts.dim() != 3 or cell_counts.shape[1] != c:
+            raise ValueError(f"cell_counts must be [L, {c}, cells], not {list(cell_counts.shape)}")
+        n_rows, cells = cell_counts.shape[0], cell_counts.shape[2]
+        _in_place(cell_counts, "cell_counts", _INTS, (n_rows, c, cells))
+        _in_place(cell_moments, "cell_moments", (cell_counts.dtype,), (n_rows, c, cells))
+        _in_place(total, "total", (torch.int64,), (c, bins))
+        label_rows, _ = _ids(_need(label_rows, "label_rows", (torch.int64,), (p,)), "label_rows", 1, p, 0, n_rows)
+        cell_of_bin, _ = _ids(_need(cell_of_bin, "cell_of_bin", (torch.int64,), (c, bins)), "cell_of_bin", c, bins,
+                              0, cells)
+        offset_of_bin = _need(offset_of_bin, "offset_of_bin", (torch.int64,), (c, bins))
+        label_rows = label_rows.reshape(p)
+
+    chosen = force_path or path(logits.device)
+    if chosen == "native":
+        if logits.device.type != "cpu" or not native_available():
+            raise RuntimeError("the native statistics kernel is unavailable here (CPU tensors only; is it built, "
+                               "or is GATEPROBE_NATIVE=0?)")
+        return _native(logits.contiguous(), binning, region, region_counts, gates, r, label, p,
+                       label_rows, cell_of_bin, offset_of_bin, cell_counts, cell_moments, total)
+    if chosen != "torch":
+        raise ValueError(f"force_path must be None, 'native' or 'torch', not {force_path!r}")
+    return _torch(logits, binning, region, region_counts, gates, r, label, p, ignored, label_rows,
+                  cell_of_bin, offset_of_bin, cell_counts, cell_moments, total)
+
+
+def _nan_error() -> NumericalError:
+    return NumericalError("NaN gate logits (a NaN bin position); check the model's weights and inputs")
+
+
+def _native(logits, binning, region, region_counts, gates, r, label, p, label_rows, cell_of_bin,
+            offset_of_bin, cell_counts, cell_moments, total):
+    b, c, n = logits.shape
+    f64 = dict(dtype=torch.float64, device=logits.device)
+    region_sums = torch.zeros(b, r, c, **f64) if gates is not None and region is not None else None
+    label_sums = torch.zeros(b, p, c, **f64) if gates is not None and label is not None else None
+    i32 = lambda t: None if t is None else t.to(torch.int32).contiguous()  # noqa: E731
+    tables = (binning.inner.to(logits.device), binning.base.to(logits.device), binning.scale.to(logits.device),
+              binning.start.to(logits.device))
+    ok = _module().accumulate_gate_batch(
+        logits, *tables, binning.bins, i32(region), region_counts, None if gates is None else gates.contiguous(),
+        region_sums, i32(label), None if label is None else label_rows.contiguous(),
+        None if label is None else cell_of_bin.contiguous(), None if label is None else offset_of_bin.contiguous(),
+        cell_counts, cell_moments, total, label_sums)
+    if not ok:  # nothing was accumulated
+        raise _nan_error()
+    return region_sums, label_sums
+
+
+def _torch(logits, binning, region, region_counts, gates, r, label, p, ignored, label_rows, cell_of_bin,
+           offset_of_bin, cell_counts, cell_moments, total):
+    b, c, n = logits.shape
+    bins, device = binning.bins, logits.device
+    if bool(torch.isnan(logits).any()):
+        raise _nan_error()
+    itype = torch.int32 if max(r, p, 1) * c * bins < 2 ** 31 else torch.int64
+    # the bin, then c * bins + bin: the index into one [C, bins] block (contiguous: the flat indices are views)
+    flat = binning.bin(logits.contiguous()).to(itype)
+    flat += torch.arange(c, dtype=itype, device=device).view(1, c, 1) * bins
+    block = c * bins
+    region_sums = label_sums = None
+    if region is not None:
+        index = flat + (region.to(itype) * block).unsqueeze(1)
+        region_counts += torch.bincount(index.reshape(-1), minlength=r * block).view(r, c, bins)
+    if label is not None and p:
+        index = flat + (label.to(itype) * block).unsqueeze(1)  # an ignored pixel's index is negative
+        if ignored:
+            index = index[index >= 0]
+        fine = torch.bincount(index.reshape(-1), minlength=p * block).view(p, c, bins)
+        total += fine.sum(0)
+        cells = cell_counts.shape[2]
+        where = cell_of_bin.expand(p, c, bins)
+        counts = torch.zeros(p, c, cells, dtype=torch.int64, device=device).scatter_add_(2, where, fine)
+        moments = torch.zeros(p, c, cells, dtype=torch.int64, device=device).scatter_add_(2, where, fine * offset_of_bin)
+        cell_counts.index_add_(0, label_rows, counts.to(cell_counts.dtype))
+        cell_moments.index_add_(0, label_rows, moments.to(cell_moments.dtype))
+    if gates is not None:  # float32 bmm with one-hot matrices, regions and labels apart (rounding of each
+        # independent of the other's columns)
+        if region is not None:
+            onehot = F.one_hot(region.long(), r).float()  # [B, N, R]
+            region_sums = torch.bmm(gates, onehot).transpose(1, 2).double()
+        if label is not None:
+            onehot = F.one_hot(label.long() + 1, p + 1)[..., 1:].float()  # [B, N, P]; ignored: a zero row
+            label_sums = torch.bmm(gates, onehot).transpose(1, 2).double()
+    return region_sums, label_sums

@@ -1,0 +1,380 @@
+"""The fused statistics kernel (:mod:`probe.stats.native`): its C++ path and its pure-torch path give
+bit-identical counts, both equal a slow numpy oracle that bins in the same float32 steps (segment
+by counting inner knots, then subtract, multiply, add; also on logits exactly on and one ulp around
+bin boundaries, where a fused multiply-add would bin differently), the gate sums equal float64 numpy, NaN raises without touching the counts, and
+``GATEPROBE_NATIVE=0`` / a failed build fall back to the torch path."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from probe.errors import NumericalError
+from probe.stats import native
+from probe.stats.binning import Binning
+from probe.stats.native import accumulate_gate_batch
+
+COUNTS = ("region_counts", "cell_counts", "cell_moments", "total")
+
+
+@pytest.fixture(scope="module")
+def built():
+    if not native.native_available():
+        pytest.skip("the C++ statistics kernel cannot be built on this machine (see the line on stderr)")
+    return native._module()
+
+
+@pytest.fixture
+def fresh_state():
+    """Forget the loaded extension before and after a test that fakes a build (the next test loads the cache)."""
+    native._reset()
+    yield
+    native._reset()
+
+
+# ---------------------------------------------------------------------------------------------- inputs
+def cells_of(rng, channels, bins, cells, jitter):
+    """Per channel, ``cells`` contiguous runs of fine bins of random (unequal) widths: the cell of each
+    bin and an offset in it (its position, or any non-negative integers with ``jitter``)."""
+    cob = np.zeros((channels, bins), np.int64)
+    oob = np.zeros((channels, bins), np.int64)
+    for c in range(channels):
+        cuts = np.sort(rng.choice(np.arange(1, bins), cells - 1, replace=False)) if cells > 1 else np.zeros(0, int)
+        cob[c] = np.searchsorted(cuts, np.arange(bins), side="right")
+        start = np.concatenate([[0], cuts])[cob[c]]
+        oob[c] = rng.integers(0, 50, bins) if jitter else np.arange(bins) - start
+    return torch.from_numpy(cob), torch.from_numpy(oob)
+
+
+def random_binning(rng, channels, bins, segments):
+    """Per channel, ``segments`` (at most ``bins``) segments with random float32 knots in about
+    [-6, 8] and random bin counts (every one at least 1)."""
+    segments = min(segments, bins)
+    knots = np.zeros((channels, segments + 1))
+    starts = np.zeros((channels, segments + 1), np.int64)
+    for c in range(channels):
+        lo = rng.uniform(-6, -1)
+        knots[c] = np.sort(lo + np.cumsum(rng.uniform(0.05, 3, segments + 1)) - 0.05).astype(np.float32)
+        cuts = np.sort(rng.choice(np.arange(1, bins), segments - 1, replace=False)) if segments > 1 else []
+        starts[c] = np.concatenate([[0], cuts, [bins]])
+    return Binning(torch.from_numpy(knots), torch.from_numpy(starts), bins)
+
+
+def case(seed=0, b=3, c=5, n=97, bins=37, r=4, p=6, rows=9, cells=7, cell_dtype=torch.int64, ignored=0.2,
+         gates=True, regions=True, labels=True, strided=False, spatial=False, jitter=False, logits=None,
+         segments=4, binning=None):
+    """Random inputs and random non-zero accumulators of one call (a dict of keyword arguments)."""
+    rng = np.random.default_rng(seed)
+    g = torch.Generator().manual_seed(seed)
+    binning = random_binning(rng, c, bins, segments) if binning is None else binning
+    if logits is None:
+        logits = torch.randn(b, c, n, generator=g) * 3 + torch.tensor(rng.uniform(-3, 3, c)).float().view(1, c, 1)
+    kw = dict(logits=logits, binning=binning)
+    if gates:
+        kw["gates"] = torch.sigmoid(logits)
+    if regions:
+        kw.update(region=torch.randint(0, r, (b, n), generator=g), n_regions=r,
+                  region_counts=torch.randint(0, 1000, (r, c, bins), generator=g))
+    if labels:
+        label = torch.randint(0, max(p, 1), (b, n), generator=g, dtype=torch.int32)
+        label[torch.rand(b, n, generator=g) < ignored] = -1
+        if p == 0:
+            label.fill_(-1)
+        cob, oob = cells_of(rng, c, bins, cells, jitter)
+        kw.update(label=label, n_present=p, label_rows=torch.randperm(rows, generator=g)[:p], cell_of_bin=cob,
+                  offset_of_bin=oob, cell_counts=torch.randint(0, 500, (rows, c, cells), generator=g).to(cell_dtype),
+                  cell_moments=torch.randint(0, 500, (rows, c, cells), generator=g).to(cell_dtype),
+                  total=torch.randint(0, 500, (c, bins), generator=g))
+    if strided:  # non-contiguous views of the same values: every other element, or dense but permuted
+        def strided_copy(t):
+            if strided == "permuted" and t.dim() >= 2:
+                return t.transpose(-1, -2).contiguous().transpose(-1, -2)
+            return torch.stack([t, torch.zeros_like(t)], -1)[..., 0]
+        for key in ("logits", "gates", "region", "label", "label_rows", "cell_of_bin", "offset_of_bin"):
+            if key in kw:
+                kw[key] = strided_copy(kw[key])
+                assert not kw[key].is_contiguous() or kw[key].numel() <= 1 or min(kw[key].shape) == 1
+    if spatial:  # [B, C, h, w] maps with n = h * w
+        h = next(d for d in range(int(np.sqrt(n)), 0, -1) if n % d == 0)
+        kw["logits"] = kw["logits"].reshape(b, c, h, n // h)
+        if gates:
+            kw["gates"] = kw["gates"].reshape(b, c, h, n // h)
+    return kw
+
+
+def cloned(kw):
+    return {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in kw.items()}
+
+
+def run(kw, force_path):
+    kw = cloned(kw)
+    sums = accumulate_gate_batch(**kw, force_path=force_path)
+    return kw, sums
+
+
+def positions(x, binning, fused=False):
+    """numpy: the bin position of ``x`` ``[B, C, N]`` float32 by ``binning``'s knots and starts: the
+    segment = inner knots <= x, then (x - knot) * scale + start, each step rounded to float32 (or,
+    ``fused``, the last two in one rounding, as a fused multiply-add would)."""
+    k32 = binning.knots.numpy().astype(np.float32)
+    starts = binning.starts.numpy()
+    scale = ((starts[:, 1:] - starts[:, :-1]) / np.diff(binning.knots.numpy(), axis=1)).astype(np.float32)
+    seg = (x[..., None] >= k32[None, :, None, 1:-1]).sum(-1)  # [B, C, N]
+    cc = np.indices(seg.shape)[1]
+    with np.errstate(all="ignore"):
+        d = (x - k32[:, :-1][cc, seg]).astype(np.float32)
+        if fused:
+            return (d.astype(np.longdouble) * scale[cc, seg] + starts[:, :-1][cc, seg]).astype(np.float32)
+        t = (d * scale[cc, seg]).astype(np.float32)
+        return (t + starts[:, :-1][cc, seg].astype(np.float32)).astype(np.float32)
+
+
+def oracle(kw):
+    """numpy: each bin from :func:`positions`, counted with np.add.at; float64 sums."""
+    x = kw["logits"].reshape(kw["logits"].shape[0], kw["logits"].shape[1], -1).numpy().astype(np.float32)
+    b, c, n = x.shape
+    bins = kw["binning"].bins
+    v = positions(x, kw["binning"])
+    assert v.dtype == np.float32
+    k = np.clip(v, np.float32(0), np.float32(bins - 1)).astype(np.int64)
+    bb, cc, _ = np.indices(k.shape)
+    out = {}
+    gates = kw["gates"].reshape(b, c, n).numpy().astype(np.float64) if "gates" in kw else None
+    if "region" in kw:
+        reg = np.broadcast_to(kw["region"].numpy()[:, None, :], k.shape)
+        counts = kw["region_counts"].numpy().copy()
+        np.add.at(counts, (reg, cc, k), 1)
+        out["region_counts"] = counts
+        if gates is not None:
+            sums = np.zeros((b, kw["n_regions"], c))
+            np.add.at(sums, (bb, reg, cc), gates)
+            out["region_sums"] = sums
+    if "label" in kw:
+        lab = np.broadcast_to(kw["label"].numpy()[:, None, :], k.shape)
+        m = lab >= 0
+        rows = kw["label_rows"].numpy()[lab[m]]
+        cob, oob = kw["cell_of_bin"].numpy(), kw["offset_of_bin"].numpy()
+        dtype = kw["cell_counts"].numpy().dtype
+        counts, moments, total = (kw[key].numpy().astype(np.int64) for key in ("cell_counts", "cell_moments", "total"))
+        np.add.at(counts, (rows, cc[m], cob[cc[m], k[m]]), 1)
+        np.add.at(moments, (rows, cc[m], cob[cc[m], k[m]]), oob[cc[m], k[m]])
+        np.add.at(total, (cc[m], k[m]), 1)
+        out.update(cell_counts=counts.astype(dtype), cell_moments=moments.astype(dtype), total=total)
+        if gates is not None:
+            sums = np.zeros((b, kw["n_present"], c))
+            np.add.at(sums, (bb[m], lab[m], cc[m]), gates[m])
+            out["label_sums"] = sums
+    return out
+
+
+def assert_counts_equal(a, b):
+    for key in COUNTS:
+        if key in a:
+            assert a[key].dtype == b[key].dtype, key
+            assert torch.equal(a[key], b[key]), f"{key} differs in {int((a[key] != b[key]).sum())} entries"
+
+
+def assert_matches_oracle(kw_out, sums, expected, n):
+    for key in COUNTS:
+        if key in expected:
+            np.testing.assert_array_equal(kw_out[key].numpy(), expected[key], err_msg=key)
+            assert kw_out[key].numpy().dtype == expected[key].dtype
+    for got, key in zip(sums, ("region_sums", "label_sums")):
+        if key in expected:
+            assert got.dtype == torch.float64
+            np.testing.assert_allclose(got.numpy(), expected[key], rtol=1e-5, atol=1e-6 * n, err_msg=key)
+        else:
+            assert got is None
+
+
+CASES = {
+    "default": dict(),
+    "one_everything": dict(b=1, c=1, n=1, bins=1, r=1, p=1, rows=1, cells=1),
+    "pow2_bins_int32": dict(bins=64, cells=16, cell_dtype=torch.int32),
+    "fine_cells": dict(bins=31, cells=31, p=8, rows=8),
+    "p0": dict(p=0),
+    "all_ignored": dict(ignored=1.0),
+    "none_ignored": dict(ignored=0.0, cell_dtype=torch.int32),
+    "strided": dict(strided=True, cell_dtype=torch.int32),
+    "permuted": dict(strided="permuted", p=12, rows=12),
+    "spatial": dict(spatial=True, n=120),
+    "jitter_offsets": dict(jitter=True, bins=100, cells=27),
+    "labels_only_no_gates": dict(regions=False, gates=False),
+    "regions_only": dict(labels=False),
+    "regions_only_no_gates": dict(labels=False, gates=False),
+    "labels_only_with_gates": dict(regions=False, p=40, rows=150, cells=27, bins=513),
+    "many_pixels_threads": dict(b=4, c=6, n=9000, bins=512, p=40, rows=150, cells=27),
+    "nothing_but_binning": dict(regions=False, labels=False, gates=False),
+    "one_segment": dict(segments=1, bins=512, cells=16),
+    "eighteen_segments": dict(segments=18, bins=512, p=40, rows=150, cells=27, n=3000),
+}
+
+
+# ---------------------------------------------------------------------------------------------- identity
+@pytest.mark.parametrize("name", CASES)
+@pytest.mark.parametrize("seed", [0, 1])
+def test_paths_bit_identical_and_equal_oracle(built, name, seed):
+    kw = case(seed, **CASES[name])
+    a, sums_a = run(kw, "native")
+    t, sums_t = run(kw, "torch")
+    assert_counts_equal(a, t)
+    expected = oracle(kw)
+    n = kw["logits"][0, 0].numel()
+    assert_matches_oracle(a, sums_a, expected, n)
+    assert_matches_oracle(t, sums_t, expected, n)
+    if "region_counts" in kw:  # something was counted, on top of the initial values
+        assert int((a["region_counts"] - kw["region_counts"]).sum()) == kw["logits"].numel()
+    if "label" in kw and (kw["label"] >= 0).any():
+        assert not torch.equal(a["total"], kw["total"])
+
+
+def boundary_logits(binning, per_channel=400, seed=0):
+    """float32 ``[1, C, N]`` logits at and one/two ulps around the points where the bin position
+    (:func:`positions`) is an integer, from -3 to ``bins + 2``, and at the knots: found by walking
+    ``torch.nextafter`` from the float64 estimate. Returns the logits and how many are exactly on an integer."""
+    rng = np.random.default_rng(seed)
+    knots, starts, bins = binning.knots.numpy(), binning.starts.numpy().astype(np.float64), binning.bins
+    cand = []
+    for c in range(binning.channels):
+        j = rng.integers(-3, bins + 3, per_channel).astype(np.float64)
+        x = np.interp(j, starts[c], knots[c], left=np.nan, right=np.nan)
+        x = np.where(np.isnan(x), knots[c, 0] + (j - starts[c, 0]) * (knots[c, 1] - knots[c, 0]) / (starts[c, 1] - starts[c, 0]), x)
+        cand.append(np.concatenate([x, knots[c]]))
+    x = torch.tensor(np.stack(cand)).float()  # [C, M]
+    up, down = torch.full_like(x, float("inf")), torch.full_like(x, float("-inf"))
+    walk = [x]
+    for _ in range(6):
+        walk.append(torch.nextafter(walk[-1], up))
+        walk.insert(0, torch.nextafter(walk[0], down))
+    walked = torch.stack(walk, -1).reshape(binning.channels, -1)  # [C, 13 M]
+    v = positions(walked.numpy()[None], binning)[0]
+    hit = v == np.round(v)
+    return walked.unsqueeze(0), int(hit.sum())
+
+
+@pytest.mark.parametrize("bins", [512, 100, 37])
+def test_boundaries_on_and_one_ulp_around(built, bins):
+    c = 6
+    binning = random_binning(np.random.default_rng(bins), c, bins, 5)
+    logits, exact = boundary_logits(binning)
+    assert exact > c * 50  # many logits exactly on a boundary
+    kw = case(bins, b=1, c=c, n=logits.shape[2], bins=bins, p=3, rows=5, cells=8, logits=logits, binning=binning)
+    x = logits.numpy()
+    two_step = np.clip(positions(x, binning), 0, bins - 1).astype(np.int64)
+    fused = np.clip(positions(x, binning, fused=True), 0, bins - 1).astype(np.int64)
+    assert (fused != two_step).sum() > 20  # a fused multiply-add would fail here
+    a, sums_a = run(kw, "native")
+    t, sums_t = run(kw, "torch")
+    assert_counts_equal(a, t)
+    expected = oracle(kw)
+    assert_matches_oracle(a, sums_a, expected, logits.shape[2])
+    assert_matches_oracle(t, sums_t, expected, logits.shape[2])
+
+
+def test_large_magnitudes_and_infinities(built):
+    c, bins = 4, 50
+    values = torch.tensor([0.0, -0.0, 1e-38, -1e-38, 1e30, -1e30, 3.4e38, -3.4e38, float("inf"), float("-inf"),
+                           1e7, -1e7, 16777217.0, 2.0 ** 31, -(2.0 ** 31)])
+    logits = values.repeat(2, c, 3)
+    # knots 1e-30 apart (x * scale overflows to inf), over +-3e38 (x - knot overflows), ordinary ones
+    knots = torch.tensor([[-1.0, 0.0, 1.0], [0.0, 1e-30, 2e-30], [-3e38, 0.0, 3e38], [-1e7, 1e7, 3e7]], dtype=torch.float64)
+    binning = Binning(knots, torch.tensor([[0, 20, bins]] * c), bins)
+    kw = case(5, b=2, c=c, n=logits.shape[2], bins=bins, logits=logits, binning=binning)
+    a, _ = run(kw, "native")
+    t, _ = run(kw, "torch")
+    assert_counts_equal(a, t)
+    expected = oracle(kw)
+    assert_matches_oracle(a, run(kw, "native")[1], expected, logits.shape[2])
+    added = (a["region_counts"] - kw["region_counts"]).sum(0)  # [C, bins]
+    inf_at = logits[0, 0] == float("inf")
+    assert int(added[:, bins - 1].min()) >= 2 * int(inf_at.sum()) and int(added[:, 0].min()) >= 2  # +inf top, -inf 0
+
+
+def test_threads_do_not_change_anything_and_two_are_used(built):
+    assert built.openmp() and built.parallel_threads(8) == min(8, torch.get_num_threads())
+    kw = case(3, b=4, c=8, n=8192, bins=512, p=40, rows=150, cells=27)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert built.parallel_threads(8) == 1
+        one, sums_one = run(kw, "native")
+        torch.set_num_threads(2)
+        two, sums_two = run(kw, "native")
+    finally:
+        torch.set_num_threads(before)
+    assert_counts_equal(one, two)
+    assert all(torch.equal(x, y) for x, y in zip(sums_one, sums_two))  # each channel's sums, one thread's order
+
+
+# ---------------------------------------------------------------------------------------------- errors
+@pytest.mark.parametrize("force_path", ["native", "torch"])
+@pytest.mark.parametrize("where", [(0, 0, 0), (3, 7, 8191), (2, 4, 100)])
+def test_nan_raises_and_leaves_the_counts_as_they_were(built, force_path, where):
+    kw = case(4, b=4, c=8, n=8192, bins=64, cells=8)  # 32k pixels a channel: one task per channel, 2 threads
+    kw["logits"] = kw["logits"].clone()
+    kw["logits"][where] = float("nan")
+    out = cloned(kw)
+    with pytest.raises(NumericalError, match="NaN"):
+        accumulate_gate_batch(**out, force_path=force_path)
+    assert_counts_equal(out, kw)
+
+
+def test_argument_errors():
+    kw = case(0)
+    for change, match in [(dict(logits=kw["logits"].double()), "logits"),
+                          (dict(region=kw["region"] + 4), "region values"),
+                          (dict(label=kw["label"] - 1), "label values"),
+                          (dict(cell_of_bin=kw["cell_of_bin"] + 7), "cell_of_bin values"),
+                          (dict(cell_moments=kw["cell_moments"].int()), "cell_moments"),
+                          (dict(region_counts=kw["region_counts"][:, :, :-1]), "region_counts"),
+                          (dict(total=kw["total"].t().contiguous().t()), "contiguous"),
+                          (dict(gates=kw["gates"][:, :, :-1]), "gates"),
+                          (dict(label_rows=None), "label_rows"),
+                          (dict(binning=Binning.uniform(4, -1.0, 1.0, 37)), "channels")]:
+        with pytest.raises(ValueError, match=match):
+            accumulate_gate_batch(**cloned({**kw, **change}), force_path="torch")
+    with pytest.raises(ValueError, match="force_path"):
+        accumulate_gate_batch(**cloned(kw), force_path="cuda")
+
+
+# ---------------------------------------------------------------------------------------------- choice of path
+def test_path_follows_device_and_native_is_the_default_on_cpu(built):
+    assert native.path("cpu") == native.path() == "native"
+    assert native.path("cuda") == native.path(torch.device("meta")) == "torch"
+    kw = case(2)
+    default, sums = run(kw, None)
+    assert_counts_equal(default, run(kw, "native")[0])
+
+
+def test_gateprobe_native_0_uses_torch_without_building(monkeypatch, capsys, fresh_state):
+    def no_build():
+        raise AssertionError("GATEPROBE_NATIVE=0 must not build")
+    monkeypatch.setenv("GATEPROBE_NATIVE", "0")
+    monkeypatch.setattr(native, "_build", no_build)
+    assert not native.native_available() and native.path("cpu") == "torch"
+    kw = case(6)
+    out, sums = run(kw, None)
+    assert_matches_oracle(out, sums, oracle(kw), kw["logits"].shape[2])
+    with pytest.raises(RuntimeError, match="unavailable"):
+        run(kw, "native")
+    assert capsys.readouterr().err == ""
+
+
+def test_failed_build_prints_one_line_and_falls_back(monkeypatch, capsys, fresh_state):
+    calls = []
+
+    def broken_build():
+        calls.append(1)
+        raise RuntimeError("Error building extension 'x': [1/2] c++ -O3 ...\nkernel.cpp:1:10: fatal error: torch.h: "
+                           "No such file or directory\nninja: build stopped")
+    monkeypatch.delenv("GATEPROBE_NATIVE", raising=False)
+    monkeypatch.setattr(native, "_build", broken_build)
+    kw = case(7)
+    out, sums = run(kw, None)
+    assert_matches_oracle(out, sums, oracle(kw), kw["logits"].shape[2])
+    run(kw, None)
+    assert native.path("cpu") == "torch" and not native.native_available()
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and len(calls) == 1, err
+    assert err.startswith("gateprobe: C++ statistics kernel unavailable (") and "fatal error: torch.h" in err
+    assert err.rstrip().endswith("using the pure-torch path")
