@@ -148,9 +148,10 @@ def _labels_of_layer(name: str, s: GatedLayerStats, classes: list[str], threshol
     group_sums, group_pixels = (t.cpu().numpy() for t in lab.dense_sums())  # [G, L, C], [G, L]
     sums, pixels = group_sums.sum(0), group_pixels.sum(0)  # [L, C], [L]
     n_labels, n_channels = counts.shape[:2]
-    auc, auc_error = auc_from_cells(counts, moments, total)
+    bounds = lab.bounds.cpu().numpy()
+    auc, auc_error = auc_from_cells(counts, moments, total, bounds)
     trivial_auc, trivial_feature = _trivial_control(s.trivial)
-    iou = iou_from_cells(counts, moments, total, edges, threshold_logit)
+    iou = iou_from_cells(counts, moments, total, bounds, edges, threshold_logit)
     mean_in = _ratio(sums, pixels[:, None])
     mean_out = _ratio(sums.sum(0)[None] - sums, (pixels.sum() - pixels)[:, None])
     p = group_t_test(label_effects(group_sums, group_pixels.astype(np.float64)))
@@ -177,7 +178,7 @@ def _trivial_control(trivial) -> tuple[np.ndarray, np.ndarray]:
     over :data:`~probe.stats.layer_stats.TRIVIAL_FEATURES` (a feature lower on the label is as
     trivial as one higher), and that feature's name. NaN / "" when the run kept no trivial features."""
     auc, _ = auc_from_cells(trivial.counts_.cpu().numpy(), trivial.moments_.cpu().numpy(),
-                            trivial.total_.cpu().numpy())  # [L, F]
+                            trivial.total_.cpu().numpy(), trivial.bounds.cpu().numpy())  # [L, F]
     separation = np.fmax(auc, 1 - auc)
     ok = np.isfinite(separation).any(1)
     best = np.where(ok, np.nanargmax(np.where(np.isfinite(separation), separation, -1), axis=1), 0)

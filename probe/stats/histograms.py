@@ -101,20 +101,25 @@ class ConditionedHistogram:
         return hist
 
 
-LABEL_CELLS = 16  # fewest cells per channel of the label statistics (groups of DEFAULT_BINS / 16 = 32 fine bins)
+LABEL_CELLS = 8  # fewest cells per channel of the label statistics
 LABEL_CELLS_PER_CHANNEL = 8 * DEFAULT_BINS  # labels x cells per channel up to this (8 labels: fine bins)
 
 
 def label_cells(labels: int, channels: int, bins: int) -> int:
-    """Cells per channel for a layer: the most (a power of two dividing ``bins``, up to one cell per
-    fine bin, i.e. exact fine counts) with ``labels * cells <= LABEL_CELLS_PER_CHANNEL``, never
-    fewer than ``LABEL_CELLS``: up to 8 labels the label statistics are the exact fine histograms;
-    beyond, their size per channel stays at that budget until 256 labels, then grows as 16 cells
-    per label (not as ``bins`` per label)."""
-    cells = bins
-    while cells > LABEL_CELLS and cells % 2 == 0 and labels * cells > LABEL_CELLS_PER_CHANNEL:
-        cells //= 2
-    return cells
+    """Cells per channel for a layer: ``LABEL_CELLS_PER_CHANNEL // labels`` (one cell per fine bin,
+    i.e. exact fine counts, up to 8 labels), never more than ``bins`` nor fewer than ``LABEL_CELLS``:
+    the label statistics' size per channel stays at that budget until 512 labels, then grows as 8
+    cells per label (not as ``bins`` per label)."""
+    return int(min(bins, max(LABEL_CELLS, LABEL_CELLS_PER_CHANNEL // max(labels, 1))))
+
+
+def cell_bounds(bins: int, cells: int, device=None) -> Tensor:
+    """int64 ``[cells + 1]``: the first fine bin of each cell (and ``bins``): ``cells`` runs of
+    consecutive fine bins whose lengths differ by at most one (``round(i * bins / cells)``)."""
+    i = torch.arange(cells + 1, dtype=torch.int64, device=device)
+    return (2 * i * bins + cells) // (2 * cells)
+
+
 INT32_SAFE = 2 ** 31 - 1
 DENSE_SLOTS = 1024  # groups x labels up to this: (group, label) sums allocated densely up front
 
@@ -123,9 +128,10 @@ class LabelCellHistogram:
     """Per-(label, channel) statistics whose size is ``labels x channels x cells`` (not x bins).
 
     The ``bins`` fine bins of each channel (the same calibrated binning as the region histograms)
-    are grouped into ``cells`` runs of ``w = bins / cells`` consecutive bins. For each (label,
-    channel, cell) two integers are kept: the pixel count and the sum of the pixels' fine-bin
-    offsets inside the cell (``0 .. w-1``), i.e. the label's mean fine position in the cell. The
+    are grouped into ``cells`` runs of consecutive bins (:func:`cell_bounds`, the same for every
+    channel). For each (label, channel, cell) two integers are kept: the pixel count and the sum of
+    the pixels' fine-bin offsets inside the cell (``0 .. w-1``), i.e. the label's mean fine position
+    in the cell. The
     fine histogram over all labelled pixels (``total_``, ``[C, bins]``) is kept exactly. A
     read-out that is linear in the label's fine histogram (AUC's rank sum, the mass above the
     IoU threshold) is then evaluated cell by cell with the label's fine distribution inside the
@@ -146,11 +152,10 @@ class LabelCellHistogram:
 
     def __init__(self, channels: int, labels: int, binning: Binning, groups: int = 1, cells: int | None = None):
         bins = binning.bins
-        cells = label_cells(labels, channels, bins) if cells is None else cells
-        if bins % cells:
-            cells = 1 if bins < 2 else max(c for c in range(1, min(cells, bins) + 1) if bins % c == 0)
+        cells = min(bins, label_cells(labels, channels, bins) if cells is None else cells)
         self.channels, self.labels, self.bins, self.cells, self.groups = channels, labels, bins, cells, groups
-        self.width = bins // cells
+        self.bounds = cell_bounds(bins, cells, binning.knots.device)  # [cells + 1]
+        self.width = int((self.bounds[1:] - self.bounds[:-1]).max())  # the widest cell
         self.binning = binning
         device = binning.knots.device
         self.counts_ = torch.zeros(labels, channels, cells, dtype=torch.int32, device=device)
@@ -160,10 +165,10 @@ class LabelCellHistogram:
         self.slot_sums_ = torch.zeros(0, channels, dtype=torch.float64, device=device)
         self.slot_pixels_ = torch.zeros(0, dtype=torch.int64, device=device)
         self.slot_keys_ = torch.zeros(0, 2, dtype=torch.int64, device=device)  # (group, label) of each slot
-        self._offset = torch.arange(self.width, dtype=torch.int64, device=device)
         fine = torch.arange(bins, dtype=torch.int64, device=device)
-        self.cell_of_bin = (fine // self.width).expand(channels, bins).contiguous()  # [C, bins]
-        self.offset_of_bin = (fine % self.width).expand(channels, bins).contiguous()
+        cell = torch.searchsorted(self.bounds, fine, right=True) - 1
+        self.cell_of_bin = cell.expand(channels, bins).contiguous()  # [C, bins]
+        self.offset_of_bin = (fine - self.bounds[cell]).expand(channels, bins).contiguous()
         if groups * labels <= DENSE_SLOTS:  # few labels: every (group, label) slot from the start (flat memory)
             g, lab = torch.meshgrid(torch.arange(groups, dtype=torch.int64, device=device),
                                     torch.arange(labels, dtype=torch.int64, device=device), indexing="ij")
@@ -198,15 +203,12 @@ class LabelCellHistogram:
         if not len(present):
             return
         dtype = self.counts_.dtype
-        if self.width == 1:  # cells are the fine bins: the offsets are all 0
-            if len(present) == self.labels:  # dense (every class, in order)
-                self.counts_ += fine.to(dtype)
-            else:
-                self.counts_.index_add_(0, present, fine.to(dtype))
-            return
-        cells = fine.view(len(present), self.channels, self.cells, self.width)
-        self.counts_.index_add_(0, present, cells.sum(-1).to(dtype))
-        self.moments_.index_add_(0, present, (cells * self._offset).sum(-1).to(dtype))
+        cell, offset = self.cell_of_bin[0], self.offset_of_bin[0]
+        shape = (len(present), self.channels, self.cells)
+        counts = torch.zeros(shape, dtype=torch.int64, device=fine.device).index_add_(2, cell, fine)
+        moments = torch.zeros(shape, dtype=torch.int64, device=fine.device).index_add_(2, cell, fine * offset)
+        self.counts_.index_add_(0, present, counts.to(dtype))
+        self.moments_.index_add_(0, present, moments.to(dtype))
 
 
     def _add_slots(self, keys: Tensor) -> None:

@@ -78,26 +78,33 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
 
-def cell_fit(total: np.ndarray, phi: np.ndarray, cells: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def cell_fit(total: np.ndarray, phi: np.ndarray, bounds: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per (channel, cell) the linear fit ``phi_b ~ a + beta * o_b`` over the fine bins ``b`` of the
     cell (``o_b`` = offset 0..w-1 in the cell), weighted by ``total`` ``[C, bins]``, and the largest
-    |residual| over the bins the cell's pixels can occupy (``total_b > 0``). ``phi`` ``[C, bins]``.
+    |residual| over the bins the cell's pixels can occupy (``total_b > 0``). ``phi`` ``[C, bins]``;
+    ``bounds`` ``[cells + 1]`` the first fine bin of each cell (and ``bins``), shared by the channels.
     Returns ``a``, ``beta``, ``max_residual``, each ``[C, cells]``."""
-    c, bins = total.shape
-    w = bins // cells
-    t = total.reshape(c, cells, w).astype(np.float64)
-    f = np.broadcast_to(phi, total.shape).reshape(c, cells, w).astype(np.float64)
-    o = np.arange(w, dtype=np.float64)
-    n = t.sum(-1)
+    bins = total.shape[-1]
+    starts = np.asarray(bounds[:-1], dtype=np.int64)
+    cell = np.searchsorted(starts, np.arange(bins), side="right") - 1
+    o = (np.arange(bins) - starts[cell]).astype(np.float64)
+    t = total.astype(np.float64)
+    f = np.broadcast_to(phi, total.shape).astype(np.float64)
+
+    def per_cell(values):
+        return np.add.reduceat(values, starts, axis=-1)
+
+    n = per_cell(t)
     with np.errstate(invalid="ignore", divide="ignore"):
-        o_mean = np.where(n > 0, (t * o).sum(-1) / n, 0.0)
-        f_mean = np.where(n > 0, (t * f).sum(-1) / n, 0.0)
-        var = np.where(n > 0, (t * (o - o_mean[..., None]) ** 2).sum(-1) / n, 0.0)
-        cov = np.where(n > 0, (t * (o - o_mean[..., None]) * (f - f_mean[..., None])).sum(-1) / n, 0.0)
+        o_mean = np.where(n > 0, per_cell(t * o) / n, 0.0)
+        f_mean = np.where(n > 0, per_cell(t * f) / n, 0.0)
+        do, df = o - o_mean[:, cell], f - f_mean[:, cell]
+        var = np.where(n > 0, per_cell(t * do ** 2) / n, 0.0)
+        cov = np.where(n > 0, per_cell(t * do * df) / n, 0.0)
         beta = np.where(var > 1e-12, cov / np.where(var > 1e-12, var, 1.0), 0.0)
     a = f_mean - beta * o_mean
-    residual = np.where(t > 0, np.abs(f - a[..., None] - beta[..., None] * o), 0.0).max(-1)
-    return a, beta, residual
+    residual = np.where(t > 0, np.abs(f - a[:, cell] - beta[:, cell] * o), 0.0)
+    return a, beta, np.maximum.reduceat(residual, starts, axis=-1)
 
 
 def cell_functional(counts: np.ndarray, moments: np.ndarray, fit) -> tuple[np.ndarray, np.ndarray]:
@@ -118,26 +125,27 @@ def midranks(total: np.ndarray) -> np.ndarray:
     return np.cumsum(total, -1) - 0.5 * total
 
 
-def auc_from_cells(counts: np.ndarray, moments: np.ndarray, total: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def auc_from_cells(counts: np.ndarray, moments: np.ndarray, total: np.ndarray,
+                   bounds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Label-vs-rest AUC ``[L, C]`` from cell statistics (:class:`~probe.stats.histograms.LabelCellHistogram`)
-    and the fine ``total`` ``[C, bins]`` of the same pixels, with its error bound against the
+    and the fine ``total`` ``[C, bins]`` of the same pixels (cells ``bounds``, see :func:`cell_fit`), with
+    its error bound against the
     exact pixel AUC. The fine-binned AUC is ``(sum_b pos_b M_b - N_pos^2 / 2) / (N_pos N_neg)``
     (``M_b`` the bin's mid-rank; :func:`auc_from_histograms` rewritten), whose rank sum is linear in
     the label's fine counts: :func:`cell_functional`. Bound: the rank sum's cell bound plus the fine
     bins' tie bound ``sum_b pos_b neg_b / 2 <= sum_b pos_b T_b / 2`` (itself estimated + bounded)."""
-    cells = counts.shape[-1]
     n_pos = counts.astype(np.float64).sum(-1)
     n_neg = total.astype(np.float64).sum(-1)[None] - n_pos
-    rank, rank_bound = cell_functional(counts, moments, cell_fit(total, midranks(total), cells))
-    ties, ties_bound = cell_functional(counts, moments, cell_fit(total, total.astype(np.float64), cells))
+    rank, rank_bound = cell_functional(counts, moments, cell_fit(total, midranks(total), bounds))
+    ties, ties_bound = cell_functional(counts, moments, cell_fit(total, total.astype(np.float64), bounds))
     with np.errstate(invalid="ignore", divide="ignore"):
         auc = (rank - n_pos ** 2 / 2) / (n_pos * n_neg)
         bound = (rank_bound + np.minimum(ties + ties_bound, n_pos * n_neg) / 2) / (n_pos * n_neg)
     return auc, bound
 
 
-def iou_from_cells(counts: np.ndarray, moments: np.ndarray, total: np.ndarray, edges: np.ndarray,
-                   threshold: np.ndarray) -> np.ndarray:
+def iou_from_cells(counts: np.ndarray, moments: np.ndarray, total: np.ndarray, bounds: np.ndarray,
+                   edges: np.ndarray, threshold: np.ndarray) -> np.ndarray:
     """Network Dissection IoU ``[L, C]`` of ``value > threshold`` ``[C]`` with each label, from cell
     statistics and the fine ``total`` ``[C, bins]`` over ``edges`` ``[C, bins + 1]``: the label's
     pixels above the threshold (the crossing bin contributing its uniform share, as
@@ -145,7 +153,7 @@ def iou_from_cells(counts: np.ndarray, moments: np.ndarray, total: np.ndarray, e
     holds the label in one fine bin or the label follows the total's shape tilted linearly."""
     lo, hi = edges[..., :-1], edges[..., 1:]
     share = np.clip((hi - threshold[:, None]) / (hi - lo), 0, 1)  # [C, bins]
-    inter, _ = cell_functional(counts, moments, cell_fit(total, share, counts.shape[-1]))
+    inter, _ = cell_functional(counts, moments, cell_fit(total, share, bounds))
     size = counts.astype(np.float64).sum(-1)
     inter = np.clip(inter, 0, size)
     active = (total * share).sum(-1)[None]
