@@ -1,7 +1,7 @@
 """The fused statistics kernel against the pure-torch path of :func:`probe.stats.native.accumulate_gate_batch`.
 
-Per call, on one gated layer's batch: bin the logits (512 bins), count them into the 4-region
-histogram and the label cells, sum the gates per (image, region) and (image, label). Shapes as
+Per call, on one gated layer's batch: bin the logits (512 bins in the 18 segments of a calibrated
+binning), count them into the 4-region histogram and the label cells. Shapes as
 recorded: B=16 images, C in {24, 48, 96} channels, 64x64 and 32x32 maps; labels either 8 classes
 (all present, cells = fine bins, offsets 0) or 150 classes with 40 present in the batch and 27
 cells of unequal widths per channel. Regions are rectangles (hole, border, valid...), labels are
@@ -27,6 +27,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from probe.stats import native  # noqa: E402
+from probe.stats.binning import Binning, segment_levels  # noqa: E402
+from probe.stats.histograms import cell_bounds  # noqa: E402
 
 BINS, REGIONS = 512, 4
 LABELS = {"8 labels": dict(rows=8, present=8, cells=BINS), "150 labels, 40 present": dict(rows=150, present=40, cells=27)}
@@ -34,11 +36,11 @@ LABELS = {"8 labels": dict(rows=8, present=8, cells=BINS), "150 labels, 40 prese
 
 def inputs(b: int, c: int, side: int, rows: int, present: int, cells: int, seed: int = 0) -> dict:
     g = torch.Generator().manual_seed(seed)
-    n = side * side
     lo, hi = torch.full((c,), -6.0, dtype=torch.float64), torch.full((c,), 6.0, dtype=torch.float64)
-    scale = (BINS / (hi - lo)).float()
-    offset = (-lo * BINS / (hi - lo)).float()
     logits = torch.randn(b, c, side, side, generator=g) * 2 + torch.randn(1, c, 1, 1, generator=g)
+    levels = torch.tensor(segment_levels(0.005), dtype=torch.float64)
+    binning = Binning.calibrated(lo, hi, torch.quantile(logits.transpose(0, 1).reshape(c, -1).double(), levels, 1).T,
+                                 BINS)
     region = torch.zeros(b, side, side, dtype=torch.int64)
     for i in range(b):  # a hole rectangle (1), its border (2), the image border (3), the rest valid (0)
         y, x = torch.randint(0, side // 2, (2,), generator=g).tolist()
@@ -52,11 +54,10 @@ def inputs(b: int, c: int, side: int, rows: int, present: int, cells: int, seed:
         cell_of_bin = torch.arange(BINS).repeat(c, 1)
         offset_of_bin = torch.zeros(c, BINS, dtype=torch.int64)
     else:  # unequal runs: boundaries at rounded multiples of BINS / cells
-        start = (torch.arange(cells, dtype=torch.float64) * BINS / cells).round().long()
+        start = cell_bounds(BINS, cells)[:-1]
         cob = torch.searchsorted(start, torch.arange(BINS), right=True) - 1
         cell_of_bin, offset_of_bin = cob.repeat(c, 1), (torch.arange(BINS) - start[cob]).repeat(c, 1)
-    return dict(logits=logits, scale=scale, offset=offset, bins=BINS, gates=torch.sigmoid(logits),
-                region=region, n_regions=REGIONS, region_counts=torch.zeros(REGIONS, c, BINS, dtype=torch.int64),
+    return dict(logits=logits, binning=binning, region=region, n_regions=REGIONS, region_counts=torch.zeros(REGIONS, c, BINS, dtype=torch.int64),
                 label=label, n_present=present, label_rows=torch.randperm(rows, generator=g)[:present],
                 cell_of_bin=cell_of_bin, offset_of_bin=offset_of_bin,
                 cell_counts=torch.zeros(rows, c, cells, dtype=torch.int32),

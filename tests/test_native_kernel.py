@@ -1,7 +1,7 @@
 """The fused statistics kernel (:mod:`probe.stats.native`): its C++ path and its pure-torch path give
 bit-identical counts, both equal a slow numpy oracle that bins in the same float32 steps (segment
 by counting inner knots, then subtract, multiply, add; also on logits exactly on and one ulp around
-bin boundaries, where a fused multiply-add would bin differently), the gate sums equal float64 numpy, NaN raises without touching the counts, and
+bin boundaries, where a fused multiply-add would bin differently), NaN raises without touching the counts, and
 ``GATEPROBE_NATIVE=0`` / a failed build fall back to the torch path."""
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ def random_binning(rng, channels, bins, segments):
 
 
 def case(seed=0, b=3, c=5, n=97, bins=37, r=4, p=6, rows=9, cells=7, cell_dtype=torch.int64, ignored=0.2,
-         gates=True, regions=True, labels=True, strided=False, spatial=False, jitter=False, logits=None,
+         regions=True, labels=True, strided=False, spatial=False, jitter=False, logits=None,
          segments=4, binning=None):
     """Random inputs and random non-zero accumulators of one call (a dict of keyword arguments)."""
     rng = np.random.default_rng(seed)
@@ -70,8 +70,6 @@ def case(seed=0, b=3, c=5, n=97, bins=37, r=4, p=6, rows=9, cells=7, cell_dtype=
     if logits is None:
         logits = torch.randn(b, c, n, generator=g) * 3 + torch.tensor(rng.uniform(-3, 3, c)).float().view(1, c, 1)
     kw = dict(logits=logits, binning=binning)
-    if gates:
-        kw["gates"] = torch.sigmoid(logits)
     if regions:
         kw.update(region=torch.randint(0, r, (b, n), generator=g), n_regions=r,
                   region_counts=torch.randint(0, 1000, (r, c, bins), generator=g))
@@ -90,15 +88,13 @@ def case(seed=0, b=3, c=5, n=97, bins=37, r=4, p=6, rows=9, cells=7, cell_dtype=
             if strided == "permuted" and t.dim() >= 2:
                 return t.transpose(-1, -2).contiguous().transpose(-1, -2)
             return torch.stack([t, torch.zeros_like(t)], -1)[..., 0]
-        for key in ("logits", "gates", "region", "label", "label_rows", "cell_of_bin", "offset_of_bin"):
+        for key in ("logits", "region", "label", "label_rows", "cell_of_bin", "offset_of_bin"):
             if key in kw:
                 kw[key] = strided_copy(kw[key])
                 assert not kw[key].is_contiguous() or kw[key].numel() <= 1 or min(kw[key].shape) == 1
     if spatial:  # [B, C, h, w] maps with n = h * w
         h = next(d for d in range(int(np.sqrt(n)), 0, -1) if n % d == 0)
         kw["logits"] = kw["logits"].reshape(b, c, h, n // h)
-        if gates:
-            kw["gates"] = kw["gates"].reshape(b, c, h, n // h)
     return kw
 
 
@@ -108,8 +104,8 @@ def cloned(kw):
 
 def run(kw, force_path):
     kw = cloned(kw)
-    sums = accumulate_gate_batch(**kw, force_path=force_path)
-    return kw, sums
+    accumulate_gate_batch(**kw, force_path=force_path)
+    return kw
 
 
 def positions(x, binning, fused=False):
@@ -130,25 +126,20 @@ def positions(x, binning, fused=False):
 
 
 def oracle(kw):
-    """numpy: each bin from :func:`positions`, counted with np.add.at; float64 sums."""
+    """numpy: each bin from :func:`positions`, counted with np.add.at."""
     x = kw["logits"].reshape(kw["logits"].shape[0], kw["logits"].shape[1], -1).numpy().astype(np.float32)
     b, c, n = x.shape
     bins = kw["binning"].bins
     v = positions(x, kw["binning"])
     assert v.dtype == np.float32
     k = np.clip(v, np.float32(0), np.float32(bins - 1)).astype(np.int64)
-    bb, cc, _ = np.indices(k.shape)
+    _, cc, _ = np.indices(k.shape)
     out = {}
-    gates = kw["gates"].reshape(b, c, n).numpy().astype(np.float64) if "gates" in kw else None
     if "region" in kw:
         reg = np.broadcast_to(kw["region"].numpy()[:, None, :], k.shape)
         counts = kw["region_counts"].numpy().copy()
         np.add.at(counts, (reg, cc, k), 1)
         out["region_counts"] = counts
-        if gates is not None:
-            sums = np.zeros((b, kw["n_regions"], c))
-            np.add.at(sums, (bb, reg, cc), gates)
-            out["region_sums"] = sums
     if "label" in kw:
         lab = np.broadcast_to(kw["label"].numpy()[:, None, :], k.shape)
         m = lab >= 0
@@ -160,10 +151,6 @@ def oracle(kw):
         np.add.at(moments, (rows, cc[m], cob[cc[m], k[m]]), oob[cc[m], k[m]])
         np.add.at(total, (cc[m], k[m]), 1)
         out.update(cell_counts=counts.astype(dtype), cell_moments=moments.astype(dtype), total=total)
-        if gates is not None:
-            sums = np.zeros((b, kw["n_present"], c))
-            np.add.at(sums, (bb[m], lab[m], cc[m]), gates[m])
-            out["label_sums"] = sums
     return out
 
 
@@ -174,17 +161,11 @@ def assert_counts_equal(a, b):
             assert torch.equal(a[key], b[key]), f"{key} differs in {int((a[key] != b[key]).sum())} entries"
 
 
-def assert_matches_oracle(kw_out, sums, expected, n):
+def assert_matches_oracle(kw_out, expected):
     for key in COUNTS:
         if key in expected:
             np.testing.assert_array_equal(kw_out[key].numpy(), expected[key], err_msg=key)
             assert kw_out[key].numpy().dtype == expected[key].dtype
-    for got, key in zip(sums, ("region_sums", "label_sums")):
-        if key in expected:
-            assert got.dtype == torch.float64
-            np.testing.assert_allclose(got.numpy(), expected[key], rtol=1e-5, atol=1e-6 * n, err_msg=key)
-        else:
-            assert got is None
 
 
 CASES = {
@@ -199,12 +180,11 @@ CASES = {
     "permuted": dict(strided="permuted", p=12, rows=12),
     "spatial": dict(spatial=True, n=120),
     "jitter_offsets": dict(jitter=True, bins=100, cells=27),
-    "labels_only_no_gates": dict(regions=False, gates=False),
+    "labels_only": dict(regions=False),
     "regions_only": dict(labels=False),
-    "regions_only_no_gates": dict(labels=False, gates=False),
-    "labels_only_with_gates": dict(regions=False, p=40, rows=150, cells=27, bins=513),
+    "labels_only_many": dict(regions=False, p=40, rows=150, cells=27, bins=513),
     "many_pixels_threads": dict(b=4, c=6, n=9000, bins=512, p=40, rows=150, cells=27),
-    "nothing_but_binning": dict(regions=False, labels=False, gates=False),
+    "nothing_but_binning": dict(regions=False, labels=False),
     "one_segment": dict(segments=1, bins=512, cells=16),
     "eighteen_segments": dict(segments=18, bins=512, p=40, rows=150, cells=27, n=3000),
 }
@@ -215,13 +195,11 @@ CASES = {
 @pytest.mark.parametrize("seed", [0, 1])
 def test_paths_bit_identical_and_equal_oracle(built, name, seed):
     kw = case(seed, **CASES[name])
-    a, sums_a = run(kw, "native")
-    t, sums_t = run(kw, "torch")
+    a, t = run(kw, "native"), run(kw, "torch")
     assert_counts_equal(a, t)
     expected = oracle(kw)
-    n = kw["logits"][0, 0].numel()
-    assert_matches_oracle(a, sums_a, expected, n)
-    assert_matches_oracle(t, sums_t, expected, n)
+    assert_matches_oracle(a, expected)
+    assert_matches_oracle(t, expected)
     if "region_counts" in kw:  # something was counted, on top of the initial values
         assert int((a["region_counts"] - kw["region_counts"]).sum()) == kw["logits"].numel()
     if "label" in kw and (kw["label"] >= 0).any():
@@ -263,12 +241,11 @@ def test_boundaries_on_and_one_ulp_around(built, bins):
     two_step = np.clip(positions(x, binning), 0, bins - 1).astype(np.int64)
     fused = np.clip(positions(x, binning, fused=True), 0, bins - 1).astype(np.int64)
     assert (fused != two_step).sum() > 20  # a fused multiply-add would fail here
-    a, sums_a = run(kw, "native")
-    t, sums_t = run(kw, "torch")
+    a, t = run(kw, "native"), run(kw, "torch")
     assert_counts_equal(a, t)
     expected = oracle(kw)
-    assert_matches_oracle(a, sums_a, expected, logits.shape[2])
-    assert_matches_oracle(t, sums_t, expected, logits.shape[2])
+    assert_matches_oracle(a, expected)
+    assert_matches_oracle(t, expected)
 
 
 def test_large_magnitudes_and_infinities(built):
@@ -280,11 +257,10 @@ def test_large_magnitudes_and_infinities(built):
     knots = torch.tensor([[-1.0, 0.0, 1.0], [0.0, 1e-30, 2e-30], [-3e38, 0.0, 3e38], [-1e7, 1e7, 3e7]], dtype=torch.float64)
     binning = Binning(knots, torch.tensor([[0, 20, bins]] * c), bins)
     kw = case(5, b=2, c=c, n=logits.shape[2], bins=bins, logits=logits, binning=binning)
-    a, _ = run(kw, "native")
-    t, _ = run(kw, "torch")
+    a, t = run(kw, "native"), run(kw, "torch")
     assert_counts_equal(a, t)
     expected = oracle(kw)
-    assert_matches_oracle(a, run(kw, "native")[1], expected, logits.shape[2])
+    assert_matches_oracle(a, expected)
     added = (a["region_counts"] - kw["region_counts"]).sum(0)  # [C, bins]
     inf_at = logits[0, 0] == float("inf")
     assert int(added[:, bins - 1].min()) >= 2 * int(inf_at.sum()) and int(added[:, 0].min()) >= 2  # +inf top, -inf 0
@@ -297,13 +273,12 @@ def test_threads_do_not_change_anything_and_two_are_used(built):
     try:
         torch.set_num_threads(1)
         assert built.parallel_threads(8) == 1
-        one, sums_one = run(kw, "native")
+        one = run(kw, "native")
         torch.set_num_threads(2)
-        two, sums_two = run(kw, "native")
+        two = run(kw, "native")
     finally:
         torch.set_num_threads(before)
     assert_counts_equal(one, two)
-    assert all(torch.equal(x, y) for x, y in zip(sums_one, sums_two))  # each channel's sums, one thread's order
 
 
 # ---------------------------------------------------------------------------------------------- errors
@@ -328,7 +303,6 @@ def test_argument_errors():
                           (dict(cell_moments=kw["cell_moments"].int()), "cell_moments"),
                           (dict(region_counts=kw["region_counts"][:, :, :-1]), "region_counts"),
                           (dict(total=kw["total"].t().contiguous().t()), "contiguous"),
-                          (dict(gates=kw["gates"][:, :, :-1]), "gates"),
                           (dict(label_rows=None), "label_rows"),
                           (dict(binning=Binning.uniform(4, -1.0, 1.0, 37)), "channels")]:
         with pytest.raises(ValueError, match=match):
@@ -342,8 +316,8 @@ def test_path_follows_device_and_native_is_the_default_on_cpu(built):
     assert native.path("cpu") == native.path() == "native"
     assert native.path("cuda") == native.path(torch.device("meta")) == "torch"
     kw = case(2)
-    default, sums = run(kw, None)
-    assert_counts_equal(default, run(kw, "native")[0])
+    default = run(kw, None)
+    assert_counts_equal(default, run(kw, "native"))
 
 
 def test_gateprobe_native_0_uses_torch_without_building(monkeypatch, capsys, fresh_state):
@@ -353,8 +327,8 @@ def test_gateprobe_native_0_uses_torch_without_building(monkeypatch, capsys, fre
     monkeypatch.setattr(native, "_build", no_build)
     assert not native.native_available() and native.path("cpu") == "torch"
     kw = case(6)
-    out, sums = run(kw, None)
-    assert_matches_oracle(out, sums, oracle(kw), kw["logits"].shape[2])
+    out = run(kw, None)
+    assert_matches_oracle(out, oracle(kw))
     with pytest.raises(RuntimeError, match="unavailable"):
         run(kw, "native")
     assert capsys.readouterr().err == ""
@@ -370,8 +344,8 @@ def test_failed_build_prints_one_line_and_falls_back(monkeypatch, capsys, fresh_
     monkeypatch.delenv("GATEPROBE_NATIVE", raising=False)
     monkeypatch.setattr(native, "_build", broken_build)
     kw = case(7)
-    out, sums = run(kw, None)
-    assert_matches_oracle(out, sums, oracle(kw), kw["logits"].shape[2])
+    out = run(kw, None)
+    assert_matches_oracle(out, oracle(kw))
     run(kw, None)
     assert native.path("cpu") == "torch" and not native.native_available()
     err = capsys.readouterr().err

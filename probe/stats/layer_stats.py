@@ -126,8 +126,9 @@ class GatedLayerStats:
     for semantic roles).
 
     One batch costs one pass over the logits that bins them (regions and labels share the
-    binning) and counts and sums them by region and present label
-    (:func:`probe.stats.native.accumulate_gate_batch`), and one ``bmm`` for the covariance."""
+    binning) and counts them by region and present label
+    (:func:`probe.stats.native.accumulate_gate_batch`), one ``bmm`` with the joint region/label
+    one-hot for every gate sum, and one ``bmm`` for the covariance."""
 
     def __init__(self, site, n_labels: int, bins: int, groups: int, lo: Tensor | float = -12.0,
                  hi: Tensor | float = 12.0, binning: Binning | None = None):
@@ -148,10 +149,10 @@ class GatedLayerStats:
         self.size_ = (h, w)
         cond = _layer_conditions(ctx, self.size_)
         self.labels.before_add(cond.labelled)
-        region_sums, label_sums = accumulate_gate_batch(
-            logits.reshape(b, c, h * w), self.regions.binning, region=cond.region, n_regions=len(REGIONS),
-            region_counts=self.regions.counts_,
-            gates=gates.reshape(b, c, h * w), **self.labels.targets(cond.compact, cond.present))
+        accumulate_gate_batch(logits.reshape(b, c, h * w), self.regions.binning, region=cond.region,
+                              n_regions=len(REGIONS), region_counts=self.regions.counts_,
+                              **self.labels.targets(cond.compact, cond.present))
+        region_sums, label_sums = cond.sums(gates.reshape(b, c, h * w))
         self.regions.add_sums(region_sums, cond.region_pixels, ctx.group)
         if len(cond.present):
             self.labels.add_sums(cond.present, ctx.group, label_sums, cond.label_pixels)
@@ -217,7 +218,9 @@ class LayerConditions:
     gated layer of that size: ``region`` int32 ``[B, N]``; ``present`` int64 ``[P]`` the labels
     present in the batch (every class when there are at most ``DENSE_LABELS``); ``compact`` int32
     ``[B, N]`` each cell's position in ``present`` (-1 where ignored); pixel counts
-    ``region_pixels`` ``[B, 4]`` and ``label_pixels`` ``[B, P]`` (int64); ``labelled`` cells in all."""
+    ``region_pixels`` ``[B, 4]`` and ``label_pixels`` ``[B, P]`` (int64); ``labelled`` cells in all;
+    ``onehot`` float32 ``[B, N, 4 + P]`` region and present label of each cell (an ignored cell's label
+    part is zero)."""
 
     region: Tensor
     present: Tensor
@@ -225,6 +228,21 @@ class LayerConditions:
     region_pixels: Tensor
     label_pixels: Tensor
     labelled: int
+    onehot: Tensor
+    dense: bool  # every class is a column of ``onehot`` (at most ``DENSE_LABELS`` classes)
+
+    def sums(self, gates: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Per-image gate sums ``[B, 4, C]`` by region and ``[B, P, C]`` by present label (None
+        without labels) of ``gates`` ``[B, C, N]``: one float32 ``bmm`` when every class is a column
+        (the same shape every batch), else the regions' columns apart, so that their rounding does
+        not depend on the labels a batch holds."""
+        n_regions = len(REGIONS)
+        if self.dense and len(self.present):
+            sums = torch.bmm(gates, self.onehot).transpose(1, 2)
+            return sums[:, :n_regions], sums[:, n_regions:]
+        region_sums = torch.bmm(gates, self.onehot[..., :n_regions]).transpose(1, 2)
+        label_sums = torch.bmm(gates, self.onehot[..., n_regions:]).transpose(1, 2) if len(self.present) else None
+        return region_sums, label_sums
 
 
 def _layer_conditions(ctx, size: tuple[int, int]) -> LayerConditions:
@@ -247,10 +265,13 @@ def _layer_conditions(ctx, size: tuple[int, int]) -> LayerConditions:
         remap = torch.full((ctx.n_labels + 1,), -1, dtype=torch.int64, device=device)
         remap[present + 1] = torch.arange(len(present), dtype=torch.int64, device=device)
         compact = remap[labels + 1]
-        region = ctx.regions(size)[0].flatten(1)
+        region, region_onehot = ctx.regions(size)
+        label_onehot = F.one_hot((compact + 1), len(present) + 1).float()[..., 1:]
+        region = region.flatten(1)
         cache[key] = LayerConditions(
             region.to(torch.int32), present, compact.to(torch.int32), _per_image_counts(region, len(REGIONS)),
-            _per_image_counts(compact, len(present)), int((compact >= 0).sum()))
+            _per_image_counts(compact, len(present)), int((compact >= 0).sum()),
+            torch.cat([region_onehot, label_onehot], dim=2), ctx.n_labels <= DENSE_LABELS)
     return cache[key]
 
 

@@ -1,8 +1,9 @@
 """One pass over a gated layer's logit map: :func:`accumulate_gate_batch`.
 
-It bins every logit, counts it into the region histogram ``[R, C, bins]`` and into the label cells
-``[L, C, cells]`` (with the fine total ``[C, bins]`` of the labelled pixels), and sums the gates per
-(image, region) and (image, label), all in place. Two paths with the same semantics:
+It bins every logit and counts it into the region histogram ``[R, C, bins]`` and into the label
+cells ``[L, C, cells]`` (with the fine total ``[C, bins]`` of the labelled pixels), in place (the
+gate sums per image and region or label are one matrix product, done by the caller). Two paths
+with the same semantics:
 
 * ``"native"``: a C++ kernel (``native_kernel.cpp``) compiled on first use with
   :func:`torch.utils.cpp_extension.load` (cached in torch's extension folder, keyed by a hash of the
@@ -10,7 +11,7 @@ It bins every logit, counts it into the region histogram ``[R, C, bins]`` and in
   CPU tensors only. ``GATEPROBE_NATIVE=0`` turns it off; if it cannot be built, one line on
   stderr says why and the torch path is used.
 * ``"torch"``: whole-tensor torch operations on any device (``bincount``, ``scatter_add_``,
-  ``index_add_``, a float32 ``bmm`` with one-hot matrices for the sums).
+  ``index_add_``).
 
 Logits are binned by a :class:`probe.stats.binning.Binning`: the segment of ``x`` is the number of
 inner knots ``<= x``, then ``((x - base) * scale) + start``, each step a separately rounded float32
@@ -29,7 +30,6 @@ import warnings
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import NumericalError
@@ -144,12 +144,12 @@ _INTS = (torch.int32, torch.int64)
 # ---------------------------------------------------------------------------------------------- entry
 def accumulate_gate_batch(logits: Tensor, binning: Binning, *,
                           region: Tensor | None = None, region_counts: Tensor | None = None,
-                          gates: Tensor | None = None, n_regions: int = 0, label: Tensor | None = None,
+                          n_regions: int = 0, label: Tensor | None = None,
                           n_present: int = 0, label_rows: Tensor | None = None, cell_of_bin: Tensor | None = None,
                           offset_of_bin: Tensor | None = None, cell_counts: Tensor | None = None,
                           cell_moments: Tensor | None = None, total: Tensor | None = None,
-                          force_path: str | None = None) -> tuple[Tensor | None, Tensor | None]:
-    """Accumulate one batch of a gated layer in place; returns ``(region_sums, label_sums)``.
+                          force_path: str | None = None) -> None:
+    """Accumulate one batch of a gated layer's counts in place.
 
     ``logits`` float32 ``[B, C, N]`` (or ``[B, C, h, w]``) binned by ``binning`` (``C`` channels, ``bins``).
     Regions (if ``region`` ``[B, N]`` in ``[0, n_regions)`` is given): ``region_counts`` int64
@@ -157,10 +157,8 @@ def accumulate_gate_batch(logits: Tensor, binning: Binning, *,
     ``[-1, n_present)`` is given; -1: ignored pixel): for each labelled pixel ``cell_counts`` and
     ``cell_moments`` (both int32 or both int64, ``[L, C, cells]``) get 1 and ``offset_of_bin[c, bin]``
     at ``[label_rows[label], c, cell_of_bin[c, bin]]``, and ``total`` int64 ``[C, bins]`` gets 1 at
-    ``[c, bin]``. With ``gates`` float32 (the shape of ``logits``): ``region_sums`` float64
-    ``[B, R, C]`` and ``label_sums`` ``[B, P, C]`` of the gates over each image's region / label
-    pixels (None where regions, labels or gates are not given). ``force_path``: ``"native"`` or
-    ``"torch"`` (default: native for CPU tensors when available).
+    ``[c, bin]``. ``force_path``: ``"native"`` or ``"torch"`` (default: native for CPU tensors when
+    available).
     """
     if logits.dim() == 4:
         logits = logits.flatten(2)
@@ -173,8 +171,6 @@ def accumulate_gate_batch(logits: Tensor, binning: Binning, *,
         raise ValueError(f"bins must be in [1, 2**24), not {bins}")
     if binning.channels != c:
         raise ValueError(f"a binning of {binning.channels} channels for logits of {c}")
-    if gates is not None:
-        gates = _need(gates.flatten(2) if gates.dim() == 4 else gates, "gates", (torch.float32,), (b, c, n))
     r = p = 0
     if region is not None:
         r = int(n_regions)
@@ -203,11 +199,10 @@ def accumulate_gate_batch(logits: Tensor, binning: Binning, *,
         if logits.device.type != "cpu" or not native_available():
             raise RuntimeError("the native statistics kernel is unavailable here (CPU tensors only; is it built, "
                                "or is GATEPROBE_NATIVE=0?)")
-        return _native(logits.contiguous(), binning, region, region_counts, gates, r, label, p,
-                       label_rows, cell_of_bin, offset_of_bin, cell_counts, cell_moments, total)
+        return _native(logits.contiguous(), binning, region, region_counts, label, label_rows, cell_of_bin, offset_of_bin, cell_counts, cell_moments, total)
     if chosen != "torch":
         raise ValueError(f"force_path must be None, 'native' or 'torch', not {force_path!r}")
-    return _torch(logits, binning, region, region_counts, gates, r, label, p, ignored, label_rows,
+    return _torch(logits, binning, region, region_counts, r, label, p, ignored, label_rows,
                   cell_of_bin, offset_of_bin, cell_counts, cell_moments, total)
 
 
@@ -215,27 +210,21 @@ def _nan_error() -> NumericalError:
     return NumericalError("NaN gate logits (a NaN bin position); check the model's weights and inputs")
 
 
-def _native(logits, binning, region, region_counts, gates, r, label, p, label_rows, cell_of_bin,
-            offset_of_bin, cell_counts, cell_moments, total):
-    b, c, n = logits.shape
-    f64 = dict(dtype=torch.float64, device=logits.device)
-    region_sums = torch.zeros(b, r, c, **f64) if gates is not None and region is not None else None
-    label_sums = torch.zeros(b, p, c, **f64) if gates is not None and label is not None else None
+def _native(logits, binning, region, region_counts, label, label_rows, cell_of_bin, offset_of_bin, cell_counts,
+            cell_moments, total) -> None:
     i32 = lambda t: None if t is None else t.to(torch.int32).contiguous()  # noqa: E731
     tables = (binning.inner.to(logits.device), binning.base.to(logits.device), binning.scale.to(logits.device),
               binning.start.to(logits.device))
     ok = _module().accumulate_gate_batch(
-        logits, *tables, binning.bins, i32(region), region_counts, None if gates is None else gates.contiguous(),
-        region_sums, i32(label), None if label is None else label_rows.contiguous(),
-        None if label is None else cell_of_bin.contiguous(), None if label is None else offset_of_bin.contiguous(),
-        cell_counts, cell_moments, total, label_sums)
+        logits, *tables, binning.bins, i32(region), region_counts, i32(label),
+        None if label is None else label_rows.contiguous(), None if label is None else cell_of_bin.contiguous(),
+        None if label is None else offset_of_bin.contiguous(), cell_counts, cell_moments, total)
     if not ok:  # nothing was accumulated
         raise _nan_error()
-    return region_sums, label_sums
 
 
-def _torch(logits, binning, region, region_counts, gates, r, label, p, ignored, label_rows, cell_of_bin,
-           offset_of_bin, cell_counts, cell_moments, total):
+def _torch(logits, binning, region, region_counts, r, label, p, ignored, label_rows, cell_of_bin,
+           offset_of_bin, cell_counts, cell_moments, total) -> None:
     b, c, n = logits.shape
     bins, device = binning.bins, logits.device
     if bool(torch.isnan(logits).any()):
@@ -245,7 +234,6 @@ def _torch(logits, binning, region, region_counts, gates, r, label, p, ignored, 
     flat = binning.bin(logits.contiguous()).to(itype)
     flat += torch.arange(c, dtype=itype, device=device).view(1, c, 1) * bins
     block = c * bins
-    region_sums = label_sums = None
     if region is not None:
         index = flat + (region.to(itype) * block).unsqueeze(1)
         region_counts += torch.bincount(index.reshape(-1), minlength=r * block).view(r, c, bins)
@@ -261,12 +249,3 @@ def _torch(logits, binning, region, region_counts, gates, r, label, p, ignored, 
         moments = torch.zeros(p, c, cells, dtype=torch.int64, device=device).scatter_add_(2, where, fine * offset_of_bin)
         cell_counts.index_add_(0, label_rows, counts.to(cell_counts.dtype))
         cell_moments.index_add_(0, label_rows, moments.to(cell_moments.dtype))
-    if gates is not None:  # float32 bmm with one-hot matrices, regions and labels apart (rounding of each
-        # independent of the other's columns)
-        if region is not None:
-            onehot = F.one_hot(region.long(), r).float()  # [B, N, R]
-            region_sums = torch.bmm(gates, onehot).transpose(1, 2).double()
-        if label is not None:
-            onehot = F.one_hot(label.long() + 1, p + 1)[..., 1:].float()  # [B, N, P]; ignored: a zero row
-            label_sums = torch.bmm(gates, onehot).transpose(1, 2).double()
-    return region_sums, label_sums

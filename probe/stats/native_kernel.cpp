@@ -1,5 +1,5 @@
-// One pass over a gated layer's logit map: bin every logit, count it into the region histogram and
-// the label cells, and sum the gates per (image, region) and (image, label). The reference with the
+// One pass over a gated layer's logit map: bin every logit and count it into the region histogram
+// and the label cells (the gate sums are a matrix product, in Python). The reference with the
 // same semantics, the argument checks and the build flags (-O3 -ffp-contract=off -fopenmp) are in
 // probe/stats/native.py. Shapes: B images, C channels, N pixels, K bins, R regions, P present labels,
 // L label rows, `cells` cells per channel; every tensor is contiguous.
@@ -18,6 +18,35 @@
 #include <vector>
 
 namespace {
+
+// out[p] = the number of the nk knots <= x[p]. With nk known at compile time the compares of one
+// value stay in registers and GCC vectorises the loop over the values (the calibrated binnings
+// have 17 inner knots); otherwise one pass over the row per knot.
+template <int NK>
+inline void count_fixed(const float* __restrict x, int64_t n, const float* __restrict knots, int32_t* __restrict out) {
+  float k[NK];
+  for (int j = 0; j < NK; ++j) k[j] = knots[j];
+  for (int64_t p = 0; p < n; ++p) {
+    int32_t s = 0;
+    for (int j = 0; j < NK; ++j) s += x[p] >= k[j] ? 1 : 0;
+    out[p] = s;
+  }
+}
+
+inline void count_knots(const float* __restrict x, int64_t n, const float* __restrict knots, int64_t nk,
+                        int32_t* __restrict out) {
+  switch (nk) {
+    case 17: return count_fixed<17>(x, n, knots, out);
+    case 16: return count_fixed<16>(x, n, knots, out);
+    case 15: return count_fixed<15>(x, n, knots, out);
+    default:
+      std::fill(out, out + n, 0);
+      for (int64_t j = 0; j < nk; ++j) {
+        const float knot = knots[j];
+        for (int64_t p = 0; p < n; ++p) out[p] += x[p] >= knot ? 1 : 0;
+      }
+  }
+}
 
 // The bins of one row of n logits of one channel, binned in K segments: the segment s of x is the
 // number of the K - 1 inner knots <= x (compares vectorised over the row, the counts kept in `out`),
@@ -40,11 +69,7 @@ inline int bin_row(const float* __restrict x, int64_t n, const float* __restrict
     }
     return nan;
   }
-  std::fill(out, out + n, 0);
-  for (int64_t j = 0; j + 1 < segments; ++j) {
-    const float knot = inner[j];
-    for (int64_t p = 0; p < n; ++p) out[p] += x[p] >= knot ? 1 : 0;
-  }
+  count_knots(x, n, inner, segments - 1, out);
   for (int64_t p = 0; p < n; ++p) {
     const int32_t k = out[p];
     const float d = x[p] - base[k];
@@ -72,18 +97,15 @@ bool accumulate(const at::Tensor& logits,                          // float32 [B
                 int64_t bins,                                       // K
                 const std::optional<at::Tensor>& region,            // int32 [B, N] in [0, R)
                 const std::optional<at::Tensor>& region_counts,     // int64 [R, C, K] += 1
-                const std::optional<at::Tensor>& gates,             // float32 [B, C, N]
-                const std::optional<at::Tensor>& region_sums,       // float64 [B, R, C] (written)
                 const std::optional<at::Tensor>& label,             // int32 [B, N] in [-1, P)
                 const std::optional<at::Tensor>& label_rows,        // int64 [P] in [0, L)
                 const std::optional<at::Tensor>& cell_of_bin,       // int64 [C, K] in [0, cells)
                 const std::optional<at::Tensor>& offset_of_bin,     // int64 [C, K]
                 const std::optional<at::Tensor>& cell_counts,       // cell_t [L, C, cells] += 1
                 const std::optional<at::Tensor>& cell_moments,      // cell_t [L, C, cells] += offset
-                const std::optional<at::Tensor>& total,             // int64 [C, K] += 1
-                const std::optional<at::Tensor>& label_sums) {      // float64 [B, P, C] (written)
+                const std::optional<at::Tensor>& total) {           // int64 [C, K] += 1
   const int64_t B = logits.size(0), C = logits.size(1), N = logits.size(2);
-  const bool has_region = region.has_value(), has_label = label.has_value(), has_sums = gates.has_value();
+  const bool has_region = region.has_value(), has_label = label.has_value();
   const int64_t R = has_region ? region_counts->size(0) : 0;
   const int64_t P = has_label ? label_rows->size(0) : 0;
   const int64_t L = has_label ? cell_counts->size(0) : 0;
@@ -99,12 +121,9 @@ bool accumulate(const at::Tensor& logits,                          // float32 [B
   const float* ba = base.data_ptr<float>();
   const float* sc = scale.data_ptr<float>();
   const float* st = start.data_ptr<float>();
-  const float* g_all = has_sums ? gates->data_ptr<float>() : nullptr;
   const int32_t* reg_all = has_region ? region->data_ptr<int32_t>() : nullptr;
   const int32_t* lab_all = has_label ? label->data_ptr<int32_t>() : nullptr;
   int64_t* rc = has_region ? region_counts->data_ptr<int64_t>() : nullptr;
-  double* rs_out = has_sums && has_region ? region_sums->data_ptr<double>() : nullptr;
-  double* ls_out = has_sums && has_label ? label_sums->data_ptr<double>() : nullptr;
   const int64_t* rows = has_label ? label_rows->data_ptr<int64_t>() : nullptr;
   const int64_t* cob = has_label ? cell_of_bin->data_ptr<int64_t>() : nullptr;
   const int64_t* oob = has_label ? offset_of_bin->data_ptr<int64_t>() : nullptr;
@@ -122,15 +141,13 @@ bool accumulate(const at::Tensor& logits,                          // float32 [B
     }
     return nan == 0;
   };
-  // Count channel c's binned pixels (delta +1, or -1 to take them back) and write its sums, image by
-  // image, in simple loops over the pixels of row (b, c). The label cells are first counted in local
-  // [1 + P, cells] arrays (slot 0: ignored pixels, dropped), then added to their rows [label_rows[l], c];
-  // each sum is kept in 4 interleaved partial sums (4 independent chains of additions).
+  // Count channel c's binned pixels (delta +1, or -1 to take them back), image by image, in simple
+  // loops over the pixels of row (b, c). The label cells are first counted in local [1 + P, cells]
+  // arrays (slot 0: ignored pixels, dropped), then added to their rows [label_rows[l], c].
   const int64_t block = C * bins;  // region_counts[r, c, k] = rc[r * block + c * bins + k]
   const int64_t Q = 1 + P;         // label slots: 0 for an ignored pixel, 1 + l for compact label l
-  auto count_channel = [&](int64_t c, const int32_t* bin, int64_t delta, bool sums) {
+  auto count_channel = [&](int64_t c, const int32_t* bin, int64_t delta) {
     std::vector<int64_t> n_cell(has_label ? Q * cells : 0), m_cell(n_cell.size());
-    std::vector<double> rsum(4 * R), lsum(4 * Q);
     int64_t* rc_c = has_region ? rc + c * bins : nullptr;
     int64_t* tot_c = has_label ? tot + c * bins : nullptr;
     const int64_t* cob_c = has_label ? cob + c * bins : nullptr;
@@ -138,16 +155,9 @@ bool accumulate(const at::Tensor& logits,                          // float32 [B
     const bool moments = has_label && std::any_of(oob_c, oob_c + bins, [](int64_t v) { return v != 0; });
     for (int64_t b = 0; b < B; ++b) {
       const int32_t* k = bin + b * N;
-      const float* g = sums ? g_all + (b * C + c) * N : nullptr;
       if (has_region) {
         const int32_t* reg = reg_all + b * N;
         for (int64_t p = 0; p < N; ++p) rc_c[reg[p] * block + k[p]] += delta;
-        if (sums) {
-          std::fill(rsum.begin(), rsum.end(), 0.0);
-          for (int64_t p = 0; p < N; ++p) rsum[(p & 3) * R + reg[p]] += g[p];
-          for (int64_t r = 0; r < R; ++r)
-            rs_out[(b * R + r) * C + c] = ((rsum[r] + rsum[R + r]) + rsum[2 * R + r]) + rsum[3 * R + r];
-        }
       }
       if (has_label) {
         const int32_t* lab = lab_all + b * N;
@@ -156,12 +166,6 @@ bool accumulate(const at::Tensor& logits,                          // float32 [B
           n_cell[slot] += 1;
           if (moments) m_cell[slot] += oob_c[k[p]];  // all offsets 0 (cells = fine bins): skipped
           tot_c[k[p]] += delta * (lab[p] >= 0);
-        }
-        if (sums) {
-          std::fill(lsum.begin(), lsum.end(), 0.0);
-          for (int64_t p = 0; p < N; ++p) lsum[(p & 3) * Q + lab[p] + 1] += g[p];
-          for (int64_t l = 1; l < Q; ++l)
-            ls_out[(b * P + l - 1) * C + c] = ((lsum[l] + lsum[Q + l]) + lsum[2 * Q + l]) + lsum[3 * Q + l];
         }
       }
     }
@@ -183,7 +187,7 @@ bool accumulate(const at::Tensor& logits,                          // float32 [B
     std::vector<int32_t> bin(B * N);
     for (int64_t c = c_begin; c < c_end && !failed.load(std::memory_order_relaxed); ++c) {
       if (!bin_channel(c, bin.data())) { failed = true; return; }
-      count_channel(c, bin.data(), 1, has_sums);
+      count_channel(c, bin.data(), 1);
       counted[c] = 1;
     }
   });
@@ -191,7 +195,7 @@ bool accumulate(const at::Tensor& logits,                          // float32 [B
   at::parallel_for(0, C, grain, [&](int64_t c_begin, int64_t c_end) {
     std::vector<int32_t> bin(B * N);
     for (int64_t c = c_begin; c < c_end; ++c) {
-      if (counted[c] && bin_channel(c, bin.data())) count_channel(c, bin.data(), -1, false);
+      if (counted[c] && bin_channel(c, bin.data())) count_channel(c, bin.data(), -1);
     }
   });
   return false;
@@ -200,33 +204,31 @@ bool accumulate(const at::Tensor& logits,                          // float32 [B
 // Returns false (and changes nothing) if a bin position is NaN.
 bool accumulate_gate_batch(const at::Tensor& logits, const at::Tensor& inner, const at::Tensor& base,
                            const at::Tensor& scale, const at::Tensor& start, int64_t bins, const std::optional<at::Tensor>& region,
-                           const std::optional<at::Tensor>& region_counts, const std::optional<at::Tensor>& gates,
-                           const std::optional<at::Tensor>& region_sums, const std::optional<at::Tensor>& label,
+                           const std::optional<at::Tensor>& region_counts, const std::optional<at::Tensor>& label,
                            const std::optional<at::Tensor>& label_rows, const std::optional<at::Tensor>& cell_of_bin,
                            const std::optional<at::Tensor>& offset_of_bin,
                            const std::optional<at::Tensor>& cell_counts,
-                           const std::optional<at::Tensor>& cell_moments, const std::optional<at::Tensor>& total,
-                           const std::optional<at::Tensor>& label_sums) {
+                           const std::optional<at::Tensor>& cell_moments, const std::optional<at::Tensor>& total) {
   // Shapes and dtypes are checked in Python (data_ptr<T> checks the dtypes again); the cell arrays are
   // both int32 or both int64.
-  for (const auto* t : {&region, &region_counts, &gates, &region_sums, &label, &label_rows, &cell_of_bin,
-                        &offset_of_bin, &cell_counts, &cell_moments, &total, &label_sums}) {
+  for (const auto* t : {&region, &region_counts, &label, &label_rows, &cell_of_bin, &offset_of_bin, &cell_counts,
+                        &cell_moments, &total}) {
     TORCH_CHECK(!t->has_value() || (*t)->is_contiguous(), "every tensor must be contiguous");
   }
   TORCH_CHECK(logits.is_contiguous() && inner.is_contiguous() && base.is_contiguous() && scale.is_contiguous() &&
               start.is_contiguous(), "every tensor must be contiguous");
   if (cell_counts.has_value() && cell_counts->scalar_type() == at::kInt) {
-    return accumulate<int32_t>(logits, inner, base, scale, start, bins, region, region_counts, gates, region_sums, label,
-                               label_rows, cell_of_bin, offset_of_bin, cell_counts, cell_moments, total, label_sums);
+    return accumulate<int32_t>(logits, inner, base, scale, start, bins, region, region_counts, label, label_rows,
+                               cell_of_bin, offset_of_bin, cell_counts, cell_moments, total);
   }
-  return accumulate<int64_t>(logits, inner, base, scale, start, bins, region, region_counts, gates, region_sums, label,
-                             label_rows, cell_of_bin, offset_of_bin, cell_counts, cell_moments, total, label_sums);
+  return accumulate<int64_t>(logits, inner, base, scale, start, bins, region, region_counts, label, label_rows,
+                             cell_of_bin, offset_of_bin, cell_counts, cell_moments, total);
 }
 
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("accumulate_gate_batch", &accumulate_gate_batch, "fused binning, counts and gate sums of one batch",
+  m.def("accumulate_gate_batch", &accumulate_gate_batch, "fused binning and counts of one batch",
         py::call_guard<py::gil_scoped_release>());  // like torch's own operators: other Python threads run
   m.def("openmp", []() {
 #ifdef _OPENMP
