@@ -98,21 +98,20 @@ class Binning:
         """int32 bin ``[B, C, ...]`` of each value of ``x`` ``[B, C, ...]`` (float32; NaN refused)."""
         if bool(torch.isnan(x).any()):
             raise NumericalError("NaN gate values while recording; check the model's weights and inputs")
-        shape = (1, self.channels) + (1,) * (x.dim() - 2)
         if self.segments == 1:
+            shape = (1, self.channels) + (1,) * (x.dim() - 2)
             v = x - self.base.view(shape)
             v *= self.scale.view(shape)
             v += self.start.view(shape)
-        else:
-            segment = torch.zeros(x.shape, dtype=torch.int64, device=x.device)
-            for j in range(self.segments - 1):
-                segment += x >= self.inner[:, j].view(shape)
-            segment += torch.arange(self.channels, device=x.device).view(shape) * self.segments
-            v = x - self.base.view(-1)[segment]
-            v *= self.scale.view(-1)[segment]
-            v += self.start.view(-1)[segment]
+            v.clamp_(0, self.bins - 1)
+            return v.to(torch.int32)
+        per_channel = x.transpose(0, 1).reshape(self.channels, -1)  # [C, B * ...]
+        segment = torch.searchsorted(self.inner, per_channel, right=True)  # inner knots <= x
+        v = per_channel - self.base.gather(1, segment)
+        v *= self.scale.gather(1, segment)
+        v += self.start.gather(1, segment)
         v.clamp_(0, self.bins - 1)
-        return v.to(torch.int32)
+        return v.to(torch.int32).view(self.channels, x.shape[0], *x.shape[2:]).transpose(0, 1).contiguous()
 
     def edges(self) -> Tensor:
         """float64 ``[C, bins + 1]``: each bin's lower edge and the last one's upper edge on the logit
