@@ -40,10 +40,11 @@ def label_memory(sites, n_labels: int, settings, image_hw: tuple[int, int]) -> t
     Per gated layer of ``C`` channels (:mod:`probe.stats.histograms`): region histograms
     ``4*C*bins`` int64 and sums ``G*4*C`` float64; label cells ``L*C*cells`` counts + offset sums
     (int32, int64 after 2**31 / w labelled pixels: counted as int32) with ``cells =
-    label_cells(L, C, bins)`` (fine bins while ``L*C*bins <= 2**20``, then fewer, at least 16); the
+    label_cells(L, C, bins)`` (fine bins up to 8 labels, then ``4096 / L``, at least 8); the
     labelled total ``C*bins`` int64; the (group, label) sums at worst ``G*L*(C+3)`` 8-byte words
     (kept only for pairs that occur: an upper bound); the trivial features' cells; the co-moment
-    ``C*C`` float64. Once per batch: the present labels' ``P*C*bins`` int64 bincount with ``P <=
+    ``C*C`` float64. Once per batch: the present labels' ``P*C*bins`` int64 bincount of the
+    pure-torch path (the C++ kernel needs none; counted anyway, an upper bound) with ``P <=
     min(L, 16 * batch)`` and the one-hot ``B*H*W*(4+P)`` float32 (bounded at the image's size)."""
     from ..stats.histograms import label_cells
     from ..stats.layer_stats import TRIVIAL_FEATURES
