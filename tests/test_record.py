@@ -60,7 +60,7 @@ from probe.stats.histograms import DEFAULT_BINS
 BINS, QUANTILE, BORDER = DEFAULT_BINS, 0.005, 2  # record()'s documented defaults
 CALIBRATION, TAIL, MARGIN, MIN_SPAN = 32, 5e-4, 0.25, 1e-3  # the documented calibration rule
 # ... and its segments: 16 equal-mass ones up to the threshold band (1 - 2q, 1 - 0.4q), then the top
-SAMPLE, LEVELS = 4096, tuple(j / 16 for j in range(1, 16)) + (1 - 2 * QUANTILE, 1 - 0.4 * QUANTILE)
+SAMPLE, LEVELS = 8192, tuple(j / 16 for j in range(1, 16)) + (1 - 2 * QUANTILE, 1 - 0.4 * QUANTILE)
 SEGMENT_BINS = (18,) * 16 + (192, 32)  # of the 512 bins: 3/8 for the band, 1/16 for the top
 SIZE, N_IMAGES, BATCH, K_SAMPLES = 32, 24, 8, 10
 SKETCH, PLAIN, NEAR, FAR = range(4)  # region ids of the oracle (hole on a sketch stroke, hole off it, ...)

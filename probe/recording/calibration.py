@@ -12,7 +12,7 @@ from ..stats.binning import Binning, segment_levels
 from .recorder import check_output
 
 MIN_SPAN = 1e-3  # logits: a channel that is constant on the calibration images still gets bins this wide
-SAMPLE = 4096  # logits per channel kept (a fixed stride over the calibration pixels) for the inner knots
+SAMPLE = 8192  # logits per channel kept (a fixed stride over the calibration pixels) for the inner knots
 
 
 def calibrate_binnings(model: nn.Module, sites: list[Site], batches: list[dict], use_sketch: bool, bins: int,
