@@ -8,7 +8,8 @@ import numpy as np
 import torch
 
 from probe.recording.context import BatchContext
-from probe.stats.histograms import ConditionedHistogram, label_cells
+from probe.stats.binning import Binning
+from probe.stats.histograms import label_cells
 from probe.stats.layer_stats import DENSE_LABELS, GatedLayerStats, LayerGeometry
 from probe.stats.readouts import auc_from_cells, auc_from_histograms
 
@@ -31,7 +32,7 @@ def recorded(seed=0, n=3):
     fine = np.zeros((L, C, BINS), np.int64)
     for logits, labels, hole, group in batches(seed, n):
         s.add(logits, torch.sigmoid(logits), BatchContext(hole, None, labels, group, L))
-        b = ConditionedHistogram(C, 1, BINS, -3.0, 3.0).flat_bins(logits).numpy() % BINS
+        b = Binning.uniform(C, -3.0, 3.0, BINS).bin(logits).numpy()
         for c in range(C):
             keep = labels.numpy() >= 0
             np.add.at(fine, (labels.numpy()[keep], c, b[:, c][keep]), 1)

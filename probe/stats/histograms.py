@@ -47,7 +47,6 @@ class ConditionedHistogram:
                              f"for a histogram of {channels} x {bins}")
         self.channels, self.conditions, self.bins, self.groups = channels, conditions, bins, groups
         device = self.binning.knots.device
-        self._channel_base = torch.arange(channels, dtype=torch.int32, device=device).view(1, -1, 1, 1) * bins
         self.counts_ = torch.zeros(conditions, channels, bins, dtype=torch.int64, device=device)
         self.sums_ = torch.zeros(groups, conditions, channels, dtype=torch.float64, device=device)
         self.pixels_ = torch.zeros(groups, conditions, dtype=torch.int64, device=device)
@@ -63,13 +62,6 @@ class ConditionedHistogram:
     def bin_edges(self) -> Tensor:
         """``[C, bins + 1]`` edges on each channel's logit axis (the outer ones stand for +-infinity)."""
         return self.binning.edges()
-
-    def flat_bins(self, logits: Tensor) -> Tensor:
-        """int32 ``[B, C, h, w]``: ``channel * bins + bin`` of each logit, the index into one
-        condition's ``[C, bins]`` block of ``counts_``."""
-        index = self.binning.bin(logits)
-        index += self._channel_base
-        return index
 
     def add_sums(self, sums: Tensor, pixels: Tensor, group: Tensor) -> None:
         """Per-image gate ``sums`` ``[B, K, C]`` and ``pixels`` ``[B, K]`` into image groups ``group`` ``[B]``
