@@ -19,6 +19,7 @@ from torch import Tensor
 
 from ..errors import RunError
 from .binning import Binning
+from .native import fine_to_cells
 
 DEFAULT_BINS = 512  # per channel (benchmarks/accuracy.py measures the read-outs' errors)
 
@@ -170,14 +171,11 @@ class LabelCellHistogram:
             self.slot_pixels_ = torch.zeros(groups * labels, dtype=torch.int64, device=device)
 
     # ------------------------------------------------------------------ accumulate
-    def _promote(self, new_pixels: int) -> None:
-        """int64 once ``pixels seen * w`` could overflow an int32 cell (exact either way)."""
+    def before_add(self, new_pixels: int) -> None:
+        """Before ``new_pixels`` more labelled pixels: int64 once ``pixels seen * w`` could overflow an
+        int32 cell (exact either way)."""
         if self.counts_.dtype == torch.int32 and (int(self.total_[0].sum()) + new_pixels) * self.width > INT32_SAFE:
             self.counts_, self.moments_ = self.counts_.long(), self.moments_.long()
-
-    def before_add(self, labelled: int) -> None:
-        """Ready the cells for a batch of ``labelled`` labelled pixels (promoted before an int32 could overflow)."""
-        self._promote(labelled)
 
     def targets(self, compact: Tensor, present: Tensor) -> dict:
         """The label arguments of :func:`probe.stats.native.accumulate_gate_batch` for a batch whose
@@ -190,15 +188,12 @@ class LabelCellHistogram:
     def add_fine(self, present: Tensor, fine: Tensor, batch_total: Tensor) -> None:
         """``present`` ``[P]`` label ids, ``fine`` ``[P, C, bins]`` int64 their fine counts in this
         batch, ``batch_total`` ``[C, bins]`` the fine counts of all labelled pixels of the batch."""
-        self._promote(int(batch_total[0].sum()))
+        self.before_add(int(batch_total[0].sum()))
         self.total_ += batch_total
         if not len(present):
             return
         dtype = self.counts_.dtype
-        cell, offset = self.cell_of_bin[0], self.offset_of_bin[0]
-        shape = (len(present), self.channels, self.cells)
-        counts = torch.zeros(shape, dtype=torch.int64, device=fine.device).index_add_(2, cell, fine)
-        moments = torch.zeros(shape, dtype=torch.int64, device=fine.device).index_add_(2, cell, fine * offset)
+        counts, moments = fine_to_cells(fine, self.cell_of_bin, self.offset_of_bin, self.cells)
         self.counts_.index_add_(0, present, counts.to(dtype))
         self.moments_.index_add_(0, present, moments.to(dtype))
 
@@ -259,7 +254,7 @@ class LabelCellHistogram:
                 self.channels, self.labels, self.bins, self.cells, self.groups) or other.binning != self.binning:
             raise RunError("cannot merge label statistics of different shapes or binning (were the shards "
                            "calibrated on the same images?)")
-        self._promote(int(other.total_[0].sum()))
+        self.before_add(int(other.total_[0].sum()))
         if other.counts_.dtype == torch.int64:
             self.counts_, self.moments_ = self.counts_.long(), self.moments_.long()
         self.counts_ += other.counts_.to(self.counts_.dtype)

@@ -10,7 +10,7 @@ with the same semantics:
   source, the flags and the torch version), parallel over channels on torch's intra-op threads;
   CPU tensors only. ``GATEPROBE_NATIVE=0`` turns it off; if it cannot be built, one line on
   stderr says why and the torch path is used.
-* ``"torch"``: whole-tensor torch operations on any device (``bincount``, ``scatter_add_``,
+* ``"torch"``: whole-tensor torch operations on any device (``bincount``, ``scatter_add``,
   ``index_add_``).
 
 Logits are binned by a :class:`probe.stats.binning.Binning`: the segment of ``x`` is the number of
@@ -243,9 +243,15 @@ def _torch(logits, binning, region, region_counts, r, label, p, ignored, label_r
             index = index[index >= 0]
         fine = torch.bincount(index.reshape(-1), minlength=p * block).view(p, c, bins)
         total += fine.sum(0)
-        cells = cell_counts.shape[2]
-        where = cell_of_bin.expand(p, c, bins)
-        counts = torch.zeros(p, c, cells, dtype=torch.int64, device=device).scatter_add_(2, where, fine)
-        moments = torch.zeros(p, c, cells, dtype=torch.int64, device=device).scatter_add_(2, where, fine * offset_of_bin)
+        counts, moments = fine_to_cells(fine, cell_of_bin, offset_of_bin, cell_counts.shape[2])
         cell_counts.index_add_(0, label_rows, counts.to(cell_counts.dtype))
         cell_moments.index_add_(0, label_rows, moments.to(cell_moments.dtype))
+
+
+def fine_to_cells(fine: Tensor, cell_of_bin: Tensor, offset_of_bin: Tensor, cells: int) -> tuple[Tensor, Tensor]:
+    """int64 ``(counts, offset sums)`` ``[P, C, cells]`` of fine counts ``fine`` ``[P, C, bins]``
+    grouped by ``cell_of_bin`` / ``offset_of_bin`` ``[C, bins]`` (each fine bin's cell and offset in it)."""
+    p, c, bins = fine.shape
+    where = cell_of_bin.expand(p, c, bins)
+    zeros = torch.zeros(p, c, cells, dtype=torch.int64, device=fine.device)
+    return zeros.scatter_add(2, where, fine), zeros.scatter_add(2, where, fine * offset_of_bin)
