@@ -148,10 +148,26 @@ def _cmd_claims(args) -> int:
                    baseline=load_run(args.baseline) if args.baseline else None)
     if args.csv:
         table.to_csv(args.csv, index=False)
-    for row in table.itertuples():
-        ci = f" [{row.ci_low:.3g}, {row.ci_high:.3g}]" if np.isfinite(row.ci_low) else ""
-        print(f"{row.claim}  {row.verdict:<15} {row.value:.4g}{ci}  {row.measurement}\n      evidence: {row.evidence}")
+    print(claims_text(table))
     return 0
+
+
+def claims_text(table) -> str:
+    """The claims table as text: per row the verdict, the trained value with its interval, the
+    control's value, and the difference with its interval, each in its own column."""
+    def number(value, low=np.nan, high=np.nan, sign="") -> str:
+        if not np.isfinite(value):
+            return "n/a"
+        return f"{value:{sign}.4g}" + (f" [{low:.3g}, {high:.3g}]" if np.isfinite(low) else "")
+
+    head = f"{'claim':<6}{'verdict':<15}{'value [95%]':<28}{'control':<11}{'difference [95%]':<30}measurement"
+    lines = [head]
+    for row in table.itertuples():
+        lines.append(f"{row.claim:<6}{row.verdict:<15}{number(row.value, row.value_low, row.value_high):<28}"
+                     f"{number(row.baseline):<11}"
+                     f"{number(row.difference, row.difference_low, row.difference_high, '+'):<30}{row.measurement}")
+        lines.append(f"      evidence: {row.evidence}")
+    return "\n".join(lines)
 
 
 def _cmd_report(args) -> int:

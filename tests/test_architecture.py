@@ -152,6 +152,7 @@ def planted_tables(label: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     channels = pd.DataFrame({"layer": "l", "channel": [0, 1, 2], "auc_hole": [0.9, 0.5, 0.5],
                              "q_hole": [0.001, 0.9, 0.9], "auc_sketch": [0.5, 0.5, 0.5], "q_sketch": [0.9] * 3})
     labels = pd.DataFrame({"layer": "l", "channel": [0, 1, 2], "label": label, "auc": [0.5, 0.95, 0.5], "trivial_auc": 0.6,
+                           "joint_trivial_auc": 0.7, "joint_difference_low": [-0.3, 0.1, -0.3],
                            "q_value": [0.9, 0.001, 0.9]})
     return channels, labels
 
@@ -180,11 +181,20 @@ def test_strongest_channels_do_not_read_the_class_name():
     assert np.isfinite(frame.auc_hole).all()
 
 
-@pytest.mark.parametrize("trivial_auc,semantic", [(0.6, True), (0.92, False), (0.899, True), (float("nan"), False)])
-def test_semantic_needs_the_gate_to_beat_the_best_trivial_feature(trivial_auc, semantic):
-    """auc 0.95 vs the trivial features' best: semantic only with a margin of 0.05 (none without a control)."""
+NAN = float("nan")
+
+
+@pytest.mark.parametrize("trivial_auc,joint_auc,joint_low,semantic", [
+    (0.6, 0.7, 0.1, True), (0.92, 0.7, 0.1, False), (0.899, 0.7, 0.1, True), (NAN, 0.7, 0.1, False),
+    (0.6, 0.92, 0.1, False), (0.6, 0.899, 0.1, True), (0.6, NAN, 0.1, False), (0.6, 0.7, -0.01, False),
+    (0.6, 0.7, NAN, False)])
+def test_semantic_needs_the_gate_to_beat_the_trivial_features_alone_and_together(trivial_auc, joint_auc, joint_low,
+                                                                                 semantic):
+    """auc 0.95 vs the best single trivial feature and the joint baseline: semantic only with a
+    margin of 0.05 over both and the joint difference's interval above 0 (none without a control)."""
     channels, labels = planted_tables("road")
-    labels["trivial_auc"] = trivial_auc
+    labels["trivial_auc"], labels["joint_trivial_auc"] = trivial_auc, joint_auc
+    labels.loc[1, "joint_difference_low"] = joint_low
     frame = pd.concat([channels, assign_roles(channels, labels)], axis=1)
     assert bool(has_role(frame, "semantic").iloc[1]) == semantic
 

@@ -227,7 +227,9 @@ def _gated_tables(trained: bool) -> dict:
     channels["semantic_label"] = "sky"
     channels["role"] = "hole+sketch"  # a stale display string: never read
     labels = pd.DataFrame([{"layer": layer, "channel": c, "label_id": i, "label": name, "auc": 0.55,
-                            "q_value": 0.5, "trivial_auc": 0.6}  # the best trivial feature (colour, row...)
+                            "q_value": 0.5, "trivial_auc": 0.6,  # the best trivial feature (colour, row...)
+                            "joint_trivial_auc": 0.65,  # all six together
+                            "joint_difference_low": -0.2}
                            for layer in GATED for c in range(WIDTH) for i, name in enumerate(CLASSES)])
     gates = [{"intervention": "sketch_off", "layer": layer, "channel": c, "quantity": "gate_in_hole",
               "delta": 0.0001 * (c + 1), "ci_low": -0.01, "ci_high": 0.01, "p_value": 0.6, "q_value": 0.7}
@@ -238,7 +240,7 @@ def _gated_tables(trained: bool) -> dict:
         _set(channels, {"channel": HOLE_CH}, auc_hole=0.9, q_hole=0.001)
         _set(channels, {"channel": SKETCH_CH}, auc_sketch=0.85, q_sketch=0.002)
         _set(channels, {"layer": "g0", "channel": VALID_CH}, auc_hole=0.1, q_hole=0.001)  # one valid channel
-        _set(labels, {"channel": SEMANTIC_CH, "label": "sky"}, auc=0.8, q_value=0.01)
+        _set(labels, {"channel": SEMANTIC_CH, "label": "sky"}, auc=0.8, q_value=0.01, joint_difference_low=0.05)
         gates[WIDTH * 2 + SKETCH_CH[0]].update(delta=-0.04, ci_low=-0.05, ci_high=-0.03, p_value=1e-4,
                                                q_value=0.002)
         hole_l1.update(delta=0.003, ci_low=0.001, ci_high=0.005, p_value=1e-3, q_value=1e-3)
@@ -292,10 +294,17 @@ def write_run(path, tables: dict, name: str, **manifest_extra) -> Run:
     return Run(path)
 
 
+def write_random_init(path, tables: dict) -> Run:
+    """The planted random-init control: the gated model's architecture, other (random) weights."""
+    return write_run(path, tables, "planted-gated", model={"name": "planted-gated", "source": "random-init",
+                                                            "accepts_sketch": tables["accepts_sketch"],
+                                                            "weights_sha256": "random"})
+
+
 def claims_of(tmp_path, tables: dict, with_baseline: bool = True) -> pd.DataFrame:
     partial = write_run(tmp_path / "partial", tables["partial"], "planted-pconv")
     gated = write_run(tmp_path / "gated", tables["gated"], "planted-gated")
-    baseline = write_run(tmp_path / "baseline", tables["baseline"], "planted-gated-random") if with_baseline else None
+    baseline = write_random_init(tmp_path / "baseline", tables["baseline"]) if with_baseline else None
     return claims(gated, partial, baseline=baseline).set_index("claim")
 
 
@@ -308,13 +317,15 @@ def test_planted_runs_support_every_claim_with_the_planted_values(tmp_path):
     for claim, value in BASELINE.items():
         assert table.at[claim, "baseline"] == pytest.approx(value, abs=1e-12), claim
         assert table.at[claim, "difference"] == pytest.approx(EXPECTED[claim] - value, abs=1e-12), claim
-        assert table.at[claim, "ci_low"] > 0, claim
+        assert table.at[claim, "difference_low"] > 0, claim
     # G2: the two runs' hole-L1 intervals (half-widths 0.002 and 0.0007) add in quadrature
     half = np.hypot(0.002, 0.0007)
-    assert table.at["G2", "ci_low"] == pytest.approx(0.0028 - half) and table.at["G2", "ci_high"] == pytest.approx(
-        0.0028 + half)
+    assert table.at["G2", "difference_low"] == pytest.approx(0.0028 - half)
+    assert table.at["G2", "difference_high"] == pytest.approx(0.0028 + half)
+    assert (table.at["G2", "value_low"], table.at["G2", "value_high"]) == (0.001, 0.005)  # the trained run's own
     # G1: every resampled trained median lies in [0.02, 0.2], the baseline's is 0.001
-    assert 0.019 - 1e-12 <= table.at["G1", "ci_low"] <= table.at["G1", "ci_high"] <= 0.199 + 1e-12
+    assert 0.019 - 1e-12 <= table.at["G1", "difference_low"] <= table.at["G1", "difference_high"] <= 0.199 + 1e-12
+    assert 0.02 - 1e-12 <= table.at["G1", "value_low"] <= 0.075 <= table.at["G1", "value_high"] <= 0.2 + 1e-12
     assert "hole: 8, valid: 1, sketch: 8, semantic: 8" in table.at["G4", "evidence"]
     assert "g2, g3 separate" in table.at["G5", "evidence"]
 
@@ -329,7 +340,7 @@ def test_without_a_baseline_the_gated_claims_say_no_control(tmp_path):
 def test_the_baseline_linked_in_the_manifest_is_used(tmp_path):
     tables = planted_tables()
     partial = write_run(tmp_path / "partial", tables["partial"], "planted-pconv")
-    write_run(tmp_path / "baseline", tables["baseline"], "planted-gated-random")
+    write_random_init(tmp_path / "baseline", tables["baseline"])
     gated = write_run(tmp_path / "gated", tables["gated"], "planted-gated", baseline="../baseline")
     table = claims(partial, gated).set_index("claim")
     for claim, value in BASELINE.items():
@@ -357,7 +368,8 @@ def _baseline_like_trained(t, *columns, table="channels"):
 
 def _roles_in_baseline_too(t):
     _baseline_like_trained(t, "auc_hole", "q_hole", "auc_sketch", "q_sketch")
-    _baseline_like_trained(t, "auc", "q_value", "trivial_auc", table="labels")
+    _baseline_like_trained(t, "auc", "q_value", "trivial_auc", "joint_trivial_auc", "joint_difference_low",
+                           table="labels")
 
 
 # Each break: (claim, what is planted instead, the change of the planted tables, the claim's value
@@ -410,6 +422,10 @@ BREAKS = [
      lambda t: _set(t["gated"]["labels"], {"label": "sky"}, q_value=0.06), 0.0, set()),
     ("G4", "a trivial feature separates the class as well as the gate",
      lambda t: _set(t["gated"]["labels"], {"label": "sky"}, trivial_auc=0.78), 0.0, set()),
+    ("G4", "colour, texture and position together separate the class as well as the gate",
+     lambda t: _set(t["gated"]["labels"], {"label": "sky"}, joint_trivial_auc=0.78), 0.0, set()),
+    ("G4", "the gate beats the joint baseline by the margin, but its image-group interval reaches 0",
+     lambda t: _set(t["gated"]["labels"], {"label": "sky"}, joint_difference_low=-0.001), 0.0, set()),
     ("G4", "the random-init baseline has the same roles", _roles_in_baseline_too, 0.25, {"G5"}),
 ]
 

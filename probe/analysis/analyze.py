@@ -18,7 +18,7 @@ from ..rundir.files import write_table
 from ..rundir.folder import run_lock, write_manifest
 from ..rundir.run import Run, load_run
 from .attribution import attribute_channels
-from .controls import label_null
+from .controls import label_null, linked_baseline
 from .embedding import channel_embedding
 from .interventions import ablation, sketch_intervention, strongest_channels
 
@@ -35,6 +35,8 @@ def model_of_run(run: Run, allow_import_models: bool = False, trust_pickle: bool
 
     info = run.manifest["model"]
     source = info.get("source")
+    if source == "random-init" and isinstance(info.get("config"), dict) and isinstance(info.get("seed"), int):
+        return _random_init_of_run(run, info)
     if not source or not isinstance(source, str) or source in ("random-init", "python object"):
         raise RunError(f"{run.name}: its model ({source}) cannot be rebuilt from the manifest; pass it again with "
                        "--model (or the model object to probe.analyze(run, model=...))")
@@ -60,6 +62,21 @@ def model_of_run(run: Run, allow_import_models: bool = False, trust_pickle: bool
     return model
 
 
+def _random_init_of_run(run: Run, info: dict) -> nn.Module:
+    """The random-init model a run recorded, drawn again from its registry name, config and weight
+    seed (``record --with-baseline`` writes them), checked to have the recorded weights."""
+    from ..errors import GateprobeError
+    from ..recording.loop import random_twin
+
+    try:
+        model = random_twin(str(info.get("name")), info["config"], info["seed"])
+    except (GateprobeError, TypeError, ValueError) as err:
+        raise RunError(f"{run.name}: its random-init model ({info.get('name')}, seed {info['seed']}) cannot be "
+                       f"built again ({err}); pass it with --model") from None
+    check_weights(run, model)
+    return model
+
+
 def check_weights(run: Run, model: nn.Module) -> None:
     """Refuse a model whose weights are not those the run recorded (its numbers would be another model's)."""
     from ..recording.manifest import weights_sha256
@@ -74,7 +91,7 @@ def analyze(run: Run | str | Path, model: nn.Module | None = None, n: int = 64, 
             per_role: int = 3, sketch: bool = True, ablate: bool = True, attribute: bool = True,
             attribution_images: int = 8, attribution_steps: int = 16, progress: bool = True,
             model_spec: str | None = None, allow_import_models: bool = False, trust_pickle: bool = False,
-            null: int = 0, device: str | None = None) -> Run:
+            null: int = 0, device: str | None = None, baseline: bool = True) -> Run:
     """Add ``embedding``, ``interventions`` (sketch on/off), ``ablation`` and ``attributions``
     tables to a gated run (partial runs get none: they have no gate channels), and with ``null``
     > 0 the ``null`` table: role counts under that many label-shuffle draws (each a recording of
@@ -82,8 +99,17 @@ def analyze(run: Run | str | Path, model: nn.Module | None = None, n: int = 64, 
 
     The model: ``model``; else ``model_spec`` (``--model``, resolved and checked to have the
     recorded weights); else rebuilt from the manifest by :func:`model_of_run`, which imports code
-    named there only with ``allow_import_models`` and reads pickle files only with ``trust_pickle``."""
+    named there only with ``allow_import_models`` and reads pickle files only with ``trust_pickle``.
+
+    With ``baseline`` (the default), the random-init twin that ``record --with-baseline`` linked is
+    analysed the same way (its weights drawn again from the seed its manifest records), so that the
+    G2 row has a control: the sketch intervention on the twin."""
     run = load_run(run) if not isinstance(run, Run) else run
+    twin = linked_baseline(run) if baseline else None
+    if twin is not None and twin.manifest["model"].get("source") == "random-init":
+        analyze(twin, n=n, batch_size=batch_size, per_role=per_role, sketch=sketch, ablate=ablate, attribute=attribute,
+                attribution_images=attribution_images, attribution_steps=attribution_steps, progress=progress,
+                null=null, device=device, baseline=False)
     check_count("--n", n, 1)
     check_count("--batch-size", batch_size, 1)
     check_count("--per-role", per_role, 0)

@@ -14,7 +14,7 @@ import pandas as pd
 from ..errors import RunError
 from ..rundir.roles import DEFAULT_RULE, ROLE_COLUMNS, RoleRule, assign_roles, has_role
 from ..rundir.run import Run
-from .controls import compared, exceeds
+from .controls import check_baseline, compared, exceeds, linked_baseline
 from .summary import partial_layer_summary
 
 SUPPORTED, NOT_SUPPORTED, NOT_APPLICABLE, NO_CONTROL = "supported", "not supported", "not applicable", "no control"
@@ -33,9 +33,19 @@ STATEMENTS = {
 }
 
 
-def _row(claim, measurement, value, verdict, evidence, rule, ci=(np.nan, np.nan)) -> dict:
+NAN_CI = (np.nan, np.nan)
+COLUMNS = ("claim", "statement", "measurement", "value", "value_low", "value_high", "baseline", "difference",
+           "difference_low", "difference_high", "verdict", "evidence", "rule")
+
+
+def _row(claim, measurement, value, verdict, evidence, rule, value_ci=NAN_CI, baseline=np.nan, difference=np.nan,
+         difference_ci=NAN_CI) -> dict:
+    """One row of the table: the trained (or only) run's ``value`` and its 95% interval, the
+    control's value, and the trained-minus-control ``difference`` with its own 95% interval."""
     return {"claim": claim, "statement": STATEMENTS[claim], "measurement": measurement, "value": value,
-            "ci_low": ci[0], "ci_high": ci[1], "verdict": verdict, "evidence": evidence, "rule": rule}
+            "value_low": value_ci[0], "value_high": value_ci[1], "baseline": baseline, "difference": difference,
+            "difference_low": difference_ci[0], "difference_high": difference_ci[1], "verdict": verdict,
+            "evidence": evidence, "rule": rule}
 
 
 def _verdict(ok: bool) -> str:
@@ -103,9 +113,9 @@ def _controlled(claim: str, measurement: str, result: dict, holds: bool, evidenc
         verdict = NO_CONTROL
     else:
         verdict = _verdict(holds and exceeds(result))
-        evidence += f"; baseline {baseline.name}: {result['baseline']:.4g} (difference {result['difference']:+.4g})"
-    row = _row(claim, measurement, result["value"], verdict, evidence, rule + CONTROL_RULE, result["ci"])
-    return row | {"baseline": result["baseline"], "difference": result["difference"]}
+        evidence += f"; control: {baseline.name}"
+    return _row(claim, measurement, result["value"], verdict, evidence, rule + CONTROL_RULE, result["value_ci"],
+                result["baseline"], result["difference"], result["difference_ci"])
 
 
 CONTROL_RULE = ("; and the trained minus random-init baseline difference has a 95% interval above 0 "
@@ -202,8 +212,8 @@ def _g2(run: Run, baseline: Run | None) -> dict:
     strongest = gates.loc[gates.delta.abs().idxmax()]
     significant = int((gates.q_value < 0.05).sum())
     out = inter[inter.quantity == "hole_l1"].iloc[0]
-    result = {"value": float(out.delta), "baseline": float("nan"), "difference": float("nan"),
-              "ci": (float(out.ci_low), float(out.ci_high))}
+    result = {"value": float(out.delta), "value_ci": (float(out.ci_low), float(out.ci_high)),
+              "baseline": float("nan"), "difference": float("nan"), "difference_ci": NAN_CI}
     evidence = (f"{significant} channels changed (q < 0.05), strongest {strongest.layer} channel "
                 f"{int(strongest.channel)} {strongest.delta:+.3f}")
     base = baseline.table("interventions") if baseline is not None else None
@@ -212,7 +222,8 @@ def _g2(run: Run, baseline: Run | None) -> dict:
         # independent runs on the same images: half-widths add in quadrature (normal approximation)
         half = np.hypot((out.ci_high - out.ci_low) / 2, (other.ci_high - other.ci_low) / 2)
         difference = float(out.delta - other.delta)
-        result.update(baseline=float(other.delta), difference=difference, ci=(difference - half, difference + half))
+        result.update(baseline=float(other.delta), difference=difference,
+                      difference_ci=(difference - half, difference + half))
     elif baseline is not None:
         evidence += f"; the baseline {baseline.name} has no sketch intervention (run gateprobe analyze on it)"
         baseline = None
@@ -260,21 +271,10 @@ def claims(run_a: Run, run_b: Run, rule: RoleRule = DEFAULT_RULE, baseline: Run 
     rows.append(_row("P5", "the partial model's sketch input (accepts_sketch)", float(accepts), _verdict(not accepts),
                      f"{run_partial.manifest['model']['name']} accepts_sketch={accepts}",
                      "supported if the model has no sketch input"))
-    rows += gated_claims(run_gated, rule, baseline if baseline is not None else linked_baseline(run_gated))
-    frame = pd.DataFrame(rows)
+    baseline = baseline if baseline is not None else linked_baseline(run_gated)
+    if baseline is not None:
+        check_baseline(run_gated, baseline)
+    rows += gated_claims(run_gated, rule, baseline)
+    frame = pd.DataFrame(rows, columns=list(COLUMNS))
     order = {c: i for i, c in enumerate(STATEMENTS)}
     return frame.sort_values("claim", key=lambda s: s.map(order), ignore_index=True)
-
-
-def linked_baseline(run: Run) -> Run | None:
-    """The baseline run that ``record --with-baseline`` linked in ``run``'s manifest, if it exists."""
-    from ..rundir.run import load_run
-
-    link = run.manifest.get("baseline")
-    if not link:
-        return None
-    path = (run.path / link) if not Path(link).is_absolute() else Path(link)
-    try:
-        return load_run(path)
-    except RunError:
-        return None

@@ -14,6 +14,9 @@ from typing import Callable
 
 import numpy as np
 
+from ..errors import RunError
+from ..rundir.run import Run, load_run
+
 N_BOOT = 2000
 LEVEL = 0.95
 
@@ -39,21 +42,23 @@ def interval(samples: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
 
 
 def compared(trained: np.ndarray, baseline: np.ndarray | None, statistic: Callable[[np.ndarray], float]) -> dict:
-    """The trained value, the baseline value (NaN without one), their difference and the 95%
-    interval of the difference (of the trained value alone without a baseline)."""
+    """The trained value with its 95% interval (``value_ci``), the baseline value, their
+    difference and the difference's 95% interval (``difference_ci``); NaN for the baseline's parts
+    without one."""
     value = float(statistic(np.asarray(trained)))
     boot_trained = bootstrap_statistic(trained, statistic, seed=1)
+    result = {"value": value, "value_ci": interval(boot_trained), "baseline": float("nan"),
+              "difference": float("nan"), "difference_ci": (float("nan"), float("nan"))}
     if baseline is None:
-        lo, hi = interval(boot_trained)
-        return {"value": value, "baseline": float("nan"), "difference": float("nan"), "ci": (lo, hi)}
+        return result
     base = float(statistic(np.asarray(baseline)))
-    lo, hi = interval(boot_trained - bootstrap_statistic(baseline, statistic, seed=2))
-    return {"value": value, "baseline": base, "difference": value - base, "ci": (lo, hi)}
+    difference_ci = interval(boot_trained - bootstrap_statistic(baseline, statistic, seed=2))
+    return result | {"baseline": base, "difference": value - base, "difference_ci": difference_ci}
 
 
 def exceeds(result: dict) -> bool:
     """Whether the interval of the difference lies above zero (the claimed direction)."""
-    return bool(np.isfinite(result["difference"]) and result["ci"][0] > 0)
+    return bool(np.isfinite(result["difference"]) and result["difference_ci"][0] > 0)
 
 
 class ShuffledLabels:
@@ -111,3 +116,40 @@ def label_null(model, run, draws: int, progress: bool = True):
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return pd.DataFrame(rows)
+
+
+def linked_baseline(run: Run) -> Run | None:
+    """The baseline run that ``record --with-baseline`` linked in ``run``'s manifest, if it exists."""
+    link = run.manifest.get("baseline")
+    if not link:
+        return None
+    path = (run.path / link) if not Path(link).is_absolute() else Path(link)
+    try:
+        return load_run(path)
+    except RunError:
+        return None
+
+
+def check_baseline(run: Run, baseline: Run) -> None:
+    """Refuse (:class:`RunError`, one line) a ``baseline`` that is not a control of ``run``: the run
+    itself, weights that are not a random initialisation, another architecture (model class,
+    config, parameter count, recorded layers), other data or other record settings."""
+    mine, theirs = run.manifest, baseline.manifest
+    fix = "record the control with `gateprobe record ... --with-baseline` (or --random-init with the same settings)"
+    if baseline.path.resolve() == run.path.resolve() or (
+            theirs["model"].get("weights_sha256") == mine["model"].get("weights_sha256")):
+        raise RunError(f"--baseline {baseline.name}: it is {run.name} itself (the same weights), not a control; {fix}")
+    if theirs["model"].get("source") != "random-init":
+        raise RunError(f"--baseline {baseline.name}: its weights are not a random initialisation (model source "
+                       f"{theirs['model'].get('source')!r}); a control is the random-init twin; {fix}")
+    model_keys = [k for k in ("class", "config", "parameters") if k in theirs["model"] and k in mine["model"]]
+    differ = [k for k in model_keys if theirs["model"][k] != mine["model"][k]]
+    if differ or theirs.get("layers") != mine.get("layers"):
+        what = ", ".join(f"{k} {theirs['model'][k]!r} vs {mine['model'][k]!r}" for k in differ) or "other layers"
+        raise RunError(f"--baseline {baseline.name}: another architecture than {run.name} ({what}); {fix}")
+    for part, name in (("data", "data set"), ("settings", "record settings")):
+        if theirs.get(part) != mine.get(part):
+            keys = sorted(k for k in set(theirs.get(part) or {}) | set(mine.get(part) or {})
+                          if (theirs.get(part) or {}).get(k) != (mine.get(part) or {}).get(k))
+            raise RunError(f"--baseline {baseline.name}: another {name} than {run.name} (differs in "
+                           f"{', '.join(keys)}); {fix}")

@@ -179,7 +179,8 @@ def markdown_summary(runs: list[Run], claims: pd.DataFrame | None, title: str) -
         if row["metrics"]:
             parts += ["", _md_table(pd.DataFrame(row["metrics"]).round(4)), ""]
     if claims is not None:
-        columns = ["claim", "verdict", "value", "baseline", "difference", "ci_low", "ci_high", "measurement", "evidence"]
+        columns = ["claim", "verdict", "value", "value_low", "value_high", "baseline", "difference", "difference_low",
+                   "difference_high", "measurement", "evidence"]
         parts += ["", "## Claims", "", CLAIMS_NOTE, "", _md_table(claims.reindex(columns=columns)), ""]
         for run in runs:
             if not run.channels.empty:

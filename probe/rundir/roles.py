@@ -8,12 +8,14 @@ channel is
 * ``is_sketch`` if ``auc_sketch >= 0.5 + min_effect`` and ``q_sketch < alpha`` (inside the hole,
   higher on sketch strokes),
 * ``semantic_label`` = its best label among those with ``auc >= 0.5 + min_effect``,
-  ``q_value < alpha`` and ``auc >= trivial_auc + trivial_margin`` (default 0.05): the gate is higher
-  on that class than on the rest, *and* separates it better than the best trivial input feature
-  at the layer's resolution (mean colour, local variance, row, column; ``labels.trivial_auc``).
-  Sky at the top of every image is found by the row alone: that is position, not semantics. A run
-  without trivial-feature statistics (``trivial_auc`` NaN) has no semantic channels (no control).
-  ``""`` otherwise.
+  ``q_value < alpha``, ``auc >= max(trivial_auc, joint_trivial_auc) + trivial_margin`` (default
+  0.05) and ``joint_difference_low > 0``: the gate is higher on that class than on the rest, *and*
+  separates it better than the best single trivial input feature at the layer's resolution (mean
+  colour, local variance, row, column; ``labels.trivial_auc``) and than all six together
+  (``labels.joint_trivial_auc``, :mod:`probe.stats.joint`) by the margin, with the 95% image-group
+  interval of ``auc - joint_trivial_auc`` above 0. Sky at the top of every image is found by the
+  row alone, and yellow by R + G - 2B: that is position and colour, not semantics. A run without
+  these controls (NaN) has no semantic channels (no control). ``""`` otherwise.
 
 These tidy columns are what code reads. ``role`` is only for display: the roles joined with ``+``
 in the order above (``hole+semantic:sky``), ``none`` when there is none. A class may be called
@@ -50,8 +52,8 @@ class RoleRule:
         return 0.5 - self.min_effect
 
     def describe(self) -> str:
-        return (f"effect AUC >= {self.high:.2g} and q < {self.alpha:g}; semantic also >= the best trivial feature's "
-                f"AUC + {self.trivial_margin:g}")
+        return (f"effect AUC >= {self.high:.2g} and q < {self.alpha:g}; semantic also >= the trivial features' AUC "
+                f"(best single and joint) + {self.trivial_margin:g}, the interval of the joint difference above 0")
 
 
 DEFAULT_RULE = RoleRule()
@@ -64,15 +66,24 @@ def assign_roles(channels: pd.DataFrame, labels: pd.DataFrame, rule: RoleRule = 
     roles["is_hole"] = ((channels.auc_hole >= rule.high) & hole_test).to_numpy()
     roles["is_valid"] = ((channels.auc_hole <= rule.low) & hole_test).to_numpy()
     roles["is_sketch"] = ((channels.auc_sketch >= rule.high) & (channels.q_sketch < rule.alpha)).to_numpy()
-    trivial = labels.trivial_auc if "trivial_auc" in labels else np.nan  # runs before the control: none
-    semantic = labels[(labels.auc >= rule.high) & (labels.q_value < rule.alpha)
-                      & (labels.auc >= trivial + rule.trivial_margin)]
+    semantic = labels[(labels.auc >= rule.high) & (labels.q_value < rule.alpha) & beats_trivial(labels, rule)]
     best = semantic.sort_values("auc", ascending=False).drop_duplicates(["layer", "channel"])
     best_label = dict(zip(zip(best.layer, best.channel), best.label))
     roles["semantic_label"] = np.array([best_label.get(key, "") for key in zip(channels.layer, channels.channel)],
                                        dtype=object)
     roles["role"] = [role_text(*row) for row in roles.itertuples(index=False)]
     return roles
+
+
+def beats_trivial(labels: pd.DataFrame, rule: RoleRule = DEFAULT_RULE) -> pd.Series:
+    """Whether each row of ``labels`` separates its label better than the trivial features explain:
+    by ``rule.trivial_margin`` over the best single one and over the joint baseline, with the joint
+    difference's interval above 0. False where a control is missing (runs recorded before it)."""
+    if not {"trivial_auc", "joint_trivial_auc", "joint_difference_low"} <= set(labels.columns):
+        return pd.Series(False, index=labels.index)
+    control = np.fmax(labels.trivial_auc, labels.joint_trivial_auc)
+    return ((labels.auc >= control + rule.trivial_margin) & labels.trivial_auc.notna()
+            & labels.joint_trivial_auc.notna() & (labels.joint_difference_low > 0))
 
 
 def role_text(is_hole: bool, is_valid: bool, is_sketch: bool, semantic_label: str) -> str:

@@ -24,7 +24,7 @@ def new_layer_stats(sites, n_labels: int, settings: RecordSettings, binnings: di
     binnings = {name: b.to(device) for name, b in (binnings or {}).items()}
     with torch.device(device):  # every accumulator the constructors allocate
         return {s.name: GatedLayerStats(s, n_labels, settings.bins, settings.groups, *DEFAULT_LOGIT_RANGE,
-                                        binning=binnings.get(s.name))
+                                        binning=binnings.get(s.name), quantile=settings.quantile)
                 if s.kind == "gated" else PartialLayerStats(s, settings.groups) for s in sites}
 
 

@@ -14,7 +14,13 @@ and the display string ``role`` (:mod:`probe.rundir.roles`).
 
 labels: ``auc`` (label vs the rest), ``iou`` (Network Dissection: gate above ``threshold`` vs the
 label), ``threshold``, ``mean_in``, ``mean_out``, ``pixels`` (label pixels at that resolution),
-``p_value``, ``q_value`` (BH across all (layer, channel, label) tests).
+``p_value``, ``q_value`` (BH across all (layer, channel, label) tests). The controls of a semantic
+role, at the layer's resolution: ``trivial_auc`` and ``trivial_feature`` (the best single trivial
+input feature, ``max(AUC, 1 - AUC)``); ``joint_trivial_auc`` (the six trivial features together:
+the cross-fitted histogram classifier of :mod:`probe.stats.joint`); ``joint_difference`` (``auc -
+joint_trivial_auc``) and its 95% interval over image groups ``joint_difference_low`` /
+``joint_difference_high`` (cluster-robust, from the per-group rank sums of the gate and of the
+joint score; NaN with fewer than 3 groups or without the controls).
 """
 from __future__ import annotations
 
@@ -22,11 +28,13 @@ import numpy as np
 import pandas as pd
 
 from ..stats.diversity import gate_covariance, participation_ratio
-from ..stats.layer_stats import TRIVIAL_FEATURES, GatedLayerStats, PartialLayerStats
+from ..stats.joint import joint_control
+from ..stats.layer_stats import TRIVIAL_FEATURES, GatedLayerStats, PartialLayerStats, controls_of
 from ..stats.readouts import (auc_error_bound, auc_from_cells, auc_from_histograms, iou_from_cells, mass_above,
                               sigmoid, top_quantile_threshold)
 from ..stats.regions import BORDER, FAR, HOLE, HOLE_PLAIN, HOLE_SKETCH, VALID
-from ..stats.significance import bh_qvalues, difference_effects, group_t_test, label_effects
+from ..stats.significance import (bh_qvalues, difference_effects, difference_interval, group_t_test, label_effects,
+                                  rank_influence)
 from .roles import assign_roles
 
 
@@ -70,12 +78,17 @@ def channel_and_label_tables(stats: dict, order: list[str], classes: list[str], 
                              ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The ``channels`` and ``labels`` tables of every gated layer (see the module docstring)."""
     channel_frames, label_frames = [], []
+    controls, joint = controls_of(stats), {}
     for name in order:
         s = stats[name]
         if not isinstance(s, GatedLayerStats):
             continue
         channel_frames.append(_channels_of_layer(name, s, quantile))
-        label_frames.append(_labels_of_layer(name, s, classes, channel_frames[-1].threshold_logit.to_numpy()))
+        owner = controls[name]
+        if id(owner) not in joint:  # one read-out per resolution
+            joint[id(owner)] = joint_control(owner.joint) if len(owner.joint) else None
+        label_frames.append(_labels_of_layer(name, s, classes, channel_frames[-1].threshold_logit.to_numpy(),
+                                             owner.trivial, joint[id(owner)]))
     if not channel_frames:  # no gated layer: empty tables that still carry their columns
         return _empty(CHANNEL_COLUMNS), _empty(LABEL_COLUMNS)
     channels = pd.concat(channel_frames, ignore_index=True)
@@ -140,7 +153,8 @@ def _soft_fraction(counts: np.ndarray, edges: np.ndarray) -> np.ndarray:
     return inside / counts.sum(-1)
 
 
-def _labels_of_layer(name: str, s: GatedLayerStats, classes: list[str], threshold_logit: np.ndarray) -> pd.DataFrame:
+def _labels_of_layer(name: str, s: GatedLayerStats, classes: list[str], threshold_logit: np.ndarray, trivial,
+                     joint) -> pd.DataFrame:
     lab = s.labels
     counts, moments = lab.counts_.cpu().numpy(), lab.moments_.cpu().numpy()  # [L, C, cells]
     total = lab.total_.cpu().numpy()  # [C, bins], every labelled pixel
@@ -150,7 +164,8 @@ def _labels_of_layer(name: str, s: GatedLayerStats, classes: list[str], threshol
     n_labels, n_channels = counts.shape[:2]
     bounds = lab.bounds.cpu().numpy()
     auc, auc_error = auc_from_cells(counts, moments, total, bounds)
-    trivial_auc, trivial_feature = _trivial_control(s.trivial)
+    trivial_auc, trivial_feature = _trivial_control(trivial)
+    joint_auc, difference, low, high = _joint_control(lab, auc, joint)
     iou = iou_from_cells(counts, moments, total, bounds, edges, threshold_logit)
     mean_in = _ratio(sums, pixels[:, None])
     mean_out = _ratio(sums.sum(0)[None] - sums, (pixels.sum() - pixels)[:, None])
@@ -162,6 +177,9 @@ def _labels_of_layer(name: str, s: GatedLayerStats, classes: list[str], threshol
         "auc": auc.ravel(), "auc_error": auc_error.ravel(), "auc_error_flag": auc_error.ravel() > AUC_ERROR_FLAG,
         "trivial_auc": np.repeat(trivial_auc[:, None], n_channels, 1).ravel(),
         "trivial_feature": np.repeat(trivial_feature[:, None], n_channels, 1).ravel(),
+        "joint_trivial_auc": np.repeat(joint_auc[:, None], n_channels, 1).ravel(),
+        "joint_difference": difference.ravel(), "joint_difference_low": low.ravel(),
+        "joint_difference_high": high.ravel(),
         "iou": iou.ravel(),
         "threshold": np.repeat((sigmoid(threshold_logit) if binned_by_logit(s) else threshold_logit)[None], n_labels,
                                0).ravel(),
@@ -171,6 +189,25 @@ def _labels_of_layer(name: str, s: GatedLayerStats, classes: list[str], threshol
 
 
 AUC_ERROR_FLAG = 0.005  # labels.auc_error_flag: the binning may move this AUC by more than this
+
+
+def _joint_control(lab, auc: np.ndarray, joint) -> tuple[np.ndarray, ...]:
+    """The joint trivial baseline of one layer: its AUC per label ``[L]``, and ``auc - joint``
+    ``[L, C]`` with its 95% image-group interval (low, high). The gate's per-group influence comes
+    from its bin ranks (:meth:`~probe.stats.binning.Binning.rank_table`), the joint score's from its
+    pooled mid-ranks; both are the linearisations of ``0.5 + mean rank in - mean rank out``."""
+    n_labels, n_channels = auc.shape
+    if joint is None:
+        nan = np.full((n_labels, n_channels), np.nan)
+        return np.full(n_labels, np.nan), nan, nan, nan
+    ranks, pixels = (t.cpu().numpy() for t in lab.dense_sums(ranks=True))  # [G, L, C], [G, L]
+    pixels = pixels.astype(np.float64)
+    gate = rank_influence(ranks, pixels[..., None], ranks.sum(1, keepdims=True), pixels.sum(1)[:, None, None])
+    control = rank_influence(joint.ranks, joint.pixels, joint.total_ranks, joint.total_pixels[:, None])
+    difference = auc - joint.auc[:, None]
+    groups = int((joint.total_pixels > 0).sum())
+    low, high = difference_interval(difference, gate - control[..., None], groups)
+    return joint.auc, difference, low, high
 
 
 def _trivial_control(trivial) -> tuple[np.ndarray, np.ndarray]:
@@ -226,7 +263,8 @@ CHANNEL_COLUMNS = {"layer": object, "channel": np.int64, **{c: np.float64 for c 
     "is_hole": bool, "is_valid": bool, "is_sketch": bool, "semantic_label": object, "role": object}
 LABEL_COLUMNS = {"layer": object, "channel": np.int64, "label_id": np.int64, "label": object,
                  **{c: np.float64 for c in ("auc", "auc_error")}, "auc_error_flag": bool, "trivial_auc": np.float64,
-                 "trivial_feature": object, **{c: np.float64 for c in ("iou", "threshold", "mean_in", "mean_out")},
+                 "trivial_feature": object, **{c: np.float64 for c in ("joint_trivial_auc", "joint_difference",
+                                                                       "joint_difference_low", "joint_difference_high")}, **{c: np.float64 for c in ("iou", "threshold", "mean_in", "mean_out")},
                  "pixels": np.int64, "p_value": np.float64, "q_value": np.float64}
 EVOLUTION_COLUMNS = {"layer": object, "depth": np.int64, "height": np.int64, "width": np.int64, "images": np.int64,
                      **{c: np.float64 for c in ("valid_fraction", "valid_fraction_std", "valid_fraction_predicted",

@@ -123,6 +123,22 @@ class Binning:
         s0, s1 = self.starts.gather(1, k).double(), self.starts.gather(1, k + 1).double()
         return k0 + (k1 - k0) * (j - s0) / (s1 - s0)
 
+    def rank_table(self, quantile: float) -> Tensor:
+        """float64 ``[C, bins]``: each bin's rank in (0, 1), the calibrated CDF at its middle. A binning
+        cut at :func:`segment_levels` of ``quantile`` holds the mass between two levels in each
+        segment, spread evenly over its bins; any other binning (one uniform segment) ranks its bins
+        evenly. The image-group intervals of AUCs sum these ranks (``0.5 + mean rank inside -
+        mean rank outside`` is the AUC when the ranks are the pooled CDF)."""
+        levels = segment_levels(quantile)
+        if self.segments != len(levels) + 1:
+            levels = tuple(k / self.segments for k in range(1, self.segments))
+        mass = torch.tensor((0.0, *levels, 1.0), dtype=torch.float64, device=self.knots.device)
+        j = torch.arange(self.bins, dtype=torch.float64, device=self.knots.device) + 0.5
+        k = (torch.searchsorted(self.starts.double().contiguous(), j.expand(self.channels, -1).contiguous(),
+                                right=True) - 1).clamp(0, self.segments - 1)
+        s0, s1 = self.starts.gather(1, k).double(), self.starts.gather(1, k + 1).double()
+        return mass[k] + (mass[k + 1] - mass[k]) * (j - s0) / (s1 - s0)
+
     @property
     def lo(self) -> Tensor:
         return self.knots[:, 0]

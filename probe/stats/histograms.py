@@ -138,9 +138,12 @@ class LabelCellHistogram:
     the same ones and ``merge`` adds integers exactly. Counts and moments are int32 while the
     labelled pixels seen (times ``w``) cannot overflow one, then promoted to int64.
 
-    Per-(image group, label) gate sums (the t-test and ``mean_in``/``mean_out``) are kept only for
-    pairs that occurred: ``slot_of_`` ``[G, L]`` (int64, -1 = none), ``slot_sums_`` ``[S, C]``
-    float64, ``slot_pixels_`` ``[S]`` int64; at worst (every label in every group) ``G*L*C``.
+    Per-(image group, label) gate sums (the t-test and ``mean_in``/``mean_out``) and sums of the
+    pixels' bin ranks (:meth:`~probe.stats.binning.Binning.rank_table`: the image-group interval of
+    an AUC) are kept only for pairs that occurred: ``slot_of_`` ``[G, L]`` (int64, -1 = none),
+    ``slot_sums_`` and ``slot_ranks_`` ``[S, C]`` float64, ``slot_pixels_`` ``[S]`` int64; at worst
+    (every label in every group) ``2*G*L*C``. A state saved before the ranks were kept reads them
+    as NaN (no interval).
     """
 
     def __init__(self, channels: int, labels: int, binning: Binning, groups: int = 1, cells: int | None = None):
@@ -156,6 +159,7 @@ class LabelCellHistogram:
         self.total_ = torch.zeros(channels, bins, dtype=torch.int64, device=device)
         self.slot_of_ = torch.full((groups, labels), -1, dtype=torch.int64, device=device)  # -1: no slot yet
         self.slot_sums_ = torch.zeros(0, channels, dtype=torch.float64, device=device)
+        self.slot_ranks_ = torch.zeros(0, channels, dtype=torch.float64, device=device)
         self.slot_pixels_ = torch.zeros(0, dtype=torch.int64, device=device)
         self.slot_keys_ = torch.zeros(0, 2, dtype=torch.int64, device=device)  # (group, label) of each slot
         fine = torch.arange(bins, dtype=torch.int64, device=device)
@@ -168,6 +172,7 @@ class LabelCellHistogram:
             self.slot_keys_ = torch.stack([g.reshape(-1), lab.reshape(-1)], 1)
             self.slot_of_ = torch.arange(groups * labels, dtype=torch.int64, device=device).view(groups, labels)
             self.slot_sums_ = torch.zeros(groups * labels, channels, dtype=torch.float64, device=device)
+            self.slot_ranks_ = torch.zeros_like(self.slot_sums_)
             self.slot_pixels_ = torch.zeros(groups * labels, dtype=torch.int64, device=device)
 
     # ------------------------------------------------------------------ accumulate
@@ -204,12 +209,14 @@ class LabelCellHistogram:
         self.slot_of_[keys[:, 0], keys[:, 1]] = torch.arange(first, first + len(keys), dtype=torch.int64,
                                                              device=self.slot_of_.device)
         self.slot_keys_ = torch.cat([self.slot_keys_, keys])
-        self.slot_sums_ = torch.cat([self.slot_sums_, torch.zeros(len(keys), self.channels, dtype=torch.float64,
-                                                                  device=self.slot_sums_.device)])
+        empty = torch.zeros(len(keys), self.channels, dtype=torch.float64, device=self.slot_sums_.device)
+        self.slot_sums_ = torch.cat([self.slot_sums_, empty])
+        self.slot_ranks_ = torch.cat([self.slot_ranks_, empty])
         self.slot_pixels_ = torch.cat([self.slot_pixels_, torch.zeros(len(keys), dtype=torch.int64,
                                                                       device=self.slot_pixels_.device)])
-    def add_sums(self, present: Tensor, group: Tensor, sums: Tensor, pixels: Tensor) -> None:
-        """Per-image ``sums`` ``[B, P, C]`` and ``pixels`` ``[B, P]`` of the present labels, ``group`` ``[B]``."""
+    def add_sums(self, present: Tensor, group: Tensor, sums: Tensor, pixels: Tensor, ranks: Tensor) -> None:
+        """Per-image gate ``sums``, rank sums ``ranks`` ``[B, P, C]`` and ``pixels`` ``[B, P]`` of the
+        present labels, ``group`` ``[B]``."""
         b_idx, p_idx = torch.nonzero(pixels > 0, as_tuple=True)
         if not len(b_idx):
             return
@@ -221,17 +228,18 @@ class LabelCellHistogram:
             self._add_slots(keys)
             slots = self.slot_of_[g, lab]
         self.slot_sums_.index_add_(0, slots, sums[b_idx, p_idx].double())
+        self.slot_ranks_.index_add_(0, slots, ranks[b_idx, p_idx])
         self.slot_pixels_.index_add_(0, slots, pixels[b_idx, p_idx].round().long())
 
     # ------------------------------------------------------------------ read
-    def dense_sums(self) -> tuple[Tensor, Tensor]:
-        """``sums`` ``[G, L, C]`` float64 and ``pixels`` ``[G, L]`` int64 (zeros where a label never
-        occurred in a group), for the read-outs of one layer."""
+    def dense_sums(self, ranks: bool = False) -> tuple[Tensor, Tensor]:
+        """``sums`` ``[G, L, C]`` float64 (of the gates, or of the ranks with ``ranks``) and ``pixels``
+        ``[G, L]`` int64 (zeros where a label never occurred in a group), for the read-outs of one layer."""
         sums = torch.zeros(self.groups, self.labels, self.channels, dtype=torch.float64, device=self.slot_sums_.device)
         pixels = torch.zeros(self.groups, self.labels, dtype=torch.int64, device=self.slot_sums_.device)
         if len(self.slot_keys_):
             g, lab = self.slot_keys_[:, 0], self.slot_keys_[:, 1]
-            sums[g, lab] = self.slot_sums_
+            sums[g, lab] = self.slot_ranks_ if ranks else self.slot_sums_
             pixels[g, lab] = self.slot_pixels_
         return sums, pixels
 
@@ -273,11 +281,13 @@ class LabelCellHistogram:
             self._add_slots(keys)
             slots = self.slot_of_[g, lab]
         self.slot_sums_.index_add_(0, slots, other.slot_sums_)
+        self.slot_ranks_.index_add_(0, slots, other.slot_ranks_)
         self.slot_pixels_.index_add_(0, slots, other.slot_pixels_)
 
     def state_dict(self) -> dict:
         return {"cell_counts": self.counts_, "cell_moments": self.moments_, "total": self.total_,
-                "slot_keys": self.slot_keys_, "slot_sums": self.slot_sums_, "slot_pixels": self.slot_pixels_,
+                "slot_keys": self.slot_keys_, "slot_sums": self.slot_sums_, "slot_ranks": self.slot_ranks_,
+                "slot_pixels": self.slot_pixels_,
                 "config": torch.tensor([self.channels, self.labels, self.bins, self.groups, self.cells], device="cpu"),
                 **self.binning.state_dict()}
 
@@ -289,6 +299,8 @@ class LabelCellHistogram:
         hist.total_ = state["total"].clone()
         hist.slot_of_.fill_(-1)
         hist.slot_keys_, hist.slot_sums_ = state["slot_keys"].clone().long(), state["slot_sums"].clone()
+        hist.slot_ranks_ = state["slot_ranks"].clone() if "slot_ranks" in state \
+            else torch.full_like(hist.slot_sums_, float("nan"))
         hist.slot_pixels_ = state["slot_pixels"].clone()
         if len(hist.slot_keys_):
             hist.slot_of_[hist.slot_keys_[:, 0], hist.slot_keys_[:, 1]] = torch.arange(

@@ -19,13 +19,15 @@ from torch import Tensor
 from ..errors import RunError
 from .binning import Binning
 from .histograms import ConditionedHistogram, LabelCellHistogram
+from .joint import JointTrivialCounts
 from .native import accumulate_gate_batch
 from .regions import REGIONS
 
-STATE_VERSION = 5  # 1: PartialLayerStats packed its scalars into one positional tensor (migrated on load);
+STATE_VERSION = 6  # 1: PartialLayerStats packed its scalars into one positional tensor (migrated on load);
 # 2: no trivial-feature histograms and no partial-layer mask moments (read as empty: no control, NaN);
 # 3: fine [labels, channels, bins] label histograms and dense [groups, labels, channels] sums (converted
-# exactly on load to version 4's cells and (group, label) slots); 4: one uniform segment per channel (lo, hi)
+# exactly on load to version 4's cells and (group, label) slots); 4: one uniform segment per channel (lo, hi);
+# 5: no rank sums (NaN: no image-group interval of AUCs) and no joint trivial counts (no joint control)
 TRIVIAL_FEATURES = ("mean_red", "mean_green", "mean_blue", "local_variance", "row", "column")
 TRIVIAL_RANGES = ((0.0, 0.0, 0.0, 0.0, 0.0, 0.0), (1.0, 1.0, 1.0, 0.25, 1.0, 1.0))  # (lo, hi) per feature
 VALID_FRACTION_BINS = 101  # per-image valid fraction in bins of 0.01; the last holds exactly 1.0
@@ -122,8 +124,11 @@ class GatedLayerStats:
     region (:class:`ConditionedHistogram`), label statistics of size labels x channels x cells
     (:class:`LabelCellHistogram`: updated only for the labels present in a batch), the
     channel-by-channel covariance of the gate maps (:class:`ChannelMoments` ``moments``) and the
-    same label statistics of the trivial input features at the layer's resolution (the control
-    for semantic roles).
+    controls for semantic roles at the layer's resolution: the label statistics of each trivial
+    input feature (``trivial``) and the joint counts of all six (``joint``,
+    :class:`~probe.stats.joint.JointTrivialCounts`). They depend on the resolution only, so the
+    first gated layer at a resolution keeps them (``owns_controls``) and the others read its ones
+    (:func:`controls_of`).
 
     One batch costs one pass over the logits that bins them (regions and labels share the
     binning) and counts them by region and present label
@@ -131,7 +136,7 @@ class GatedLayerStats:
     one-hot for every gate sum, and one ``bmm`` for the covariance."""
 
     def __init__(self, site, n_labels: int, bins: int, groups: int, lo: Tensor | float = -12.0,
-                 hi: Tensor | float = 12.0, binning: Binning | None = None):
+                 hi: Tensor | float = 12.0, binning: Binning | None = None, quantile: float = 0.005):
         self.site = site
         self.regions = ConditionedHistogram(site.channels, len(REGIONS), bins, lo, hi, groups, binning)
         device = self.regions.binning.knots.device
@@ -140,6 +145,9 @@ class GatedLayerStats:
         lo_t, hi_t = (torch.tensor(r, dtype=torch.float64, device=device) for r in TRIVIAL_RANGES)
         self.trivial = LabelCellHistogram(len(TRIVIAL_FEATURES), n_labels,
                                           Binning.uniform(len(TRIVIAL_FEATURES), lo_t, hi_t, bins), groups=1)
+        self.joint = JointTrivialCounts(n_labels, groups, device=device)
+        self.owns_controls: bool | None = None  # decided by the first batch (see controls_of)
+        self.rank_table = self.regions.binning.rank_table(quantile)  # [C, bins]
         self.moments = ChannelMoments(site.channels, device=device)
         self.size_: tuple[int, int] | None = None
 
@@ -149,24 +157,34 @@ class GatedLayerStats:
         self.size_ = (h, w)
         cond = _layer_conditions(ctx, self.size_)
         self.labels.before_add(cond.labelled)
-        accumulate_gate_batch(logits.reshape(b, c, h * w), self.regions.binning, region=cond.region,
-                              n_regions=len(REGIONS), region_counts=self.regions.counts_,
-                              **self.labels.targets(cond.compact, cond.present))
+        rank_sums = accumulate_gate_batch(logits.reshape(b, c, h * w), self.regions.binning, region=cond.region,
+                                          n_regions=len(REGIONS), region_counts=self.regions.counts_,
+                                          rank_table=self.rank_table, **self.labels.targets(cond.compact, cond.present))
         region_sums, label_sums = cond.sums(gates.reshape(b, c, h * w))
         self.regions.add_sums(region_sums, cond.region_pixels, ctx.group)
         if len(cond.present):
-            self.labels.add_sums(cond.present, ctx.group, label_sums, cond.label_pixels)
+            self.labels.add_sums(cond.present, ctx.group, label_sums, cond.label_pixels, rank_sums)
         self.moments.add(gates, channel_sum=region_sums.sum((0, 1)))  # every pixel is in one region
         features = ctx.trivial_features(self.size_)  # [B, F, h, w] or None (no image given)
-        if features is not None:
+        if features is None:
+            return
+        if self.owns_controls is None:  # the first layer at this resolution in the first batch keeps them
+            claimed = ctx._cache.setdefault(("controls-owner", self.size_), self.site.name)
+            self.owns_controls = claimed == self.site.name
+        if self.owns_controls:
+            features = features.reshape(b, len(TRIVIAL_FEATURES), h * w)
             self.trivial.before_add(cond.labelled)
-            accumulate_gate_batch(features.reshape(b, len(TRIVIAL_FEATURES), h * w), self.trivial.binning,
-                                  **self.trivial.targets(cond.compact, cond.present))
+            accumulate_gate_batch(features, self.trivial.binning, **self.trivial.targets(cond.compact, cond.present))
+            labels = torch.where(cond.compact >= 0, cond.present[cond.compact.long().clamp(min=0)], -1) \
+                if len(cond.present) else torch.full_like(cond.compact, -1, dtype=torch.int64)
+            self.joint.add(features, labels, ctx.group)
 
     def merge(self, other: "GatedLayerStats") -> None:
         self.regions.merge(other.regions)
         self.labels.merge(other.labels)
         self.trivial.merge(other.trivial)
+        self.joint.merge(other.joint)
+        self.owns_controls = self.owns_controls or other.owns_controls
         self.moments.merge(other.moments)
         self.size_ = self.size_ or other.size_
 
@@ -174,6 +192,9 @@ class GatedLayerStats:
         return {**{f"regions.{k}": v for k, v in self.regions.state_dict().items()},
                 **{f"labels.{k}": v for k, v in self.labels.state_dict().items()},
                 **{f"trivial.{k}": v for k, v in self.trivial.state_dict().items()},
+                **{f"joint.{k}": v for k, v in self.joint.state_dict().items()},
+                "owns_controls": torch.tensor(-1 if self.owns_controls is None else int(self.owns_controls),
+                                              device="cpu"),
                 "state_version": torch.tensor(STATE_VERSION, device="cpu"),
                 **self.moments.state_dict("moments"),
                 "size": torch.tensor(self.size_ or (0, 0), device="cpu")}
@@ -184,10 +205,27 @@ class GatedLayerStats:
         self.labels = _label_cells_from_state(_sub(state, "labels."))
         if "trivial.counts" in state or "trivial.cell_counts" in state:
             self.trivial = _label_cells_from_state(_sub(state, "trivial."))
+        if "joint.keys" in state:
+            self.joint = JointTrivialCounts.from_state_dict(_sub(state, "joint."))
+        # before version 6 every layer kept its own single-feature controls and none kept joint counts
+        owner = int(state["owns_controls"]) if "owns_controls" in state else 1
+        self.owns_controls = None if owner < 0 else bool(owner)
         if "comoment" in state:  # version <= 2 named the co-moment without the prefix
             state = {**state, "moments_comoment": state["comoment"]}
         self.moments.load_state_dict(state, "moments")
         self.size_ = tuple(int(v) for v in state["size"]) or None
+
+
+def controls_of(stats: dict) -> dict:
+    """Layer name -> the gated layer whose trivial-feature controls it reads: the layer that keeps
+    them at its resolution (``owns_controls``), or itself (runs of state version <= 5, where every
+    layer kept its own single-feature controls)."""
+    gated = {name: s for name, s in stats.items() if isinstance(s, GatedLayerStats)}
+    owners = {}
+    for name, s in gated.items():
+        if s.owns_controls:
+            owners.setdefault(s.size_, name)
+    return {name: gated[owners.get(s.size_, name)] if not s.owns_controls else s for name, s in gated.items()}
 
 
 def _label_cells_from_state(state: dict) -> LabelCellHistogram:
@@ -208,6 +246,7 @@ def _label_cells_from_state(state: dict) -> LabelCellHistogram:
         other.slot_of_.fill_(-1)
         other.slot_keys_ = torch.stack([g, lab], 1)
         other.slot_sums_, other.slot_pixels_ = sums[g, lab].double().clone(), pixels[g, lab].long().clone()
+        other.slot_ranks_ = torch.full_like(other.slot_sums_, float("nan"))
         hist._merge_slots(other)
     return hist
 

@@ -1,8 +1,10 @@
 """One pass over a gated layer's logit map: :func:`accumulate_gate_batch`.
 
 It bins every logit and counts it into the region histogram ``[R, C, bins]`` and into the label
-cells ``[L, C, cells]`` (with the fine total ``[C, bins]`` of the labelled pixels), in place (the
-gate sums per image and region or label are one matrix product, done by the caller). Two paths
+cells ``[L, C, cells]`` (with the fine total ``[C, bins]`` of the labelled pixels), in place, and,
+if asked, sums a per-bin rank (the calibrated CDF of the bin, :meth:`probe.stats.binning.Binning.rank_table`)
+over each image's pixels of each present label (the gate sums per image and region or label are one
+matrix product, done by the caller). Two paths
 with the same semantics:
 
 * ``"native"``: a C++ kernel (``native_kernel.cpp``) compiled on first use with
@@ -148,7 +150,7 @@ def accumulate_gate_batch(logits: Tensor, binning: Binning, *,
                           n_present: int = 0, label_rows: Tensor | None = None, cell_of_bin: Tensor | None = None,
                           offset_of_bin: Tensor | None = None, cell_counts: Tensor | None = None,
                           cell_moments: Tensor | None = None, total: Tensor | None = None,
-                          force_path: str | None = None) -> None:
+                          rank_table: Tensor | None = None, force_path: str | None = None) -> Tensor | None:
     """Accumulate one batch of a gated layer's counts in place.
 
     ``logits`` float32 ``[B, C, N]`` (or ``[B, C, h, w]``) binned by ``binning`` (``C`` channels, ``bins``).
@@ -157,8 +159,10 @@ def accumulate_gate_batch(logits: Tensor, binning: Binning, *,
     ``[-1, n_present)`` is given; -1: ignored pixel): for each labelled pixel ``cell_counts`` and
     ``cell_moments`` (both int32 or both int64, ``[L, C, cells]``) get 1 and ``offset_of_bin[c, bin]``
     at ``[label_rows[label], c, cell_of_bin[c, bin]]``, and ``total`` int64 ``[C, bins]`` gets 1 at
-    ``[c, bin]``. ``force_path``: ``"native"`` or ``"torch"`` (default: native for CPU tensors when
-    available).
+    ``[c, bin]``. With ``rank_table`` float64 ``[C, bins]`` (and labels) it returns float64
+    ``[B, P, C]``: the sum of ``rank_table[c, bin]`` over each image's pixels of each present label
+    (None otherwise). ``force_path``: ``"native"`` or ``"torch"`` (default: native for CPU tensors
+    when available).
     """
     if logits.dim() == 4:
         logits = logits.flatten(2)
@@ -193,17 +197,26 @@ def accumulate_gate_batch(logits: Tensor, binning: Binning, *,
                               0, cells)
         offset_of_bin = _need(offset_of_bin, "offset_of_bin", (torch.int64,), (c, bins))
         label_rows = label_rows.reshape(p)
+        if rank_table is not None:
+            _need(rank_table, "rank_table", (torch.float64,), (c, bins))
+            rank_table = rank_table.contiguous()
+    rank_sums = None
+    if label is not None and rank_table is not None:
+        rank_sums = torch.zeros(b, p, c, dtype=torch.float64, device=logits.device)
 
     chosen = force_path or path(logits.device)
     if chosen == "native":
         if logits.device.type != "cpu" or not native_available():
             raise RuntimeError("the native statistics kernel is unavailable here (CPU tensors only; is it built, "
                                "or is GATEPROBE_NATIVE=0?)")
-        return _native(logits.contiguous(), binning, region, region_counts, label, label_rows, cell_of_bin, offset_of_bin, cell_counts, cell_moments, total)
+        _native(logits.contiguous(), binning, region, region_counts, label, label_rows, cell_of_bin, offset_of_bin,
+                cell_counts, cell_moments, total, rank_table, rank_sums)
+        return rank_sums
     if chosen != "torch":
         raise ValueError(f"force_path must be None, 'native' or 'torch', not {force_path!r}")
-    return _torch(logits, binning, region, region_counts, r, label, p, ignored, label_rows,
-                  cell_of_bin, offset_of_bin, cell_counts, cell_moments, total)
+    _torch(logits, binning, region, region_counts, r, label, p, ignored, label_rows,
+           cell_of_bin, offset_of_bin, cell_counts, cell_moments, total, rank_table, rank_sums)
+    return rank_sums
 
 
 def _nan_error() -> NumericalError:
@@ -211,20 +224,20 @@ def _nan_error() -> NumericalError:
 
 
 def _native(logits, binning, region, region_counts, label, label_rows, cell_of_bin, offset_of_bin, cell_counts,
-            cell_moments, total) -> None:
+            cell_moments, total, rank_table, rank_sums) -> None:
     i32 = lambda t: None if t is None else t.to(torch.int32).contiguous()  # noqa: E731
     tables = (binning.inner.to(logits.device), binning.base.to(logits.device), binning.scale.to(logits.device),
               binning.start.to(logits.device))
     ok = _module().accumulate_gate_batch(
         logits, *tables, binning.bins, i32(region), region_counts, i32(label),
         None if label is None else label_rows.contiguous(), None if label is None else cell_of_bin.contiguous(),
-        None if label is None else offset_of_bin.contiguous(), cell_counts, cell_moments, total)
+        None if label is None else offset_of_bin.contiguous(), cell_counts, cell_moments, total, rank_table, rank_sums)
     if not ok:  # nothing was accumulated
         raise _nan_error()
 
 
 def _torch(logits, binning, region, region_counts, r, label, p, ignored, label_rows, cell_of_bin,
-           offset_of_bin, cell_counts, cell_moments, total) -> None:
+           offset_of_bin, cell_counts, cell_moments, total, rank_table, rank_sums) -> None:
     b, c, n = logits.shape
     bins, device = binning.bins, logits.device
     if bool(torch.isnan(logits).any()):
@@ -246,6 +259,11 @@ def _torch(logits, binning, region, region_counts, r, label, p, ignored, label_r
         counts, moments = fine_to_cells(fine, cell_of_bin, offset_of_bin, cell_counts.shape[2])
         cell_counts.index_add_(0, label_rows, counts.to(cell_counts.dtype))
         cell_moments.index_add_(0, label_rows, moments.to(cell_moments.dtype))
+        if rank_sums is not None:  # [B, 1 + P, C]: slot 0 takes the ignored pixels
+            ranks = rank_table.reshape(-1)[flat.long()].transpose(1, 2)  # [B, N, C]
+            slots = torch.zeros(b, p + 1, c, dtype=torch.float64, device=device)
+            slots.scatter_add_(1, (label.long() + 1).unsqueeze(2).expand(b, n, c), ranks)
+            rank_sums.copy_(slots[:, 1:])
 
 
 def fine_to_cells(fine: Tensor, cell_of_bin: Tensor, offset_of_bin: Tensor, cells: int) -> tuple[Tensor, Tensor]:

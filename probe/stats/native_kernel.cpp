@@ -1,5 +1,6 @@
 // One pass over a gated layer's logit map: bin every logit and count it into the region histogram
-// and the label cells (the gate sums are a matrix product, in Python). The reference with the
+// and the label cells, and sum a per-bin rank by image and label (the gate sums are a matrix
+// product, in Python). The reference with the
 // same semantics, the argument checks and the build flags (-O3 -ffp-contract=off -fopenmp) are in
 // probe/stats/native.py. Shapes: B images, C channels, N pixels, K bins, R regions, P present labels,
 // L label rows, `cells` cells per channel; every tensor is contiguous.
@@ -103,7 +104,9 @@ bool accumulate(const at::Tensor& logits,                          // float32 [B
                 const std::optional<at::Tensor>& offset_of_bin,     // int64 [C, K]
                 const std::optional<at::Tensor>& cell_counts,       // cell_t [L, C, cells] += 1
                 const std::optional<at::Tensor>& cell_moments,      // cell_t [L, C, cells] += offset
-                const std::optional<at::Tensor>& total) {           // int64 [C, K] += 1
+                const std::optional<at::Tensor>& total,             // int64 [C, K] += 1
+                const std::optional<at::Tensor>& rank_table,        // float64 [C, K] a rank per bin
+                const std::optional<at::Tensor>& rank_sums) {       // float64 [B, P, C] = sums of ranks
   const int64_t B = logits.size(0), C = logits.size(1), N = logits.size(2);
   const bool has_region = region.has_value(), has_label = label.has_value();
   const int64_t R = has_region ? region_counts->size(0) : 0;
@@ -130,6 +133,9 @@ bool accumulate(const at::Tensor& logits,                          // float32 [B
   cell_t* cc = has_label ? cell_counts->data_ptr<cell_t>() : nullptr;
   cell_t* cm = has_label ? cell_moments->data_ptr<cell_t>() : nullptr;
   int64_t* tot = has_label ? total->data_ptr<int64_t>() : nullptr;
+  const bool has_rank = has_label && rank_table.has_value();
+  const double* rt = has_rank ? rank_table->data_ptr<double>() : nullptr;
+  double* rs = has_rank ? rank_sums->data_ptr<double>() : nullptr;
   const float hi = static_cast<float>(bins - 1);
 
   // The bins of channel c in every image, bin [B * N]; false if a bin position is NaN.
@@ -153,6 +159,8 @@ bool accumulate(const at::Tensor& logits,                          // float32 [B
     const int64_t* cob_c = has_label ? cob + c * bins : nullptr;
     const int64_t* oob_c = has_label ? oob + c * bins : nullptr;
     const bool moments = has_label && std::any_of(oob_c, oob_c + bins, [](int64_t v) { return v != 0; });
+    const double* rt_c = has_rank ? rt + c * bins : nullptr;
+    std::vector<double> r_sum(has_rank ? Q : 0);
     for (int64_t b = 0; b < B; ++b) {
       const int32_t* k = bin + b * N;
       if (has_region) {
@@ -166,6 +174,11 @@ bool accumulate(const at::Tensor& logits,                          // float32 [B
           n_cell[slot] += 1;
           if (moments) m_cell[slot] += oob_c[k[p]];  // all offsets 0 (cells = fine bins): skipped
           tot_c[k[p]] += delta * (lab[p] >= 0);
+        }
+        if (has_rank && delta > 0) {  // written once (a take-back leaves the caller's fresh buffer unused)
+          std::fill(r_sum.begin(), r_sum.end(), 0.0);
+          for (int64_t p = 0; p < N; ++p) r_sum[lab[p] + 1] += rt_c[k[p]];
+          for (int64_t l = 0; l < P; ++l) rs[(b * P + l) * C + c] = r_sum[l + 1];
         }
       }
     }
@@ -208,21 +221,22 @@ bool accumulate_gate_batch(const at::Tensor& logits, const at::Tensor& inner, co
                            const std::optional<at::Tensor>& label_rows, const std::optional<at::Tensor>& cell_of_bin,
                            const std::optional<at::Tensor>& offset_of_bin,
                            const std::optional<at::Tensor>& cell_counts,
-                           const std::optional<at::Tensor>& cell_moments, const std::optional<at::Tensor>& total) {
+                           const std::optional<at::Tensor>& cell_moments, const std::optional<at::Tensor>& total,
+                           const std::optional<at::Tensor>& rank_table, const std::optional<at::Tensor>& rank_sums) {
   // Shapes and dtypes are checked in Python (data_ptr<T> checks the dtypes again); the cell arrays are
   // both int32 or both int64.
   for (const auto* t : {&region, &region_counts, &label, &label_rows, &cell_of_bin, &offset_of_bin, &cell_counts,
-                        &cell_moments, &total}) {
+                        &cell_moments, &total, &rank_table, &rank_sums}) {
     TORCH_CHECK(!t->has_value() || (*t)->is_contiguous(), "every tensor must be contiguous");
   }
   TORCH_CHECK(logits.is_contiguous() && inner.is_contiguous() && base.is_contiguous() && scale.is_contiguous() &&
               start.is_contiguous(), "every tensor must be contiguous");
   if (cell_counts.has_value() && cell_counts->scalar_type() == at::kInt) {
     return accumulate<int32_t>(logits, inner, base, scale, start, bins, region, region_counts, label, label_rows,
-                               cell_of_bin, offset_of_bin, cell_counts, cell_moments, total);
+                               cell_of_bin, offset_of_bin, cell_counts, cell_moments, total, rank_table, rank_sums);
   }
   return accumulate<int64_t>(logits, inner, base, scale, start, bins, region, region_counts, label, label_rows,
-                             cell_of_bin, offset_of_bin, cell_counts, cell_moments, total);
+                             cell_of_bin, offset_of_bin, cell_counts, cell_moments, total, rank_table, rank_sums);
 }
 
 }  // namespace

@@ -83,3 +83,28 @@ def bootstrap_ci(values: np.ndarray, weights: np.ndarray | None = None, n_boot: 
     means = (values[idx] * w).sum(1) / w.sum(1)
     lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
     return float(lo), float(hi)
+
+
+def rank_influence(ranks_in: np.ndarray, pixels_in: np.ndarray, ranks_all: np.ndarray,
+                   pixels_all: np.ndarray) -> np.ndarray:
+    """Each image group's influence on ``mean rank inside - mean rank outside`` (the AUC minus 0.5
+    when the ranks are the pooled CDF), from per-group sums ``[G, ...]`` of the ranks and pixels
+    inside and over every pixel (broadcast): the linearisation of the two ratio estimates, whose
+    sum of squares is the cluster-robust variance."""
+    ranks_out, pixels_out = ranks_all - ranks_in, pixels_all - pixels_in
+    n_in, n_out = pixels_in.sum(0), pixels_out.sum(0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        m_in, m_out = ranks_in.sum(0) / n_in, ranks_out.sum(0) / n_out
+        return (ranks_in - m_in * pixels_in) / n_in - (ranks_out - m_out * pixels_out) / n_out
+
+
+def difference_interval(difference: np.ndarray, influence: np.ndarray, groups: int,
+                        level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+    """The ``level`` interval ``(low, high)`` of ``difference`` ``[...]`` from the per-group
+    influences ``[G, ...]`` of its estimate over ``groups`` groups that hold data: half-width
+    ``t(G - 1) * sqrt(G / (G - 1) * sum influence**2)`` (NaN with fewer than 3 groups)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        se = np.sqrt(groups / (groups - 1) * (influence ** 2).sum(0)) if groups >= 3 else np.full(
+            np.shape(difference), np.nan)
+    half = stats.t.ppf(0.5 + level / 2, max(groups - 1, 1)) * se
+    return difference - half, difference + half
