@@ -87,6 +87,19 @@ def test_block_groups_keep_neighbours_together():
         RecordSettings(group_by="pixels")
 
 
+def _planted_state() -> dict:
+    """``gated-scenes`` width 8 (seed 0) with every first-layer gate's logit = 12 * hole - 6 (it
+    reads the hole channel): a trained stand-in whose gates follow the hole."""
+    torch.manual_seed(0)
+    model = probe.create_model("gated-scenes", width=8, image_size=32)
+    with torch.no_grad():
+        first = model.encoder[0].gate
+        first.weight.zero_()
+        first.bias.fill_(-6.0)
+        first.weight[:, 3] = 12.0
+    return model.state_dict()
+
+
 @pytest.fixture(scope="module")
 def trained_and_twin(tmp_path_factory):
     """A gated model whose gates follow the hole strongly (trained stand-in) and its random twin."""
@@ -94,11 +107,7 @@ def trained_and_twin(tmp_path_factory):
     data = Scenes(size=32, n=32)
     torch.manual_seed(0)
     model = probe.create_model("gated-scenes", width=8, image_size=32)
-    with torch.no_grad():  # plant: every gate's logit = 12 * hole - 6 (first layer reads the hole channel)
-        first = model.encoder[0].gate
-        first.weight.zero_()
-        first.bias.fill_(-6.0)
-        first.weight[:, 3] = 12.0
+    model.load_state_dict(_planted_state())
     probe.record(model, data, root / "run", progress=False)
     twin = probe.recording.loop.record_baseline(model, data, root / "run", progress=False)
     partial = probe.record(probe.create_model("pconv-scenes", width=8, image_size=32), data, root / "pconv",
@@ -118,13 +127,51 @@ def test_with_baseline_links_the_twin_and_the_claims_use_it(trained_and_twin):
     assert set(alone.loc[["G1", "G3", "G4", "G5"], "verdict"]) == {"no control"}
 
 
-def test_a_random_network_is_not_its_own_evidence(trained_and_twin):
-    """The twin compared with itself: every difference is 0, so no G row can be supported."""
-    _, twin, partial = trained_and_twin
-    table = probe.claims(partial, twin, baseline=twin).set_index("claim")
-    for claim in ("G1", "G3", "G4", "G5"):
-        assert table.at[claim, "difference"] == pytest.approx(0.0, abs=1e-12)
-        assert table.at[claim, "verdict"] == "not supported", claim
+def test_a_baseline_must_be_a_control(trained_and_twin, tmp_path):
+    """The run itself, trained weights, other data or other settings are refused in one line."""
+    run, twin, partial = trained_and_twin
+    with pytest.raises(probe.RunError, match="itself"):
+        probe.claims(partial, twin, baseline=twin)
+    with pytest.raises(probe.RunError, match="not a random initialisation"):
+        probe.claims(partial, twin, baseline=run)
+    torch.manual_seed(1)
+    other = probe.create_model("gated-scenes", width=8, image_size=32)
+    other.source_info = {"name": "gated-scenes", "source": "random-init", "sha256": None}
+    for name, data, settings, match in (("data", Scenes(size=32, n=16), None, "another data set"),
+                                        ("settings", Scenes(size=32, n=32), RecordSettings(quantile=0.01),
+                                         "another record settings"),
+                                        ("width", Scenes(size=32, n=32), None, "another architecture")):
+        model = probe.create_model("gated-scenes", width=4, image_size=32) if name == "width" else other
+        model.source_info = other.source_info
+        wrong = probe.record(model, data, tmp_path / name, settings=settings, progress=False)
+        with pytest.raises(probe.RunError, match=match):
+            probe.claims(partial, run, baseline=wrong)
+
+
+def test_analyze_rebuilds_the_twin_so_that_g2_has_a_control(trained_and_twin):
+    run, twin, partial = trained_and_twin
+    assert twin.manifest["model"]["seed"] == 0 and twin.manifest["model"]["config"] == {"width": 8, "image_size": 32}
+    model = probe.create_model("gated-scenes", width=8, image_size=32)
+    model.load_state_dict(_planted_state())
+    probe.analyze(run, model=model, n=16, ablate=False, attribute=False, progress=False)
+    twin = probe.load_run(twin.path)
+    assert twin.table("interventions") is not None  # drawn again from its seed, weights checked
+    g2 = probe.claims(partial, run).set_index("claim").loc["G2"]
+    assert np.isfinite(g2.baseline) and np.isfinite(g2.difference_low) and g2.verdict != "no control"
+
+
+def test_random_against_a_random_twin_of_another_seed_supports_no_g_claim(tmp_path):
+    data = Scenes(size=32, n=32)
+    torch.manual_seed(0)
+    model = probe.create_model("gated-scenes", width=8, image_size=32)
+    run = probe.record(model, data, tmp_path / "random", progress=False)
+    probe.recording.loop.record_baseline(model, data, tmp_path / "random", seed=1, progress=False)
+    probe.analyze(run, model=model, n=16, ablate=False, attribute=False, progress=False)
+    partial = probe.record(probe.create_model("pconv-scenes", width=8, image_size=32), data, tmp_path / "pconv",
+                           progress=False)
+    table = probe.claims(partial, probe.load_run(run.path)).set_index("claim")
+    assert np.isfinite(table.loc[["G1", "G2", "G3", "G4", "G5"], "baseline"]).all()
+    assert set(table.loc[["G1", "G2", "G3", "G4", "G5"], "verdict"]) <= {"not supported", "not applicable"}
 
 
 def test_label_shuffle_null_breaks_label_relations_and_is_stored(trained_and_twin):

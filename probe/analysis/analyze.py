@@ -104,7 +104,7 @@ def analyze(run: Run | str | Path, model: nn.Module | None = None, n: int = 64, 
     With ``baseline`` (the default), the random-init twin that ``record --with-baseline`` linked is
     analysed the same way (its weights drawn again from the seed its manifest records), so that the
     G2 row has a control: the sketch intervention on the twin."""
-    run = load_run(run) if not isinstance(run, Run) else run
+    run = load_run(run.path if isinstance(run, Run) else run)  # as it is on disk now (links added since)
     twin = linked_baseline(run) if baseline else None
     if twin is not None and twin.manifest["model"].get("source") == "random-init":
         analyze(twin, n=n, batch_size=batch_size, per_role=per_role, sketch=sketch, ablate=ablate, attribute=attribute,
