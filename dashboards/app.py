@@ -17,11 +17,11 @@ from pathlib import Path
 import dash
 from dash import ALL, Input, Output, State, ctx, dcc, html, no_update
 
-from .pages import channel, compare, evolution, labels, layer, live, overview
+from .pages import channel, claims, compare, evolution, labels, layer, live, overview
 from .pages.common import Context, href, parse_params
 from .store import RunStore
 
-PAGES = (overview, layer, channel, labels, evolution, compare, live)
+PAGES = (overview, layer, channel, labels, evolution, compare, claims, live)
 ROUTES = {page.PATH: page for page in PAGES}
 MAX_REQUEST_BYTES = 2 * 1024 * 1024  # callbacks carry small state; bounds drawn inputs too
 
@@ -88,7 +88,7 @@ def create_app(runs_dir: str | Path, allow_import_models: bool = False, title: s
         run = run if store.get(run) is not None else None
         links = []
         for p in PAGES:
-            target = href(p.PATH, run=run) if run and p is not overview and p is not compare else p.PATH
+            target = href(p.PATH, run=run) if run and p not in (overview, compare, claims) else p.PATH
             links.append(dcc.Link(p.TITLE, href=target, className="nav-link active" if p is page else "nav-link"))
         return links
 

@@ -154,19 +154,15 @@ def _cmd_claims(args) -> int:
 
 def claims_text(table) -> str:
     """The claims table as text: per row the verdict, the trained value with its interval, the
-    control's value, and the difference with its interval, each in its own column."""
-    def number(value, low=np.nan, high=np.nan, sign="") -> str:
-        if not np.isfinite(value):
-            return "n/a"
-        return f"{value:{sign}.4g}" + (f" [{low:.3g}, {high:.3g}]" if np.isfinite(low) else "")
+    control's value and the difference with its interval in columns, then the evidence."""
+    from .analysis.claims import display_table
 
-    head = f"{'claim':<6}{'verdict':<15}{'value [95%]':<28}{'control':<11}{'difference [95%]':<30}measurement"
-    lines = [head]
-    for row in table.itertuples():
-        lines.append(f"{row.claim:<6}{row.verdict:<15}{number(row.value, row.value_low, row.value_high):<28}"
-                     f"{number(row.baseline):<11}"
-                     f"{number(row.difference, row.difference_low, row.difference_high, '+'):<30}{row.measurement}")
-        lines.append(f"      evidence: {row.evidence}")
+    shown = display_table(table)
+    widths = {"claim": 6, "verdict": 15, "value [95%]": 28, "control": 11, "difference [95%]": 30}
+    lines = ["".join(f"{c:<{w}}" for c, w in widths.items()) + "measurement"]
+    for row in shown.to_dict("records"):
+        lines.append("".join(f"{row[c]:<{w}}" for c, w in widths.items()) + row["measurement"])
+        lines.append(f"      evidence: {row['evidence']}")
     return "\n".join(lines)
 
 

@@ -459,3 +459,25 @@ def test_bad_urls_get_messages_not_traces(browser, server):
     assert "Page not found" in wait_for(browser, "document.querySelector('#app-page').innerText")
     assert "Traceback" not in browser.page_source
     assert severe_logs(browser) == []
+
+
+def test_claims_view_shows_value_control_and_difference_in_columns(browser, server):
+    """The claims page: every G row with the trained value, the control and the difference apart;
+    picking a control that is the run itself gives one line, not a table of verdicts."""
+    open_page(browser, server, "/claims?a=pconv&b=gated")
+    text = wait_for(browser, "document.querySelector('#claims-table table') && "
+                             "document.querySelector('#claims-table').innerText", 60, "the claims table")
+    headers = browser.execute_script("return Array.from(document.querySelectorAll('#claims-table th'))"
+                                     ".map(th => th.innerText)")
+    assert headers[:5] == ["claim", "verdict", "value [95%]", "control", "difference [95%]"]
+    rows = browser.execute_script("return Array.from(document.querySelectorAll('#claims-table tbody tr'))"
+                                  ".map(tr => Array.from(tr.children).map(td => td.innerText))")
+    assert [r[0] for r in rows] == ["P1", "P2", "P3", "P4", "P5", "G1", "G2", "G3", "G4", "G5"]
+    g1 = rows[5]
+    assert g1[1] == "no control" and g1[3] == "n/a" and g1[4] == "n/a" and "[" in g1[2], g1
+    assert "no control" in text
+    choose(browser, "claims-baseline", "gated")
+    error = wait_for(browser, "document.querySelector('#claims-error') && "
+                              "document.querySelector('#claims-error').innerText", 30, "the refusal")
+    assert "itself" in error and current(browser)[1].get("baseline") == "gated"
+    assert severe_logs(browser) == []

@@ -465,7 +465,8 @@ def test_roles_follow_the_documented_rule(exact):
         assert ("sketch" in parts) == bool(row.auc_sketch >= 0.5 + MIN_EFFECT and row.q_sketch < ALPHA)
         mine = lab[(lab.layer == row.layer) & (lab.channel == row.channel)]
         strong = mine[(mine.auc >= 0.5 + MIN_EFFECT) & (mine.q_value < ALPHA)
-                      & (mine.auc >= mine.trivial_auc + TRIVIAL_MARGIN)]
+                      & (mine.auc >= mine.trivial_auc + TRIVIAL_MARGIN)
+                      & (mine.auc >= mine.joint_trivial_auc + TRIVIAL_MARGIN) & (mine.joint_difference_low > 0)]
         semantic = [p for p in parts if p.startswith("semantic:")]
         assert len(semantic) == (1 if len(strong) else 0)
         if len(strong):
@@ -897,12 +898,23 @@ def reachable_bytes(obj, seen=None) -> int:
 
 
 def test_accumulators_do_not_grow_with_images():
+    """Every accumulator keeps its shape, except the joint trivial-feature counts, which are sparse
+    by design (one key per (group, cell, label) that occurred) and stay within their bound."""
+    from probe.stats.joint import CELLS
+
     model, data = TinyMixed(), scenes(n=12)
     recorder = Recorder(model, find_sites(model), n_labels=len(data.classes))
+    joints = [s.joint for s in recorder.stats.values() if hasattr(s, "joint")]
 
     def shapes():
-        return {layer: {k: (tuple(v.shape), v.dtype) for k, v in s.state_dict().items()}
+        return {layer: {k: (tuple(v.shape), v.dtype) for k, v in s.state_dict().items() if not k.startswith("joint.")}
                 for layer, s in recorder.stats.items()}
+
+    def fixed_bytes():  # everything reachable but the joint counts (walked first, so counted as seen)
+        seen = set()
+        for joint in joints:
+            reachable_bytes(joint, seen)
+        return reachable_bytes(recorder, seen)
 
     with recorder:
         sizes = []
@@ -910,8 +922,10 @@ def test_accumulators_do_not_grow_with_images():
             batch = collate([data[i] for i in range(start, start + 4)])
             recorder.forward(batch["image"], batch["hole"], batch["sketch"], batch["labels"],
                              torch.arange(start, start + 4) % 32)
-            sizes.append((shapes(), reachable_bytes(recorder)))
+            sizes.append((shapes(), fixed_bytes()))
     assert sizes[0] == sizes[2]
+    assert all(0 < len(j) <= j.groups * CELLS * j.labels for j in joints if len(j))
+    assert any(len(j) for j in joints)
     assert int(recorder.stats["g1"].regions.pixels_.sum()) == 12 * SIZE * SIZE  # all three batches were added
 
 

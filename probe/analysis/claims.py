@@ -205,9 +205,10 @@ def _smallest_role_share(flags: np.ndarray) -> float:
 
 def _g2(run: Run, baseline: Run | None) -> dict:
     inter = run.table("interventions")
-    if inter is None:
+    if inter is None or not {"gate_in_hole", "hole_l1"} <= set(inter.quantity):
+        what = "no sketch intervention" if inter is None else "an interventions table without its gate or hole-L1 rows"
         return _row("G2", "change of gates in the hole when the sketch is removed", np.nan, NOT_APPLICABLE,
-                    "no sketch intervention in this run (gateprobe analyze)", "needs the sketch intervention")
+                    f"{what} in this run (gateprobe analyze)", "needs the sketch intervention")
     gates = inter[inter.quantity == "gate_in_hole"]
     strongest = gates.loc[gates.delta.abs().idxmax()]
     significant = int((gates.q_value < 0.05).sum())
@@ -217,7 +218,7 @@ def _g2(run: Run, baseline: Run | None) -> dict:
     evidence = (f"{significant} channels changed (q < 0.05), strongest {strongest.layer} channel "
                 f"{int(strongest.channel)} {strongest.delta:+.3f}")
     base = baseline.table("interventions") if baseline is not None else None
-    if baseline is not None and base is not None:
+    if base is not None and "hole_l1" in set(base.quantity):
         other = base[base.quantity == "hole_l1"].iloc[0]
         # independent runs on the same images: half-widths add in quadrature (normal approximation)
         half = np.hypot((out.ci_high - out.ci_low) / 2, (other.ci_high - other.ci_low) / 2)
@@ -278,3 +279,22 @@ def claims(run_a: Run, run_b: Run, rule: RoleRule = DEFAULT_RULE, baseline: Run 
     frame = pd.DataFrame(rows, columns=list(COLUMNS))
     order = {c: i for i, c in enumerate(STATEMENTS)}
     return frame.sort_values("claim", key=lambda s: s.map(order), ignore_index=True)
+
+
+def _number(value, low=np.nan, high=np.nan, sign: str = "") -> str:
+    if not np.isfinite(value):
+        return "n/a"
+    return f"{value:{sign}.4g}" + (f" [{low:.3g}, {high:.3g}]" if np.isfinite(low) else "")
+
+
+def display_table(table: pd.DataFrame) -> pd.DataFrame:
+    """The claims table as text columns for people (the CLI and the explorer): the verdict, the
+    trained value with its 95% interval, the control's value, the trained-minus-control difference
+    with its 95% interval, the measurement and the evidence."""
+    return pd.DataFrame({
+        "claim": table.claim, "verdict": table.verdict,
+        "value [95%]": [_number(r.value, r.value_low, r.value_high) for r in table.itertuples()],
+        "control": [_number(v) for v in table.baseline],
+        "difference [95%]": [_number(r.difference, r.difference_low, r.difference_high, "+")
+                             for r in table.itertuples()],
+        "measurement": table.measurement, "evidence": table.evidence})
