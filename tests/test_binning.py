@@ -108,3 +108,19 @@ def test_state_round_trip_and_version_4_ranges():
     np.testing.assert_allclose(old.edges().numpy(), [np.linspace(-1, 1, 9), np.linspace(0, 4, 9)], rtol=0, atol=1e-12)
     with pytest.raises(Exception, match="increase strictly"):
         Binning(torch.tensor([[0.0, 0.0]]), torch.tensor([[0, 8]]), 8)
+
+
+def test_rank_table_is_the_calibrated_cdf():
+    """Each bin's rank is the share of the calibration sample below its middle, to within one
+    segment's mass (the mass is spread evenly over a segment's bins), and increases bin by bin."""
+    rng = np.random.default_rng(0)
+    sample = torch.from_numpy(np.stack([rng.normal(0, 1, 8192), rng.exponential(1, 8192)]))
+    levels = torch.tensor(segment_levels(0.005), dtype=torch.float64)
+    inner = torch.quantile(sample, levels, dim=1).T
+    binning = Binning.calibrated(sample.min(1).values - 1, sample.max(1).values + 1, inner, 512)
+    ranks = binning.rank_table(0.005).numpy()
+    edges = binning.edges().numpy()
+    middle = (edges[:, :-1] + edges[:, 1:]) / 2
+    empirical = np.stack([(sample[c].numpy()[None] < middle[c][:, None]).mean(1) for c in range(2)])
+    assert (np.diff(ranks, axis=1) > 0).all() and ranks.min() > 0 and ranks.max() < 1
+    assert np.abs(ranks - empirical).max() < 1 / 16

@@ -206,6 +206,28 @@ def test_paths_bit_identical_and_equal_oracle(built, name, seed):
         assert not torch.equal(a["total"], kw["total"])
 
 
+@pytest.mark.parametrize("name", [n for n in CASES if CASES[n].get("labels", True)])
+def test_rank_sums_of_both_paths_equal_the_oracle(built, name):
+    """With a rank table, both paths return the sum of ``table[c, bin]`` per image, present label
+    and channel (ignored pixels in none), as numpy computes it from the oracle's bins."""
+    kw = case(3, **CASES[name])
+    rng = np.random.default_rng(3)
+    table = torch.from_numpy(rng.random((kw["binning"].channels, kw["binning"].bins)))
+    x = kw["logits"].reshape(kw["logits"].shape[0], kw["logits"].shape[1], -1).numpy().astype(np.float32)
+    bins = kw["binning"].bins
+    k = np.clip(positions(x, kw["binning"]), np.float32(0), np.float32(bins - 1)).astype(np.int64)
+    b, c, n = k.shape
+    expected = np.zeros((b, kw["n_present"], c))
+    lab = kw["label"].reshape(b, n).numpy()
+    for i in range(b):
+        for ch in range(c):
+            keep = lab[i] >= 0
+            np.add.at(expected[i, :, ch], lab[i][keep], table.numpy()[ch, k[i, ch][keep]])
+    for force_path in ("native", "torch"):
+        out = accumulate_gate_batch(**cloned(kw), rank_table=table, force_path=force_path)
+        np.testing.assert_allclose(out.numpy(), expected, rtol=1e-12, atol=1e-12, err_msg=force_path)
+
+
 def boundary_logits(binning, per_channel=400, seed=0):
     """float32 ``[1, C, N]`` logits at and one/two ulps around the points where the bin position
     (:func:`positions`) is an integer, from -3 to ``bins + 2``, and at the knots: found by walking

@@ -41,11 +41,14 @@ def label_memory(sites, n_labels: int, settings, image_hw: tuple[int, int]) -> t
     ``4*C*bins`` int64 and sums ``G*4*C`` float64; label cells ``L*C*cells`` counts + offset sums
     (int32, int64 after 2**31 / w labelled pixels: counted as int32) with ``cells =
     label_cells(L, C, bins)`` (fine bins up to 8 labels, then ``4096 / L``, at least 8); the
-    labelled total ``C*bins`` int64; the (group, label) sums at worst ``G*L*(C+3)`` 8-byte words
-    (kept only for pairs that occur: an upper bound); the trivial features' cells; the co-moment
+    labelled total ``C*bins`` int64; the (group, label) gate and rank sums at worst ``G*L*(2C+3)``
+    8-byte words (kept only for pairs that occur: an upper bound); the trivial features' cells; the co-moment
     ``C*C`` float64. Once per batch: the present labels' ``P*C*bins`` int64 bincount of the
     pure-torch path (the C++ kernel needs none; counted anyway, an upper bound) with ``P <=
-    min(L, 16 * batch)`` and the one-hot ``B*H*W*(4+P)`` float32 (bounded at the image's size)."""
+    min(L, 16 * batch)`` and the one-hot ``B*H*W*(4+P)`` float32 (bounded at the image's size).
+    Not counted: the joint trivial-feature counts (:mod:`probe.stats.joint`), 16 bytes per
+    (group, cell, label) that occurs at a resolution, which depends on the data (at most
+    ``G * 4096 * L`` and the labelled cells seen)."""
     from ..stats.histograms import label_cells
     from ..stats.layer_stats import TRIVIAL_FEATURES
 
@@ -61,7 +64,7 @@ def label_memory(sites, n_labels: int, settings, image_hw: tuple[int, int]) -> t
         layer_cells = label_cells(n_labels, c, bins)
         trivial_cells = label_cells(n_labels, n_trivial, bins)
         state += (4 * c * bins * 8 + groups * 4 * (c + 1) * 8 + n_labels * c * layer_cells * 8 + c * bins * 8
-                  + groups * n_labels * (c + 3) * 8 + n_labels * n_trivial * trivial_cells * 8 + c * c * 8)
+                  + groups * n_labels * (2 * c + 3) * 8 + n_labels * n_trivial * trivial_cells * 8 + c * c * 8)
         cells = max(cells, present * c * bins)
         peak = max(peak, (present + 4) * c * bins * 8 + batch * h * w * (4 + present) * 4 * 2 + batch * present * c * 4)
     return state + peak, cells
