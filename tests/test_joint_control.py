@@ -38,26 +38,32 @@ def counts_of(features, lab, labels, groups=None):
 
 
 def oracle(features, lab, labels: int):
-    """Per label, the cross-fitted score of every labelled pixel, written from the definition:
-    fold = group mod FOLDS; P(label | cell) from the other folds, PSEUDO pixels at the label's share."""
+    """Per label, the AUC of the cross-fitted scores of :func:`scores` (sklearn)."""
+    aucs = []
+    for label in range(labels):
+        score, g, y = scores(features, lab, label)
+        aucs.append(roc_auc_score(y == label, score))
+    return np.array(aucs), g, y
+
+
+def scores(features, lab, label: int):
+    """The cross-fitted score of every labelled pixel for ``label``, written from the definition:
+    fold = group mod FOLDS; P(label | cell) from the other folds, PSEUDO pixels at the label's share.
+    Returns (score, group, label) per labelled pixel."""
     g = np.repeat(np.arange(len(features)), features.shape[2])
     cell = joint_cells(features).numpy().ravel()
     y = lab.numpy().ravel()
     keep = y >= 0
     g, cell, y = g[keep], cell[keep], y[keep]
     fold = g % FOLDS
-    aucs = []
-    for label in range(labels):
-        score = np.empty(len(y))
-        for f in range(FOLDS):
-            train = fold != f
-            share = (y[train] == label).mean()
-            for c in np.unique(cell[fold == f]):
-                in_cell = train & (cell == c)
-                score[(fold == f) & (cell == c)] = ((y[in_cell] == label).sum() + PSEUDO * share) / (
-                    in_cell.sum() + PSEUDO)
-        aucs.append(roc_auc_score(y == label, score))
-    return np.array(aucs), g, y
+    score = np.empty(len(y))
+    for f in range(FOLDS):
+        train = fold != f
+        share = (y[train] == label).mean()
+        for c in np.unique(cell[fold == f]):
+            in_cell = train & (cell == c)
+            score[(fold == f) & (cell == c)] = ((y[in_cell] == label).sum() + PSEUDO * share) / (in_cell.sum() + PSEUDO)
+    return score, g, y
 
 
 def test_joint_cells_digits_match_the_documented_levels():
@@ -98,31 +104,14 @@ def test_group_interval_agrees_with_a_jackknife_over_groups():
     influence = rank_influence(control.ranks, control.pixels, control.total_ranks, control.total_pixels[:, None])
     low, high = difference_interval(control.auc, influence, groups=12)
     # the scores the run froze: recompute each pixel's score with the oracle's rule, then jackknife the AUC
-    expected, g, y = oracle(features, lab, 2)
-    score = _scores(features, lab, label=1)
+    expected, _, _ = oracle(features, lab, 2)
+    score, g, y = scores(features, lab, label=1)
     jack = np.array([roc_auc_score(y[g != k] == 1, score[g != k]) for k in range(12)])
     se_jack = np.sqrt(11 / 12 * ((jack - jack.mean()) ** 2).sum())
     from scipy import stats
     se = (high[1] - low[1]) / 2 / stats.t.ppf(0.975, 11)
     assert expected[1] == pytest.approx(control.auc[1], abs=1e-12)
     assert se == pytest.approx(se_jack, rel=0.25)
-
-
-def _scores(features, lab, label):
-    g = np.repeat(np.arange(len(features)), features.shape[2])
-    cell = joint_cells(features).numpy().ravel()
-    y = lab.numpy().ravel()
-    keep = y >= 0
-    g, cell, y = g[keep], cell[keep], y[keep]
-    fold = g % FOLDS
-    score = np.empty(len(y))
-    for f in range(FOLDS):
-        train = fold != f
-        share = (y[train] == label).mean()
-        for c in np.unique(cell[fold == f]):
-            in_cell = train & (cell == c)
-            score[(fold == f) & (cell == c)] = ((y[in_cell] == label).sum() + PSEUDO * share) / (in_cell.sum() + PSEUDO)
-    return score
 
 
 # ---------------------------------------------------------------------------- planted gates
