@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import socket
 import sys
 from pathlib import Path
 
@@ -22,13 +23,19 @@ THREADS = 8
 
 
 def check_address(host, port) -> None:
-    """``host`` an IP address or a host name, ``port`` 1..65535: a :class:`SettingsError` saying
-    what is allowed otherwise."""
+    """``host`` an IP address or a host name that resolves, ``port`` 1..65535: a
+    :class:`SettingsError` saying what is allowed otherwise (before the server would fail with its
+    own traceback)."""
     if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
         raise SettingsError(f"--port must be an integer from 1 to 65535 (e.g. 8050), not {port!r}")
     if not isinstance(host, str) or not _valid_host(host):
         raise SettingsError(f"--host must be an IP address (127.0.0.1, ::1, 0.0.0.0 for every interface) or a host "
                             f"name of letters, digits, dots and hyphens (localhost), not {host!r}")
+    try:
+        socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as err:
+        raise SettingsError(f"--host {host!r}: no such host ({err}); give an address of this machine "
+                            "(127.0.0.1, ::1, 0.0.0.0 for every interface) or a name that resolves to one") from None
 
 
 def _valid_host(host: str) -> bool:

@@ -55,10 +55,13 @@ def write_json(path: str | Path, obj) -> None:
     write_atomic(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
 
 
-def write_table(path: Path, frame: pd.DataFrame) -> None:
+def write_table(path: Path, frame: pd.DataFrame) -> str:
+    """Write ``frame`` as Parquet to ``path``; returns the sha256 of the bytes written."""
     buffer = io.BytesIO()
     frame.to_parquet(buffer, index=False)
-    write_atomic(path, buffer.getvalue())
+    content = buffer.getvalue()
+    write_atomic(path, content)
+    return hashlib.sha256(content).hexdigest()
 
 
 def write_array(path: Path, array: np.ndarray) -> None:

@@ -12,8 +12,11 @@ Safety rules (issue 16):
   is never deleted before a new complete run is in ``NAME``; where both are complete, gateprobe
   refuses and says where each is.
 * A writer holds an advisory lock (``flock``) on ``.NAME.lock`` beside the folder (beside, not
-  inside: the folder itself is renamed aside while it is replaced); a second writer gets one line
-  naming the holder's pid. The lock file is removed when the writer finishes.
+  inside: the folder itself is renamed aside while it is replaced), named after the resolved path,
+  so that a symbolic link to the folder takes the same lock; a second writer gets one line naming
+  the holder's pid. The lock file is removed when the writer finishes.
+* A folder whose ``manifest.json`` is not a gateprobe run's is called so, with or without
+  ``--overwrite``; an ``--out`` that is a symbolic link to nothing is refused in one line.
 """
 from __future__ import annotations
 
@@ -49,15 +52,21 @@ def aside_path(out: Path) -> Path:
 
 
 def lock_path(out: Path) -> Path:
-    out = Path(os.path.abspath(out))
+    """The lock file of run folder ``out``: beside its resolved path (symbolic links followed)."""
+    out = Path(os.path.realpath(out))
     return out.with_name(f".{out.name}.lock")
 
 
-def run_problem(folder: Path) -> str | None:
-    """Why ``folder`` is not a gateprobe run that ``--overwrite`` may replace (None: it is one)."""
-    folder = Path(folder)
-    if folder.is_symlink() or not folder.is_dir():
-        return "not a folder"
+def check_not_dangling(out: Path) -> None:
+    """Refuse an ``--out`` that is a symbolic link to something that does not exist."""
+    out = Path(out)
+    if out.is_symlink() and not out.exists():
+        raise RunError(f"--out {out} is a symbolic link to {os.readlink(out)}, which does not exist; create that "
+                       "folder, or choose another --out")
+
+
+def _manifest_problem(folder: Path) -> str | None:
+    """Why ``folder/manifest.json`` is not a gateprobe run's manifest (None: it is one)."""
     manifest = folder / "manifest.json"
     try:
         content = json.loads(manifest.read_text()) if manifest.is_file() and not manifest.is_symlink() else None
@@ -65,6 +74,17 @@ def run_problem(folder: Path) -> str | None:
         content = None
     if not isinstance(content, dict) or any(key not in content for key in MANIFEST_KEYS):
         return f"its manifest.json has no {' and '.join(MANIFEST_KEYS)} keys"
+    return None
+
+
+def run_problem(folder: Path) -> str | None:
+    """Why ``folder`` is not a gateprobe run that ``--overwrite`` may replace (None: it is one)."""
+    folder = Path(folder)
+    if folder.is_symlink() or not folder.is_dir():
+        return "not a folder"
+    problem = _manifest_problem(folder)
+    if problem:
+        return problem
     foreign = _foreign_entries(folder)
     if foreign:
         return f"it holds files that are not part of a run: {', '.join(foreign[:5])}"
@@ -94,12 +114,16 @@ def _foreign_entries(folder: Path) -> list[str]:
     return foreign
 
 
+def _refuse_foreign(out: Path, problem: str | None) -> None:
+    if problem is not None:
+        raise RunError(f"{out} is not a gateprobe run ({problem}); gateprobe writes into a new or empty folder, "
+                       "or replaces one of its own runs with --overwrite, and left it untouched: choose another "
+                       "--out, or move its files away yourself")
+
+
 def check_replaceable(out: Path) -> None:
     """Raise :class:`RunError` unless ``out`` is a gateprobe run that ``--overwrite`` may replace."""
-    problem = run_problem(out)
-    if problem is not None:
-        raise RunError(f"{out} is not a gateprobe run ({problem}); --overwrite replaces only gateprobe runs and "
-                       "left it untouched: choose another --out, or move its files away yourself")
+    _refuse_foreign(out, run_problem(out))
 
 
 def _is_complete(out: Path) -> bool:
@@ -113,8 +137,10 @@ def check_new_run_dir(out: str | Path, overwrite: bool = False) -> None:
     """Raise what :func:`prepare_run_dir` would refuse ``out`` for, changing nothing (so a command
     can refuse before its expensive part)."""
     out = Path(out)
+    check_not_dangling(out)
     if (out / "manifest.json").exists():
         if not overwrite:
+            _refuse_foreign(out, _manifest_problem(out))
             hint = "" if _is_complete(out) else " (an incomplete one: pass --resume to continue it)"
             aside = aside_path(out)
             if aside.is_dir():
@@ -165,6 +191,7 @@ def _make_parents(folder: Path) -> list[Path]:
 def run_lock(out: str | Path):
     """Hold the advisory write lock of run folder ``out`` (``.NAME.lock`` beside it) for the block;
     :class:`RunError` naming the holder's pid when another process holds it."""
+    check_not_dangling(out)
     lock = lock_path(Path(out))
     key = str(lock)
     if fcntl is None or key in _HELD:

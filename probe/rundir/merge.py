@@ -7,6 +7,7 @@ come from the shards in order of their first image.
 from __future__ import annotations
 
 import datetime as _dt
+import os
 from pathlib import Path
 
 import numpy as np
@@ -17,25 +18,8 @@ from .run import INPUTS, Run
 from .samples import SampleStore
 from .settings import identity_differences
 from .state import load_stats
+from .validate import DIGESTS, check_shards
 from .write import write_run
-
-
-def _shards(run: Run) -> list[dict]:
-    """The run's ``shards`` entries, checked: a non-empty list of ``{shard: [i, N], start, stop}``."""
-    shards = run.manifest.get("shards")
-
-    def whole(v) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool)
-
-    good = isinstance(shards, list) and shards and all(
-        isinstance(s, dict) and whole(s.get("start")) and whole(s.get("stop")) and 0 <= s["start"] < s["stop"]
-        and isinstance(s.get("shard"), list) and len(s["shard"]) == 2 and all(whole(v) for v in s["shard"])
-        and 0 <= s["shard"][0] < s["shard"][1] for s in shards)
-    if not good:
-        raise RunError(f"{run.path / 'manifest.json'}: 'shards' is {shards!r}, not a list of the images the run "
-                       "recorded ({\"shard\": [I, N], \"start\": ..., \"stop\": ...}); the run is damaged, record "
-                       "it again")
-    return shards
 
 
 def missing_spans(spans: list[tuple[int, int]], n: int) -> list[tuple[int, int]]:
@@ -63,16 +47,26 @@ def describe_missing(missing: list[tuple[int, int]], shards: list[dict], n: int)
     return f"images {images} of {n}"
 
 
-@replaces_safely
 def merge_runs(paths: list[str | Path], out: str | Path, overwrite: bool = False, allow_partial: bool = False) -> Run:
     """Merge the shard runs ``paths`` into ``out``; refuses runs of different models, data specs or
     settings, shards that overlap, and (unless ``allow_partial``) shards that leave images of the
-    recording out. A partial merge says so in ``manifest["partial"]`` (the missing image spans)."""
+    recording out. A partial merge says so in ``manifest["partial"]`` (the missing image spans).
+    ``out`` may not be one of ``paths`` (it would be replaced while it is read)."""
     if not paths:
         raise SettingsError("merge needs at least one run")
-    runs = [Run(p) for p in paths]
+    for path in paths:
+        if os.path.realpath(path) == os.path.realpath(out):
+            raise SettingsError(f"--out {out} is also one of the runs to merge ({path}); write the merged run to "
+                                "another folder")
+    return _merge(paths, out, overwrite=overwrite, allow_partial=allow_partial)
+
+
+@replaces_safely
+def _merge(paths: list[str | Path], out: str | Path, overwrite: bool, allow_partial: bool) -> Run:
+    """:func:`merge_runs` once ``out`` is known not to be an input, holding its lock."""
+    runs = [Run(p).check_tables() for p in paths]
     for run in runs:
-        _shards(run)
+        check_shards(run.path / "manifest.json", run.manifest.get("shards"))
     runs.sort(key=lambda r: r.manifest["shards"][0]["start"])
     for run in runs[1:]:
         differing = identity_differences(run.manifest, runs[0].manifest, extra=("image_size",))
@@ -103,6 +97,7 @@ def merge_runs(paths: list[str | Path], out: str | Path, overwrite: bool = False
                     created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                     merged_from=[str(r.path) for r in runs])
     manifest.pop("partial", None)
+    manifest.pop(DIGESTS, None)  # the first shard's; write_run records the merged tables'
     if missing:
         manifest["partial"] = {"missing": [list(m) for m in missing], "of": total,
                                "description": describe_missing(missing, shards, total)}

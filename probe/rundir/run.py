@@ -1,6 +1,7 @@
 """The run directory: the one contract between ``record`` and everything downstream.
 
-    RUN/manifest.json       schema, versions, model, data spec, settings, layers; "complete"
+    RUN/manifest.json       schema, versions, model, data spec, settings, layers, the sha256 of each
+                            table (``table_sha256``); "complete"
     RUN/layers.parquet      one row per recorded layer
     RUN/channels.parquet    one row per (gated layer, channel)
     RUN/labels.parquet      one row per (gated layer, channel, label)
@@ -10,10 +11,13 @@
                             float16 [K, C, h, w], memory-mapped so one channel reads alone
 
 Every file is written to a temporary name and renamed into place; ``complete`` turns true only
-after the last one, so a run that stopped half way is never mistaken for a finished one.
+after the last one, so a run that stopped half way is never mistaken for a finished one. What is
+read is checked (:mod:`probe.rundir.validate`): the manifest when the run is opened, each table
+when it is first read, so an edited or damaged run is one :class:`~probe.errors.RunError` line.
 """
 from __future__ import annotations
 
+import io
 import json
 from functools import cached_property
 from pathlib import Path
@@ -23,6 +27,8 @@ import pandas as pd
 
 from ..errors import RunError
 from .files import safe_layer_file
+from .folder import aside_path
+from .validate import check_digest, check_manifest, check_table
 
 SCHEMA_VERSION = 2  # 2: tidy role columns, trivial-feature controls, AUC error bounds
 TABLES = ("layers", "channels", "labels", "evolution")
@@ -38,7 +44,8 @@ class Run:
         self.path = Path(path)
         manifest_path = self.path / "manifest.json"
         if not manifest_path.is_file():
-            raise RunError(f"{self.path}: not a run directory (no manifest.json); record one with `gateprobe record`")
+            raise RunError(f"{self.path}: not a run directory (no manifest.json); record one with `gateprobe record`"
+                           f"{_kept_aside(self.path)}")
         try:
             self.manifest = json.loads(manifest_path.read_text())
         except (UnicodeDecodeError, json.JSONDecodeError) as err:
@@ -50,8 +57,8 @@ class Run:
                            f"{SCHEMA_VERSION}; record the run again with this gateprobe")
         if not self.manifest.get("complete"):
             raise RunError(f"{self.path}: run is incomplete (recording stopped before the end); "
-                           "finish it with `gateprobe record ... --resume` or record it again")
-        _check_manifest(manifest_path, self.manifest)
+                           f"finish it with `gateprobe record ... --resume` or record it again{_kept_aside(self.path)}")
+        check_manifest(manifest_path, self.manifest)
 
     @property
     def name(self) -> str:
@@ -62,14 +69,28 @@ class Run:
         return list(self.manifest["data"]["classes"])
 
     def _table(self, name: str) -> pd.DataFrame:
+        """Table ``name``, read once: one of :data:`TABLES` checked against the manifest's sha256
+        and its schema (:mod:`probe.rundir.validate`), an optional one only for being readable."""
         path = self.path / f"{name}.parquet"
         if not path.is_file():
             raise RunError(f"{path}: missing; the run is damaged, record it again")
+        content = path.read_bytes()
+        if name in TABLES:
+            check_digest(path, content, self.manifest)
         try:
-            return pd.read_parquet(path)
+            frame = pd.read_parquet(io.BytesIO(content))
         except Exception as err:  # noqa: BLE001 - pyarrow raises several types for damaged files
             raise RunError(f"{path}: unreadable table ({type(err).__name__}); the run is damaged, record it "
                            "again") from None
+        if name in TABLES:
+            check_table(path, name, frame, self.manifest, None if name == "layers" else self.layers)
+        return frame
+
+    def check_tables(self) -> Run:
+        """Read and check every table of :data:`TABLES` now (they are cached); returns the run."""
+        for name in TABLES:
+            getattr(self, name)
+        return self
 
     @cached_property
     def layers(self) -> pd.DataFrame:
@@ -127,24 +148,16 @@ def _load_array(path: Path) -> np.ndarray:
                        "again") from None
 
 
-def _check_manifest(path: Path, manifest: dict) -> None:
-    """The manifest fields every reader relies on have their types (a damaged file is a RunError)."""
-    data, model = manifest.get("data"), manifest.get("model")
-    problems = []
-    if not isinstance(model, dict):
-        problems.append("model is not an object")
-    if not isinstance(data, dict) or not isinstance(data.get("classes"), list) or not all(
-            isinstance(c, str) for c in data["classes"]):
-        problems.append("data.classes is not a list of names")
-    if not isinstance(manifest.get("layers"), list) or not all(isinstance(x, str) for x in manifest["layers"]):
-        problems.append("layers is not a list of names")
-    for key in ("n_images", "samples"):
-        if not isinstance(manifest.get(key, 0), int) or isinstance(manifest.get(key, 0), bool):
-            problems.append(f"{key} is not an integer")
-    if problems:
-        raise RunError(f"{path}: corrupt manifest ({'; '.join(problems)}); record the run again")
+def _kept_aside(path: Path) -> str:
+    """The hint that an interrupted ``--overwrite`` kept the previous run beside ``path`` ("" if not)."""
+    aside = aside_path(path)
+    if not (aside / "manifest.json").is_file():
+        return ""
+    return (f"; an interrupted --overwrite kept the run it was replacing in {aside}: to get it back, remove "
+            f"{path} and rename {aside} to {path}")
 
 
 def load_run(path: str | Path) -> Run:
-    """Open a complete run directory (raises :class:`RunError` with the fix otherwise)."""
-    return Run(path)
+    """Open a complete run directory and check its manifest and tables (:class:`RunError` with the
+    fix otherwise); ``Run(path)`` checks the manifest now and each table when first read."""
+    return Run(path).check_tables()
