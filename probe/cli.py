@@ -75,8 +75,22 @@ def _record_data(args):
     return parse_data(args.data, n=args.n, seed=args.seed, **options)
 
 
-def _cmd_record(args) -> int:
+def _model(args):
+    """``--model`` of ``record`` and ``layers``; with ``--random-init`` a line says which weights those are."""
     from .models.sources import resolve_model
+
+    model = resolve_model(args.model, random_init=args.random_init, trust_pickle=args.trust_pickle,
+                          init_seed=args.init_seed)
+    if args.random_init:
+        info = model.source_info
+        where = f" of the architecture in {info['architecture_from']}; its trained weights are not used" \
+            if "architecture_from" in info else ""
+        print(f"note: --random-init: {info['name']} {info['config']} with random weights (seed {info['seed']}){where}",
+              file=sys.stderr)
+    return model
+
+
+def _cmd_record(args) -> int:
     from .recording.loop import check_seed, record
 
     check_seed(args.seed)
@@ -86,7 +100,7 @@ def _cmd_record(args) -> int:
     if args.shards is not None:
         raise SettingsError("--shards splits a --ray run into tasks; without --ray, record one slice with --shard I/N")
     data = _record_data(args)
-    model = resolve_model(args.model, random_init=args.random_init, trust_pickle=args.trust_pickle)
+    model = _model(args)
     run = record(model, data, args.out, n=args.n, settings=settings, seed=args.seed, shard=args.shard,
                  overwrite=args.overwrite, resume=args.resume, checkpoint_every=args.checkpoint_every, device=args.device,
                  checkpoint_seconds=args.checkpoint_seconds, command=_command_line(), max_hours=args.max_hours)
@@ -208,13 +222,12 @@ def _cmd_layers(args) -> int:
     import torch
 
     from .adapters import survey
-    from .models.sources import resolve_model
     from .recording.recorder import Recorder
     from .rundir.tables import layer_table
 
     if not 1 <= args.size <= 8192:
         raise SettingsError(f"--size must be an integer from 1 to 8192 (the input side in pixels), not {args.size}")
-    model = resolve_model(args.model, random_init=args.random_init, trust_pickle=args.trust_pickle)
+    model = _model(args)
     size = args.size
     image = torch.rand(1, 3, size, size)
     hole = torch.zeros(1, 1, size, size)
@@ -245,6 +258,14 @@ def _device_options(p: argparse.ArgumentParser, default: str = "auto", dtype: bo
         p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                        help="precision of the model's forward pass (autocast); statistics accumulate in "
                             "float32/float64/int64 whatever it is (default float32)")
+
+
+def _random_init_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--random-init", action="store_true",
+                   help="random weights: of a registry name, or of the architecture and config of a checkpoint "
+                        "folder's card (its trained weights are not used)")
+    p.add_argument("--init-seed", type=int, default=0, metavar="S",
+                   help="with --random-init: the seed the weights are drawn with (default 0)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -284,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Run a model over data with forward hooks on every gated and partial "
                                    "layer and write the run directory (tables + samples).")
     p.add_argument("--model", required=True, help=model_help)
-    p.add_argument("--random-init", action="store_true", help="allow a registry name (random weights)")
+    _random_init_options(p)
     p.add_argument("--data", default="scenes:64",
                    help="scenes, scenes:SIZE, folder:PATH, voc:ROOT, ade20k:ROOT, cityscapes:ROOT or cocostuff:ROOT "
                         "(default scenes:64)")
@@ -409,7 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("layers", help="list the layers that record would hook")
     p.add_argument("--model", required=True, help=model_help)
-    p.add_argument("--random-init", action="store_true", help="allow a registry name (random weights)")
+    _random_init_options(p)
     p.add_argument("--layers", default=None, help="comma-separated shell patterns of layer names")
     p.add_argument("--gate-activation", action="append", default=[], metavar="NAME",
                    help="also take this activation (op or module class name) as a gate in discovery; repeatable")

@@ -11,7 +11,7 @@ from torch import nn
 
 from ..errors import CheckpointError
 from ..rundir.files import write_atomic, write_json
-from .registry import create_model
+from .registry import create_model, list_models, model_spec
 
 CARD_FORMAT = "gateprobe-checkpoint/1"
 WEIGHTS, CARD = "model.safetensors", "card.json"
@@ -78,10 +78,7 @@ def load_model(folder: str | Path, verify: bool = True) -> nn.Module:
         state = load(blob)
     except (SafetensorError, Exception) as err:  # safetensors raises several types for bad bytes
         raise CheckpointError(f"{weights}: not a readable safetensors file ({err})") from None
-    config = card.get("config", {})
-    if not isinstance(card.get("model"), str) or not isinstance(config, dict):
-        raise CheckpointError(f"{folder / CARD}: 'model' must be a registry name and 'config' an object")
-    _check_config_types(folder / CARD, card["model"], config)
+    _, config = _architecture(card, folder / CARD)
     try:  # first without memory (meta device): a card whose config does not fit the weights builds nothing
         with torch.device("meta"):
             skeleton = create_model(card["model"], **config)
@@ -112,14 +109,29 @@ def load_model(folder: str | Path, verify: bool = True) -> nn.Module:
     return model.eval()
 
 
+def card_architecture(folder: str | Path) -> tuple[str, dict]:
+    """The registry name and config that the card of checkpoint ``folder`` names, checked (the
+    weights are not read): what ``--random-init`` builds with new weights."""
+    return _architecture(read_card(folder), Path(folder) / CARD)
+
+
+def _architecture(card: dict, path: Path) -> tuple[str, dict]:
+    name, config = card.get("model"), card.get("config", {})
+    if not isinstance(name, str) or not isinstance(config, dict):
+        raise CheckpointError(f"{path}: 'model' must be a registry name and 'config' an object")
+    if name not in list_models():
+        raise CheckpointError(f"{path}: unknown model {name!r}; registered models: {', '.join(list_models())}; the "
+                              "card does not describe a model this gateprobe can build")
+    _check_config_types(path, name, config)
+    return name, config
+
+
 def _check_config_types(path: Path, name: str, config: dict) -> None:
     """Each config value has the type of the registry's default (a string width is a clear error,
     not a failure deep inside the model's constructor)."""
     import math
 
-    from .registry import list_models, model_spec
-
-    defaults = model_spec(name).defaults if name in list_models() else {}
+    defaults = model_spec(name).defaults
     for key, value in config.items():
         default = defaults.get(key)
         if isinstance(default, bool):

@@ -3,6 +3,11 @@
 ``resolve_model(spec)`` returns an ``nn.Module`` following the calling convention
 ``model(image, hole, sketch=None)``, with ``model.source_info`` describing it for the manifest.
 Import paths are resolved with importlib and getattr only: no string is ever evaluated.
+
+``random_init`` (``--random-init``) draws new weights with ``init_seed`` for a registry name, or
+for the architecture and config that a checkpoint folder's card names (its trained weights are not
+read); any other source has no architecture to draw from and is refused. The manifest then records
+the registry name, config and seed, so ``analyze`` draws the same weights again.
 """
 from __future__ import annotations
 
@@ -12,10 +17,10 @@ from pathlib import Path
 
 from torch import nn
 
-from ..errors import GateprobeError, ModelError, UserModelError
+from ..errors import GateprobeError, ModelError, SettingsError, UserModelError
 from ..rundir.files import sha256_file
-from .checkpoints import load_model
-from .registry import create_model, list_models
+from .checkpoints import card_architecture, load_model
+from .registry import list_models, model_config
 
 IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 LOADERS: dict[str, callable] = {}  # prefix -> loader(path, **options), e.g. third-party architectures
@@ -33,11 +38,21 @@ def register_loader(prefix: str, loader, pickle: bool = True) -> None:
         PICKLE_LOADERS.discard(prefix)
 
 
-def resolve_model(spec: str, random_init: bool = False, trust_pickle: bool = False, **options) -> nn.Module:
+def resolve_model(spec: str, random_init: bool = False, trust_pickle: bool = False, init_seed: int = 0,
+                  **options) -> nn.Module:
     """Build the model named by ``spec`` (see module docstring) in eval mode. Pickle-based weight
     files (``deepfillv2:PATH.pth``...) are read only with ``trust_pickle`` (``--trust-pickle``), and
     then only with ``torch.load(weights_only=True)``."""
     prefix, _, rest = spec.partition(":")
+    path = Path(spec)
+    if random_init:
+        if path.is_dir():
+            return _random_init(*card_architecture(path), init_seed, architecture_from=str(path))
+        if spec in list_models():
+            return _random_init(spec, model_config(spec), init_seed)
+        raise ModelError(f"--random-init draws new weights for a registry name ({', '.join(list_models())}) or for "
+                         f"the architecture of a checkpoint folder's card; --model {spec!r} is neither, so its "
+                         "weights cannot be randomised: drop --random-init, or give a registry name or checkpoint")
     if prefix in LOADERS and rest:
         if not Path(rest).is_file():
             raise FileNotFoundError(f"--model {spec!r}: no such file {rest!r}")
@@ -49,7 +64,6 @@ def resolve_model(spec: str, random_init: bool = False, trust_pickle: bool = Fal
         model.source_info = {"name": prefix, "source": spec, "sha256": sha256_file(rest),
                              "trust_pickle": prefix in PICKLE_LOADERS}
         return model.eval()
-    path = Path(spec)
     if path.is_dir():
         model = load_model(path)
         model.source_info = {"name": model.card["model"], "source": str(path), "sha256": model.card["sha256"],
@@ -57,16 +71,24 @@ def resolve_model(spec: str, random_init: bool = False, trust_pickle: bool = Fal
                              "metrics": model.card.get("metrics")}
         return model
     if spec in list_models():
-        if not random_init:
-            raise ModelError(f"{spec!r} is a registry name, which has no trained weights; pass --random-init "
-                             "to probe a randomly initialised model, or give a checkpoint folder")
-        model = create_model(spec)
-        model.source_info = {"name": spec, "source": "random-init", "sha256": None, "config": model.config}
-        return model.eval()
+        raise ModelError(f"{spec!r} is a registry name, which has no trained weights; pass --random-init "
+                         "to probe a randomly initialised model, or give a checkpoint folder")
     if IMPORT_PATH.match(spec):
         return _from_import_path(spec).eval()
     raise ModelError(f"--model {spec!r}: not a checkpoint folder, a registry name ({', '.join(list_models())}), "
                      f"a loader prefix ({', '.join(sorted(LOADERS)) or 'none'}) or package.module:function")
+
+
+def _random_init(name: str, config: dict, seed, **provenance) -> nn.Module:
+    """Registry model ``name`` with ``config`` and weights drawn with ``seed``: the random-init twin
+    that ``record --with-baseline`` draws, so ``analyze`` rebuilds both the same way."""
+    from ..recording.loop import random_twin  # lazily: recording builds on models
+
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 32:
+        raise SettingsError(f"--init-seed must be an integer from 0 to {2 ** 32 - 1}, not {seed!r}")
+    model = random_twin(name, config, seed)
+    model.source_info.update(provenance)
+    return model
 
 
 def _first_line(err: BaseException) -> str:
