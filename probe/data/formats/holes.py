@@ -4,6 +4,8 @@
 * ``box:FRACTION``: one random rectangle covering FRACTION of the image;
 * ``folder:PATH``: PNG masks (e.g. the irregular-mask test sets of the partial-convolution
   paper), white = hole unless ``invert``; image i gets mask i mod M, resized nearest to the image.
+  A folder in which no mask has both hole and valid pixels is refused: with it every hole statistic
+  (``auc_hole``, ``p_hole``...) of every channel would be NaN.
 """
 from __future__ import annotations
 
@@ -38,10 +40,26 @@ class HoleSource:
             self.files = sorted(p for p in Path(arg).glob("*") if p.suffix.lower() == ".png")
             if not self.files:
                 raise DataError(f"--holes {self.text!r}: no .png masks in {arg}; give a folder of PNG hole masks")
+            self._check_informative()
         elif self.text != "free":
             raise DataError(f"--holes {self.text!r}: use free, box:FRACTION or folder:PATH")
         if invert and not self.files:
             raise DataError("--holes-invert applies to --holes folder:PATH masks only")
+
+    def _check_informative(self) -> None:
+        """Refuse mask files none of which has both a hole and valid pixels (read until one has)."""
+        full, empty = [], []
+        for path in self.files:
+            mask = read_binary(path, self.threshold, self.invert)
+            if mask.any() and not mask.all():
+                return
+            (full if mask.any() else empty).append(path.name)
+        reading = f"white >= {self.threshold:g} = hole" if not self.invert else f"black (< {self.threshold:g}) = hole"
+        groups = "; ".join(f"{len(names)} {what}: {', '.join(names[:3])}{', ...' if len(names) > 3 else ''}"
+                           for what, names in (("all hole", full), ("without a hole", empty)) if names)
+        raise DataError(f"--holes {self.text!r}: none of the {len(self.files)} masks has both hole and valid pixels "
+                        f"({groups}; read as {reading}), so every hole statistic (auc_hole, p_hole...) would be NaN; "
+                        "give masks with a hole inside valid pixels, or check --holes-invert and --mask-threshold")
 
     def hole(self, i: int, shape: tuple[int, int]) -> np.ndarray:
         if self.files:
