@@ -1,4 +1,4 @@
-"""Eight small inpainting generators in the styles of public code, for discovery (issue 17).
+"""Small inpainting generators in the styles of public code, for discovery (issues 17 and 27).
 
 Written here, not copied; each follows gateprobe's calling convention ``model(image, hole,
 sketch=None) -> [B, 3, H, W]`` (``hole`` 1 = hole), takes sizes that are multiples of 8, and has
@@ -272,18 +272,218 @@ class FunctionalPConvNet(nn.Module):
         return self.out(x)
 
 
+# 9. partial convolutions as functions around plain nn.Conv2d: the new mask a max-pool of the old
+#    one (computed before the count), one inside a block; the last one's mask the count's clamp
+def pooled_partial_conv(conv: nn.Conv2d, x: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
+    """``partial_conv`` with ``new_valid = max_pool2d(valid)``; ``valid`` ``[B, 1, H, W]``."""
+    k = conv.kernel_size[0]
+    new_valid = F.max_pool2d(valid, k, conv.stride, conv.padding)
+    with torch.no_grad():
+        count = F.conv2d(valid, torch.ones(1, 1, k, k), None, conv.stride, conv.padding)
+    return conv(x * valid) * (k * k / count.clamp(min=1)) * new_valid, new_valid
+
+
+def clamped_partial_conv(conv: nn.Conv2d, x: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
+    """``partial_conv`` with ``new_valid = clamp(count, 0, 1)`` and NVIDIA's ratio."""
+    k = conv.kernel_size[0]
+    count = F.conv2d(valid, torch.ones(1, 1, k, k), stride=conv.stride, padding=conv.padding)
+    new_valid = torch.clamp(count, 0, 1)
+    ratio = k * k / (count + 1e-8) * new_valid
+    return conv(x * valid) * ratio, new_valid
+
+
+class PConvBlock(nn.Module):
+    def __init__(self, cin, cout, k, stride):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, k, stride, k // 2)
+
+    def forward(self, x, valid):
+        x, valid = pooled_partial_conv(self.conv, x, valid)
+        return F.relu(x), valid
+
+
+class FunctionalPoolNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.down1, self.down2 = PConvBlock(3, 8, 5, 2), PConvBlock(8, 16, 3, 2)
+        self.up = nn.Conv2d(16, 8, 3, 1, 1)
+        self.out = nn.Conv2d(8, 3, 1)
+
+    def forward(self, image, hole, sketch=None):
+        x, v = self.down2(*self.down1(image, 1 - hole))
+        x, _ = clamped_partial_conv(self.up, F.interpolate(x, scale_factor=4.0), F.interpolate(v, scale_factor=4.0))
+        return self.out(x)
+
+
+# 10. LBAM: forward attention in the encoder, reverse mask convolutions whose maps are concatenated
+#     with the forward ones and multiply concatenated features in the decoder
+class LBAMForward(ForwardAttention):
+    """Returns the gated features, the updated mask, the convolution's features and the maps."""
+
+    def forward(self, x, mask):
+        conv_features, mask_features = self.conv(x), self.mask_conv(mask)
+        maps = self.attention(mask_features)
+        return F.leaky_relu(conv_features * maps, 0.2), torch.pow(F.relu(mask_features), self.alpha), conv_features, maps
+
+
+class ReverseMaskConv(nn.Module):
+    def __init__(self, cin, cout):
+        super().__init__()
+        self.reverse_conv = nn.Conv2d(cin, cout, 4, 2, 1, bias=False)
+        self.activation = GaussActivation()
+
+    def forward(self, masks):
+        features = self.reverse_conv(masks)
+        return self.activation(features), torch.pow(F.relu(features), 0.8)
+
+
+class ReverseAttention(nn.Module):
+    def __init__(self, cin, cout):
+        super().__init__()
+        self.conv = nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=False)
+
+    def forward(self, skip, features, maps):
+        return F.leaky_relu(torch.cat((skip, self.conv(features)), 1) * maps, 0.2)
+
+
+class LBAMNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.ec1, self.ec2, self.ec3 = LBAMForward(3, 8, 3), LBAMForward(8, 16, 8), LBAMForward(16, 16, 16)
+        self.rev1, self.rev2 = ReverseMaskConv(3, 8), ReverseMaskConv(8, 16)
+        self.dc2, self.dc1 = ReverseAttention(16, 16), ReverseAttention(32, 8)
+        self.out = nn.ConvTranspose2d(16, 3, 4, 2, 1)
+
+    def forward(self, image, hole, sketch=None):
+        valid = (1 - hole).expand(-1, 3, -1, -1)
+        x1, m1, skip1, maps1 = self.ec1(image * valid, valid)
+        x2, m2, skip2, maps2 = self.ec2(x1, m1)
+        x3, _, _, _ = self.ec3(x2, m2)
+        reverse1, reverse_mask1 = self.rev1(1 - valid)
+        reverse2, _ = self.rev2(reverse_mask1)
+        d2 = self.dc2(skip2, x3, torch.cat((maps2, reverse2), 1))
+        d1 = self.dc1(skip1, d2, torch.cat((maps1, reverse1), 1))
+        return torch.tanh(self.out(d1))
+
+
+# 11. gates written inline as chunks of one convolution's output (two per block) and one whose
+#     logit no single module made
+class ChunkGatedRes(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(c, 2 * c, 3, 1, 1), nn.Conv2d(c, 2 * c, 3, 1, 2, 2)
+        self.a, self.b = nn.Conv2d(c, c, 1), nn.Conv2d(c, c, 1)
+
+    def forward(self, x):
+        features, gate = self.conv1(x).chunk(2, 1)
+        h = F.elu(features) * torch.sigmoid(gate)
+        features, gate = self.conv2(h).chunk(2, 1)
+        h = features * torch.sigmoid(gate)
+        return x + h * torch.sigmoid(self.a(x) + self.b(x))
+
+
+class ChunkResNet(InlineResNet):
+    def __init__(self):
+        super().__init__()
+        self.res = nn.Sequential(ChunkGatedRes(8), ChunkGatedRes(8))
+
+
+# 12. a spectral norm that runs its power iteration in every forward, eval mode too, assigning
+#     ``.data`` (christiancosgrove/pytorch-spectral-normalization-gan, used by many DeepFill ports)
+def l2normalize(v: Tensor, eps: float = 1e-12) -> Tensor:
+    return v / (v.norm() + eps)
+
+
+class SelfUpdatingSpectralNorm(nn.Module):
+    def __init__(self, module: nn.Module, name: str = "weight"):
+        super().__init__()
+        self.module, self.name = module, name
+        w = getattr(module, name)
+        height, width = w.shape[0], w.view(w.shape[0], -1).shape[1]
+        u = nn.Parameter(l2normalize(w.data.new(height).normal_(0, 1)), requires_grad=False)
+        v = nn.Parameter(l2normalize(w.data.new(width).normal_(0, 1)), requires_grad=False)
+        del module._parameters[name]
+        module.register_parameter(name + "_u", u)
+        module.register_parameter(name + "_v", v)
+        module.register_parameter(name + "_bar", nn.Parameter(w.data))
+
+    def forward(self, *args):
+        u, v, w = (getattr(self.module, self.name + s) for s in ("_u", "_v", "_bar"))
+        height = w.data.shape[0]
+        v.data = l2normalize(torch.mv(torch.t(w.view(height, -1).data), u.data))
+        u.data = l2normalize(torch.mv(w.view(height, -1).data, v.data))
+        sigma = u.dot(w.view(height, -1).mv(v))
+        setattr(self.module, self.name, w / sigma.expand_as(w))
+        return self.module.forward(*args)
+
+
+class SelfNormGatedConv(nn.Module):
+    def __init__(self, cin, cout, k=3, stride=1):
+        super().__init__()
+        self.pad = nn.ZeroPad2d(k // 2)
+        self.conv2d = SelfUpdatingSpectralNorm(nn.Conv2d(cin, cout, k, stride))
+        self.mask_conv2d = SelfUpdatingSpectralNorm(nn.Conv2d(cin, cout, k, stride))
+        self.sigmoid = nn.Sigmoid()
+
+    def forward(self, x):
+        x = self.pad(x)
+        return F.elu(self.conv2d(x)) * self.sigmoid(self.mask_conv2d(x))
+
+
+class SelfNormNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layers = nn.Sequential(SelfNormGatedConv(4, 8, 5), SelfNormGatedConv(8, 8, 3, 2), SelfNormGatedConv(8, 8))
+        self.to_rgb = nn.ConvTranspose2d(8, 3, 4, 2, 1)
+
+    def forward(self, image, hole, sketch=None):
+        return torch.sigmoid(self.to_rgb(self.layers(masked_input(image, hole))))
+
+
+# 13. one mask convolution's sigmoid maps split between two feature branches (a dual-branch gate)
+class SplitMapBlock(nn.Module):
+    def __init__(self, cin, c):
+        super().__init__()
+        self.c = c
+        self.mask_conv = nn.Conv2d(cin, 2 * c, 3, 1, 1)
+        self.branch_a, self.branch_b = nn.Conv2d(cin, c, 3, 1, 1), nn.Conv2d(cin, c, 5, 1, 2)
+
+    def forward(self, x):
+        maps = torch.sigmoid(self.mask_conv(x))
+        return torch.cat((self.branch_a(x) * maps[:, :self.c], self.branch_b(x) * maps[:, self.c:]), 1)
+
+
+class SplitMapNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.block = SplitMapBlock(4, 6)
+        self.out = nn.Conv2d(12, 3, 1)
+
+    def forward(self, image, hole, sketch=None):
+        return self.out(self.block(masked_input(image, hole)))
+
+
 MODELS = {"sn_sigmoid": SNGatedNet, "split": SplitGateNet, "self_gated": SelfGatedNet, "inline_res": InlineResNet,
-          "lbam": LBAMStyleNet, "nvidia": NVPartialNet, "naoto": NaotoStyleNet, "functional": FunctionalPConvNet}
-GATE_ACTIVATIONS = {"lbam": ("GaussActivation",)}  # the one non-sigmoid design needs its activation named
+          "lbam": LBAMStyleNet, "nvidia": NVPartialNet, "naoto": NaotoStyleNet, "functional": FunctionalPConvNet,
+          "functional_pool": FunctionalPoolNet, "lbam_reverse": LBAMNet, "chunk_res": ChunkResNet,
+          "self_norm": SelfNormNet, "split_maps": SplitMapNet}
+GATE_ACTIVATIONS = {"lbam": ("GaussActivation",), "lbam_reverse": ("GaussActivation",)}  # non-sigmoid: named
 
 SITES = {
     "sn_sigmoid": [("layers.0", "gated", 8), ("layers.1", "gated", 12), ("layers.2", "gated", 8)],
     "split": [("enc1", "gated", 8), ("enc2", "gated", 16), ("mid", "gated", 16), ("dec", "gated", 8)],
     "self_gated": [("body.0", "gated", 8), ("body.1", "gated", 8), ("body.2", "gated", 6)],
-    "inline_res": [("res.0:op0", "gated", 8), ("res.0:op1", "gated", 8), ("res.1:op0", "gated", 8),
-                   ("res.1:op1", "gated", 8)],
+    "inline_res": [("res.0.gate1", "gated", 8), ("res.0.gate2", "gated", 8), ("res.1.gate1", "gated", 8),
+                   ("res.1.gate2", "gated", 8)],
     "lbam": [("ec1", "gated", 8), ("ec2", "gated", 16)],
     "nvidia": [("p1", "partial", 8), ("p2", "partial", 8), ("p3", "partial", 3)],
     "naoto": [("enc_1", "partial", 8), ("enc_2", "partial", 16), ("dec_2", "partial", 8), ("dec_1", "partial", 3)],
-    "functional": [("model:op0", "partial", 8), ("model:op1", "partial", 16), ("model:op2", "partial", 8)],
+    "functional": [("enc1", "partial", 8), ("enc2", "partial", 16), ("dec", "partial", 8)],
+    "functional_pool": [("down1.conv", "partial", 8), ("down2.conv", "partial", 16), ("up", "partial", 8)],
+    "lbam_reverse": [("ec1", "gated", 8), ("ec2", "gated", 16), ("ec3", "gated", 16), ("rev1", "gated", 8),
+                     ("rev2", "gated", 16)],
+    "chunk_res": [("res.0.conv1", "gated", 8), ("res.0.conv2", "gated", 8), ("res.0:op0", "gated", 8),
+                  ("res.1.conv1", "gated", 8), ("res.1.conv2", "gated", 8), ("res.1:op0", "gated", 8)],
+    "self_norm": [("layers.0", "gated", 8), ("layers.1", "gated", 8), ("layers.2", "gated", 8)],
+    "split_maps": [("block.mask_conv:op0", "gated", 6), ("block.mask_conv:op1", "gated", 6)],
 }

@@ -1,4 +1,4 @@
-"""Discovery (issue 17): eight foreign generators (``tests/foreign_models.py``) recorded with no
+"""Discovery (issues 17 and 27): foreign generators (``tests/foreign_models.py``) recorded with no
 adapter, checked against their true gates and masks, which the tests read with their own hooks."""
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from probe.errors import ModelError
 from probe.hooks import hooks_attached, site_attachers
 from probe.layers import GatedConv2d, HookPoint
 from probe.recording.loop import record
-from probe.recording.recorder import Recorder
+from probe.recording.recorder import Recorder, UserState
 
 SIZE, BATCH = 32, 2
 
@@ -33,63 +33,80 @@ def build(name: str) -> nn.Module:
 
 
 # ----------------------------------------------------------------------------- the true values
-def _gate_truth(model: nn.Module, name: str) -> tuple[list, dict]:
-    """Attachers of the test's own hooks, and the dict they fill: site -> true gate ``[B, C, h, w]``."""
-    truth: dict = {}
+def _keep(truth: dict, site: str, value=lambda out: out):
+    """A forward hook that keeps ``value(output)`` as the true gate or mask of ``site``."""
+    return lambda _m, _i, out: truth.__setitem__(site, value(out).clone())
 
-    def keep(site):
-        return lambda _m, _i, out: truth.__setitem__(site, out.clone())
 
-    def split_half(site, first: bool):
-        def hook(_m, _i, out):
-            half = out.shape[1] // 2
-            truth[site] = torch.sigmoid(out[:, half:] if not first else out[:, :half])
-        return hook
+def _sum_gate(truth: dict, site: str, first: str):
+    """Hooks for a gate ``sigmoid(first(x) + second(x))``: (first's hook, second's hook)."""
+    seen = {}
+    return (lambda _m, _i, out: seen.__setitem__(first, out),
+            lambda _m, _i, out: truth.__setitem__(site, torch.sigmoid(seen.pop(first) + out)))
 
-    plan = []
-    if name == "sn_sigmoid":
-        plan = [(f"layers.{i}.mask_conv2d.activation", keep(f"layers.{i}")) for i in range(3)]
-    elif name == "split":
-        plan = [(f"{s}.conv", split_half(s, False)) for s in ("enc1", "enc2", "mid", "dec")]
-    elif name == "self_gated":
-        plan = [(f"body.{i}", lambda m, i_, out, s=f"body.{i}": truth.__setitem__(
-            s, torch.sigmoid(nn.Conv2d.forward(m, i_[0]).chunk(2, 1)[1]))) for i in range(3)]
-    elif name == "inline_res":
+
+def _gate_plan(name: str, truth: dict) -> list:
+    """``(module path, forward hook)`` pairs whose hooks fill ``truth``: site -> true gate ``[B, C, h, w]``."""
+    def second_half(out):
+        return torch.sigmoid(out.chunk(2, 1)[1])
+
+    new_mask = lambda out: out[1][:, :1]  # noqa: E731  ((output, mask) layers)
+    if name in ("sn_sigmoid", "self_norm"):
+        inner = "mask_conv2d.activation" if name == "sn_sigmoid" else "sigmoid"
+        return [(f"layers.{i}.{inner}", _keep(truth, f"layers.{i}")) for i in range(3)]
+    if name == "split":
+        return [(f"{s}.conv", _keep(truth, s, second_half)) for s in ("enc1", "enc2", "mid", "dec")]
+    if name == "self_gated":
+        return [(f"body.{i}", lambda m, i_, out, s=f"body.{i}": truth.__setitem__(
+            s, second_half(nn.Conv2d.forward(m, i_[0])))) for i in range(3)]
+    if name == "inline_res":
+        return [hook for r in range(2) for hook in (
+            (f"res.{r}.gate1", _keep(truth, f"res.{r}.gate1", torch.sigmoid)),
+            (f"res.{r}.gate2", _keep(truth, f"res.{r}.gate2", F.hardsigmoid)))]
+    if name == "chunk_res":
+        plan = []
         for r in range(2):
-            plan += [(f"res.{r}.gate1", lambda _m, _i, o, s=f"res.{r}:op0": truth.__setitem__(s, torch.sigmoid(o))),
-                     (f"res.{r}.gate2", lambda _m, _i, o, s=f"res.{r}:op1": truth.__setitem__(s, F.hardsigmoid(o)))]
-    elif name == "lbam":
-        plan = [(f"{s}.attention", keep(s)) for s in ("ec1", "ec2")]
-    elif name == "nvidia":
-        plan = [(s, lambda _m, _i, out, s=s: truth.__setitem__(s, out[1][:, :1].clone())) for s in ("p1", "p2", "p3")]
-    elif name == "naoto":
-        plan = [(s, lambda _m, _i, out, s=s: truth.__setitem__(s, out[1][:, :1].clone()))
-                for s in ("enc_1", "enc_2", "dec_2", "dec_1")]
-    attachers = [lambda path=path, hook=hook: [model.get_submodule(path).register_forward_hook(hook)]
-                 for path, hook in plan]
-    return attachers, truth
+            first, second = _sum_gate(truth, f"res.{r}:op0", "a")
+            plan += [(f"res.{r}.conv1", _keep(truth, f"res.{r}.conv1", second_half)),
+                     (f"res.{r}.conv2", _keep(truth, f"res.{r}.conv2", second_half)),
+                     (f"res.{r}.a", first), (f"res.{r}.b", second)]
+        return plan
+    if name == "lbam":
+        return [(f"{s}.attention", _keep(truth, s)) for s in ("ec1", "ec2")]
+    if name == "lbam_reverse":
+        return [(f"{s}.attention", _keep(truth, s)) for s in ("ec1", "ec2", "ec3")] + [
+            (f"{s}.activation", _keep(truth, s, lambda out: out[0] if isinstance(out, tuple) else out))
+            for s in ("rev1", "rev2")]
+    if name == "split_maps":
+        return [("block.mask_conv", _keep(truth, f"block.mask_conv:op{i}", lambda out, i=i: torch.sigmoid(
+            out)[:, 6 * i: 6 * (i + 1)])) for i in range(2)]
+    if name == "nvidia":
+        return [(s, _keep(truth, s, new_mask)) for s in ("p1", "p2", "p3")]
+    if name == "naoto":
+        return [(s, _keep(truth, s, new_mask)) for s in ("enc_1", "enc_2", "dec_2", "dec_1")]
+    return []
+
+
+FUNCTIONS = {"functional": ("partial_conv",), "functional_pool": ("pooled_partial_conv", "clamped_partial_conv")}
 
 
 def true_values(model: nn.Module, name: str, image, hole, monkeypatch) -> tuple[torch.Tensor, dict]:
-    """The unhooked output and, per site, the true gate or new valid mask."""
-    if name == "functional":  # a function, not a module: wrap it
-        truth, calls = {}, []
-        plain = fm.partial_conv
-
-        def observed(conv, x, valid):
+    """The unhooked output and, per site, the true gate or new valid mask (for partial
+    convolutions written as functions: each call's new mask, under its convolution's name)."""
+    truth: dict = {}
+    names = {id(m): path for path, m in model.named_modules()}
+    for function in FUNCTIONS.get(name, ()):
+        def observed(conv, x, valid, plain=getattr(fm, function)):
             out, new_valid = plain(conv, x, valid)
-            truth[f"model:op{len(calls)}"] = new_valid.clone()
-            calls.append(conv)
+            truth[names[id(conv)]] = new_valid.clone()
             return out, new_valid
 
-        monkeypatch.setattr(fm, "partial_conv", observed)
-        with torch.no_grad():
-            out = model(image, hole)
-        monkeypatch.setattr(fm, "partial_conv", plain)
-        return out, truth
-    attachers, truth = _gate_truth(model, name)
+        monkeypatch.setattr(fm, function, observed)
+    attachers = [lambda path=path, hook=hook: [model.get_submodule(path).register_forward_hook(hook)]
+                 for path, hook in _gate_plan(name, truth)]
     with hooks_attached(model, attachers), torch.no_grad():
         out = model(image, hole)
+    monkeypatch.undo()
     return out, truth
 
 
@@ -112,11 +129,16 @@ class Store:
         return _Bound()
 
 
-# ----------------------------------------------------------------------------- the eight models
+# ----------------------------------------------------------------------------- the models
 @pytest.mark.parametrize("name", list(fm.MODELS))
 def test_foreign_model_sites_and_hooked_values_are_the_true_ones(name, monkeypatch):
     model = build(name)
     image, hole = inputs()
+    with UserState(model):  # every forward with the same state (self_norm changes its own)
+        _check_hooked_values(model, name, image, hole, monkeypatch)
+
+
+def _check_hooked_values(model, name, image, hole, monkeypatch):
     sites = find_sites(model, gate_activations=fm.GATE_ACTIVATIONS.get(name, ()))
     assert [(s.name, s.kind, s.channels) for s in sites] == fm.SITES[name]
     assert {s.found_by for s in sites} == {"discovered"}
@@ -144,12 +166,17 @@ def test_foreign_model_sites_and_hooked_values_are_the_true_ones(name, monkeypat
 def test_foreign_model_statistics_are_those_of_the_true_values(name, monkeypatch):
     model = build(name)
     image, hole = inputs()
+    with UserState(model):
+        _check_statistics(model, name, image, hole, monkeypatch)
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+def _check_statistics(model, name, image, hole, monkeypatch):
     sites = find_sites(model, gate_activations=fm.GATE_ACTIVATIONS.get(name, ()))
     plain, truth = true_values(model, name, image, hole, monkeypatch)
     with Recorder(model, sites, n_labels=2) as recorder:
         out = recorder.forward(image, hole, None, torch.zeros(BATCH, SIZE, SIZE, dtype=torch.long), torch.arange(BATCH))
     assert torch.equal(out, plain)
-    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
     for site in sites:
         stats, true = recorder.stats[site.name], truth[site.name]
         if site.kind == "gated":

@@ -22,7 +22,7 @@ from ..rundir.write import write_run
 from .budget import DEFAULT_MAX_HOURS, check_duration, check_memory, duration, time_estimate
 from .calibration import calibrate_binnings
 from .manifest import new_manifest
-from .recorder import Recorder
+from .recorder import Recorder, with_user_state
 from .resume import Checkpointer, clear_progress, open_for_resume, restore
 
 
@@ -54,6 +54,7 @@ def shard_range(n: int, shard: tuple[int, int] | None) -> range:
 
 
 @replaces_safely
+@with_user_state
 def record(model: nn.Module, data, out: str | Path, n: int | None = None, *, settings: RecordSettings | None = None,
            seed: int | None = None, shard: tuple[int, int] | None = None, overwrite: bool = False,
            resume: bool = False, checkpoint_every: int | None = None, checkpoint_seconds: float | None = 30.0,
