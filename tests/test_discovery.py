@@ -2,18 +2,25 @@
 adapter, checked against their true gates and masks, which the tests read with their own hooks."""
 from __future__ import annotations
 
+import copy
+
 import foreign_models as fm
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from probe.adapters import find_sites, survey
+from probe.data import collate, parse_data
 from probe.errors import ModelError
 from probe.hooks import hooks_attached, site_attachers
-from probe.layers import GatedConv2d, HookPoint
+from probe.layers import GatedConv2d, HookPoint, PartialConv2d
 from probe.recording.loop import record
+from probe.recording.manifest import weights_sha256
 from probe.recording.recorder import Recorder, UserState
+from probe.rundir.tables import evolution_table
 
 SIZE, BATCH = 32, 2
 
@@ -263,3 +270,89 @@ def test_discovered_models_record_end_to_end(name, tmp_path):
                  progress=False)
     assert run.manifest["layers"] == [s for s, _, _ in fm.SITES[name]]
     assert list(run.layers["channels"]) == [c for _, _, c in fm.SITES[name]]
+
+
+# ----------------------------------------------------------------------------- issue 27
+class OwnPartialNet(nn.Module):
+    """``functional`` and ``functional_pool`` with gateprobe's own PartialConv2d: the same masks."""
+
+    def __init__(self):
+        super().__init__()
+        self.p1, self.p2 = PartialConv2d(3, 8, 5, 2, 2), PartialConv2d(8, 16, 3, 2, 1)
+        self.p3 = PartialConv2d(16, 8, 3, 1, 1)
+        self.out = nn.Conv2d(8, 3, 1)
+
+    def forward(self, image, hole, sketch=None):
+        x, v = self.p1(image, 1 - hole)
+        x, v = self.p2(F.relu(x), v)
+        x, _ = self.p3(F.interpolate(F.relu(x), scale_factor=4.0), F.interpolate(v, scale_factor=4.0))
+        return self.out(x)
+
+
+def evolution(model: nn.Module, data, n: int = 4, batch: int = 2) -> pd.DataFrame:
+    """The evolution table of ``model`` over the first ``n`` images of ``data``."""
+    sites = find_sites(model)
+    with Recorder(model, sites, n_labels=len(data.classes)) as recorder:
+        for start in range(0, n, batch):
+            b = collate([data[i] for i in range(start, start + batch)])
+            recorder.forward(b["image"], b["hole"], None, b["labels"], torch.arange(batch))
+    return evolution_table(recorder.stats, recorder.order)
+
+
+@pytest.mark.parametrize("name", ["functional", "functional_pool"])
+def test_functional_partial_conv_has_the_evolution_table_of_a_module_partial_conv(name):
+    data = parse_data("scenes:32", n=4)
+    functional, module = evolution(build(name), data), evolution(OwnPartialNet(), data)
+    assert list(functional["layer"]) == [s for s, _, _ in fm.SITES[name]]
+    assert functional["flipped"].sum() > 0 and 0 < functional["valid_fraction"].min() < 1  # it sees masks
+    assert list(functional.columns) == list(module.columns) and len(functional) == len(module) == 3
+    for column in functional.columns.drop(["layer", "leak"]):  # leak: measured only by gateprobe's layer
+        for ours, theirs in zip(functional[column], module[column]):
+            assert np.array_equal(np.asarray(ours, float), np.asarray(theirs, float), equal_nan=True), column
+
+
+def test_reverse_attention_maps_are_recorded_as_gates_of_the_module_that_made_them():
+    model = build("lbam_reverse")
+    sites = {s.name: s for s in find_sites(model, gate_activations=("GaussActivation",))}
+    assert (sites["rev1"].module, sites["rev1"].adapter.act_path) == (model, "rev1.activation")
+    assert sites["ec1"].module is model.ec1  # the forward maps: one site, though two products use them
+    with pytest.raises(ModelError, match="no gated"):
+        find_sites(model)  # the Gaussian activation is not a gate unless named
+
+
+def test_ablating_a_channel_range_site_forces_that_channel_of_the_activation():
+    model, (image, hole) = build("split_maps"), inputs()
+    site = {s.name: s for s in find_sites(model)}["block.mask_conv:op1"]
+    block, x = model.block, fm.masked_input(image, hole)
+    with torch.no_grad():
+        maps = torch.sigmoid(block.mask_conv(x))
+        maps[:, 6 + 2] = 0.25
+        expected = model.out(torch.cat((block.branch_a(x) * maps[:, :6], block.branch_b(x) * maps[:, 6:]), 1))
+        with hooks_attached(model, [lambda: site.adapter.ablate(site.module, 2, 0.25)]):
+            ablated = model(image, hole)
+    assert torch.equal(ablated, expected)
+
+
+def test_a_model_that_changes_itself_in_forward_is_recorded_with_the_state_handed_over(tmp_path):
+    model = build("self_norm")
+    handed = copy.deepcopy(model)
+    before = weights_sha256(model)
+    with pytest.warns(UserWarning, match="changed its own state") as caught:
+        run = record(model, "scenes:32", tmp_path / "run", n=4, batch_size=2, samples=0, calibration=2,
+                     progress=False)
+    assert sum("changed its own state" in str(w.message) for w in caught) == 1
+    assert run.manifest["model"]["weights_sha256"] == before == weights_sha256(model)
+    assert not any(t.is_inference() for t in model.state_dict().values())
+    model.train()(*inputs()).mean().backward()  # still trainable
+
+    truth: dict = {}
+    data = parse_data("scenes:32", n=4)
+    for start in (0, 2):  # every batch through a fresh copy of the state handed over
+        fresh, batch = copy.deepcopy(handed), collate([data[i] for i in range(start, start + 2)])
+        attachers = [lambda i=i: [fresh.get_submodule(f"layers.{i}.sigmoid").register_forward_hook(
+            lambda _m, _i, out, i=i: truth.setdefault(f"layers.{i}", []).append(out.double()))] for i in range(3)]
+        with hooks_attached(fresh, attachers), torch.no_grad():
+            fresh(batch["image"], batch["hole"])
+    for layer, gates in truth.items():
+        recorded = run.channels[run.channels["layer"] == layer]["mean"].to_numpy()
+        assert np.allclose(recorded, torch.cat(gates).mean((0, 2, 3)).numpy(), rtol=0, atol=1e-6), layer
