@@ -108,7 +108,8 @@ SCHEMAS = {
     "evolution": _schema(EVOLUTION_COLUMNS, ("layer",), {
         **{c: DEFINED_UNIT for c in ("valid_fraction", "valid_fraction_std", "valid_fraction_predicted",
                                      "all_valid_images", "all_valid_images_predicted")},
-        "height": POSITIVE, "width": POSITIVE, "window": Bounds(1.0, nan=False), "leak": Bounds(0.0, nan=False)},
+        "height": POSITIVE, "width": POSITIVE, "window": Bounds(1.0, nan=False),
+        "leak": Bounds(0.0)},  # NaN where the layer's output is not seen
         lists={"valid_fraction_hist": COUNT, "group_valid_fraction": UNIT, "group_images": COUNT,
                "coverage_hist": COUNT, "coverage_edges": DEFINED_UNIT}),
 }
@@ -244,9 +245,11 @@ def _bounds_problem(values: np.ndarray, bounds: list[Bounds]) -> tuple[int, str,
     if not bad.any():
         return None
     row, column = (int(v[0]) for v in np.nonzero(bad))
-    if nan[row, column]:
+    value = values[row, column]
+    if np.isnan(value):
         return column, "holds NaN, which it never does in a recorded run,", row
-    return column, f"holds {values[row, column]:g}, outside {bounds[column].describe()},", row
+    return column, f"holds {value:g}, " + ("not a finite number," if np.isinf(value) else
+                                           f"outside {bounds[column].describe()},"), row
 
 
 def _list_problem(values: pd.Series, bounds: Bounds) -> str | None:
@@ -305,11 +308,9 @@ def _check_channel_rows(path: Path, frame: pd.DataFrame, channels: dict[str, int
     if ids.max() >= len(classes):
         raise RunError(f"{path}: label_id {int(ids.max())}, but the manifest names {len(classes)} classes; {_FIX}")
     codes, names = pd.factorize(frame.label)
-    id_of_name = np.zeros(len(names), np.int64)
-    id_of_name[codes] = ids
-    renamed = (id_of_name[codes] != ids) | (np.asarray(classes, dtype=object)[id_of_name] != names.to_numpy(
-        dtype=object))[codes]
-    if renamed.any():
-        at = int(np.flatnonzero(renamed)[0])
+    pairs = codes.astype(np.int64) * len(classes) + ids  # (name, id) of each row: few distinct ones
+    wrong = [p for p in np.unique(pairs) if names[p // len(classes)] != classes[p % len(classes)]]
+    if wrong:
+        at = int(np.flatnonzero(np.isin(pairs, wrong))[0])
         raise RunError(f"{path}: label {frame.label.iloc[at]!r} at row {at} is not class {int(ids[at])} of the "
                        f"manifest ({classes[ids[at]]!r}); {_FIX}")
