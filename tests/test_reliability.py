@@ -1,4 +1,4 @@
-"""Reliability and security (issue 10): bad input, crash safety, and the explorer's attack surface.
+"""Reliability and security (issues 10, 16, 29): bad input, crash safety, and the explorer's attack surface.
 
 1. **Bad input** (:data:`BAD_INPUTS`, one table): each row builds a broken input, runs ``gateprobe
    record`` (or ``report``) through :func:`probe.cli.main` -- the function ``python -m probe``
@@ -554,7 +554,46 @@ BAD_INPUTS = [
     Bad("hostile pickle: no advice to set weights_only=False",
         lambda e, s: _rec(e, None, "deepfillv2:" + _pickle_file(s, hostile=True), "--trust-pickle"),
         "holds pickled objects other than tensors", absent=("weights_only=False", "weights_only` set to `False")),
+    # ---- issue 29: flags that do what they say, one line for every mistake
+    Bad("--holes folder: whose masks are all hole", lambda e, s: _rec(e, None, None, "--holes", _mask_folder(s, 255)),
+        "none of the 6 masks has both hole and valid pixels (6 all hole: m0.png, m1.png, m2.png, ...; read as "
+        "white >= 0.5 = hole)"),
+    Bad("--holes folder: whose masks have no hole", lambda e, s: _rec(e, None, None, "--holes", _mask_folder(s, 0)),
+        "none of the 6 masks has both hole and valid pixels (6 without a hole"),
+    Bad("--holes folder: of grey masks read at a threshold above them",
+        lambda e, s: _rec(e, None, None, "--holes", _mask_folder(s, 100), "--mask-threshold", "0.5"),
+        "6 without a hole"),
+    Bad("--random-init with an import path (no architecture to draw weights for)",
+        lambda e, s: _rec(e, None, "gp_evil_models:nan_output", "--random-init"),
+        "--model 'gp_evil_models:nan_output' is neither, so its weights cannot be randomised"),
+    Bad("--random-init with a checkpoint whose card names an unknown model",
+        lambda e, s: _rec(e, None, _copy_checkpoint(e, s, lambda f: _card(f, model="no-such-model")), "--random-init"),
+        "unknown model 'no-such-model'; registered models: gated-scenes, pconv-scenes; the card does not describe"),
+    Bad("--init-seed -1", lambda e, s: _rec(e, None, None, "--random-init", "--init-seed", "-1"),
+        "--init-seed must be an integer from 0 to 4294967295, not -1"),
+    Bad("serve --host that does not resolve", lambda e, s: ["serve", e.root / "runs", "--host", "no.such.host.invalid"],
+        "--host 'no.such.host.invalid': no such host", out=False),
+    Bad("merge into one of its inputs with --overwrite",
+        lambda e, s: ["merge", e.precious, "--out", e.precious, "--overwrite"],
+        "is also one of the runs to merge", out=False, absent=("not a run directory",)),
+    Bad("merge into one of its inputs through a symbolic link",
+        lambda e, s: ["merge", e.precious, "--out", _link(s / "link", e.precious), "--overwrite"],
+        "is also one of the runs to merge", out=False),
 ]
+
+
+def _mask_folder(scratch: Path, value: int) -> str:
+    """``folder:PATH`` of six 32x32 masks of one grey ``value``."""
+    folder = scratch / "masks"
+    folder.mkdir()
+    for k in range(6):
+        _image(folder / f"m{k}.png", np.full((SIZE, SIZE), value, np.uint8))
+    return f"folder:{folder}"
+
+
+def _link(path: Path, target: Path) -> Path:
+    path.symlink_to(target)
+    return path
 
 
 def _card_without(folder: Path, key: str) -> None:
@@ -1124,12 +1163,16 @@ def _web_project(folder: Path) -> dict:
     return digest(folder)
 
 
-def test_overwrite_refuses_a_foreign_manifest_json_and_leaves_it_untouched(env, tmp_path, capsys):
+@pytest.mark.parametrize("overwrite", [[], ["--overwrite"]], ids=["plain", "--overwrite"])
+def test_a_foreign_manifest_json_is_not_a_gateprobe_run_and_stays_untouched(env, tmp_path, capsys, overwrite):
+    """With or without --overwrite the folder is called what it is (issue 29: without it, it used to
+    be "an incomplete one: pass --resume")."""
     target = tmp_path / "site"
     before = _web_project(target)
-    code, stderr = run_cli(_rec(env) + ["--out", target, "--overwrite"], capsys)
+    code, stderr = run_cli(_rec(env) + ["--out", target, *overwrite], capsys)
     line = error_line(stderr)
-    assert code == 2 and "is not a gateprobe run" in line and "left it untouched" in line, line
+    assert code == 2 and "is not a gateprobe run (its manifest.json has no schema_version" in line, line
+    assert "left it untouched" in line and "--resume" not in line, line
     assert digest(target) == before and not list(tmp_path.glob(".*"))
 
 
@@ -1216,6 +1259,95 @@ def test_a_second_writer_gets_one_line_naming_the_holders_pid(env, tmp_path, cap
     code, stderr = run_cli(_rec(env) + ["--out", target, "--overwrite"], capsys)  # the lock died with its holder
     assert code == 0, stderr
     assert not list(tmp_path.glob(".run.*"))
+
+
+@pytest.mark.parametrize("held", ["folder", "link"])
+def test_a_symbolic_link_to_the_run_folder_takes_the_same_lock(env, tmp_path, capsys, held):
+    """The lock is named after the resolved folder: a writer through a link to it (or to the
+    folder, when the link is locked) is the second writer of the same run."""
+    target = tmp_path / "run"
+    shutil.copytree(env.precious, target)
+    link = _link(tmp_path / "alias", target)
+    holder = _hold_lock(target if held == "folder" else link, tmp_path / "ready")
+    try:
+        for extra in ([], ["--overwrite"], ["--resume"]):
+            code, stderr = run_cli(_rec(env) + ["--out", link if held == "folder" else target, *extra], capsys)
+            line = error_line(stderr)
+            assert code == 2 and f"being written by another gateprobe process (pid {holder.pid})" in line, line
+            assert digest(target) == env.precious_digest and link.resolve() == target
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+@pytest.mark.parametrize("extra", [[], ["--resume"], ["--overwrite"]], ids=["plain", "--resume", "--overwrite"])
+def test_an_out_that_is_a_dangling_symbolic_link_is_refused_in_one_line(env, tmp_path, capsys, extra):
+    link = _link(tmp_path / "run", tmp_path / "nowhere" / "run")
+    code, stderr = run_cli(_rec(env) + ["--out", link, *extra], capsys)
+    line = error_line(stderr)
+    assert code == 2 and f"--out {link} is a symbolic link to {tmp_path / 'nowhere' / 'run'}, which does not exist" \
+        in line, line
+    assert "Errno" not in line
+    assert link.is_symlink() and sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # nothing created
+
+
+@pytest.mark.parametrize("left", ["incomplete run", "no run"])
+def test_reading_after_a_killed_overwrite_says_where_the_previous_run_is_kept(env, tmp_path, capsys, left):
+    """A SIGKILL during --overwrite leaves the previous run in .RUN.replaced and in RUN an
+    incomplete run (or nothing, when it came between the rename and the new manifest): reading RUN
+    says so and how to get the previous run back."""
+    target, aside = _interrupted_overwrite(env, tmp_path)
+    if left == "no run":
+        shutil.rmtree(target)
+        target.mkdir()
+    before = digest(tmp_path)
+    code, stderr = run_cli(["report", target, "--out", tmp_path / "out" / "report.html"], capsys)
+    line = error_line(stderr)
+    assert code == 2, stderr
+    assert ("run is incomplete" if left == "incomplete run" else "not a run directory (no manifest.json)") in line
+    assert (f"an interrupted --overwrite kept the run it was replacing in {aside}: to get it back, remove {target} "
+            f"and rename {aside} to {target}") in line, line
+    with pytest.raises(RunError, match="kept the run it was replacing"):
+        load_run(target)
+    assert digest(tmp_path) == before and digest(aside) == env.precious_digest and not (tmp_path / "out").exists()
+
+
+def test_random_init_of_a_checkpoint_folder_draws_new_weights_for_its_architecture(env, tmp_path, capsys):
+    """--random-init with a checkpoint folder used to record the trained weights (issue 29): now the
+    card's architecture and config with weights drawn from --init-seed, which analyze draws again."""
+    from probe.models.checkpoints import read_card
+    from probe.recording.manifest import weights_sha256
+
+    trained = weights_sha256(resolve_model(str(env.gated)))
+    hashes = {}
+    for seed in (0, 1):
+        out = tmp_path / f"seed{seed}"
+        code, stderr = run_cli(_rec(env, None, env.gated, "--random-init", "--init-seed", seed) + ["--out", out],
+                               capsys)
+        assert code == 0, stderr
+        assert (f"note: --random-init: gated-scenes {read_card(env.gated)['config']} with random weights (seed {seed}) "
+                f"of the architecture in {env.gated}; its trained weights are not used") in stderr
+        model = load_run(out).manifest["model"]
+        assert model["source"] == "random-init" and model["name"] == "gated-scenes" and model["seed"] == seed
+        assert model["config"] == read_card(env.gated)["config"] and model["architecture_from"] == str(env.gated)
+        hashes[seed] = model["weights_sha256"]
+    assert trained not in hashes.values() and hashes[0] != hashes[1]
+    again = resolve_model(str(env.gated), random_init=True, init_seed=1)
+    assert weights_sha256(again) == hashes[1]  # the seed determines the weights
+    code, stderr = run_cli(["analyze", tmp_path / "seed1", "--n", "2", "--no-ablation", "--no-attribution",
+                            "--no-sketch"], capsys)
+    assert code == 0, stderr  # drawn again from the manifest and checked against the recorded hash
+
+
+def test_hole_masks_with_one_that_informs_record(env, tmp_path, capsys):
+    """Only a mask folder in which *no* mask has both hole and valid pixels is refused."""
+    masks = _mask_folder(tmp_path, 255)
+    informative = np.zeros((SIZE, SIZE), np.uint8)
+    informative[8:20, 8:20] = 255
+    _image(tmp_path / "masks" / "m5.png", informative)
+    code, stderr = run_cli(_rec(env, None, env.gated, "--holes", masks) + ["--out", tmp_path / "run"], capsys)
+    assert code == 0, stderr
+    assert load_run(tmp_path / "run").channels.auc_hole.notna().all()
 
 
 def test_two_concurrent_record_processes_one_writes_the_other_is_refused(env, tmp_path, capsys):
