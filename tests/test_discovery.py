@@ -17,6 +17,7 @@ from probe.data import collate, parse_data
 from probe.errors import ModelError
 from probe.hooks import hooks_attached, site_attachers
 from probe.layers import GatedConv2d, HookPoint, PartialConv2d
+from probe.models.ported.pconv_unet import LiuPConvUNet
 from probe.recording.loop import record
 from probe.recording.manifest import weights_sha256
 from probe.recording.recorder import Recorder, UserState
@@ -356,3 +357,22 @@ def test_a_model_that_changes_itself_in_forward_is_recorded_with_the_state_hande
     for layer, gates in truth.items():
         recorded = run.channels[run.channels["layer"] == layer]["mean"].to_numpy()
         assert np.allclose(recorded, torch.cat(gates).mean((0, 2, 3)).numpy(), rtol=0, atol=1e-6), layer
+
+
+def test_discovery_alone_finds_the_adapters_sites_of_a_deep_partial_conv_unet():
+    """Deep decoder masks are all valid, so earlier all-valid masks equal their count > 0: only the
+    mask a layer computes from its own count (or a max-pool of its input) may be taken."""
+    torch.manual_seed(0)
+    model, (image, hole) = LiuPConvUNet(width=8).eval(), inputs()
+    adapted, found = find_sites(model, discover=False), find_sites(model, by_class=False)
+    geometry = ("name", "kind", "channels", "kernel", "stride", "dilation", "padding", "window")
+    assert [[getattr(s, g) for g in geometry] for s in found] == [[getattr(s, g) for g in geometry] for s in adapted]
+    truth: dict = {}
+    attachers = [lambda s=s: [s.module.register_forward_hook(_keep(truth, s.name, lambda out: out[1][:, :1]))]
+                 for s in adapted]
+    store = Store()
+    with hooks_attached(model, attachers + site_attachers(found, store.bind)), torch.no_grad():
+        model(image, hole)
+    assert set(store.seen) == set(truth) and len(truth) == 14
+    for name, (_, new_valid, _) in store.seen.items():
+        assert torch.equal(new_valid, truth[name]), name

@@ -17,7 +17,8 @@ neither). No tensor values are kept, except channel 0 of candidate window counts
 * **partial-conv mask update**: a convolution of a mask-only tensor (derived from the hole, not
   from the image) with an all-ones kernel (the window count), a mask-only {0, 1} tensor equal to
   ``count > 0`` or ``count == 0`` that is computed from the count (``clamp(count, 0, 1)``,
-  ``count > 0``) or from the counted mask (``F.max_pool2d`` of it, before or after the count), and
+  ``count > 0``) or is a max-pool of the counted mask (``F.max_pool2d``, before or after the
+  count), and
   a multiplication or division of image-derived features by something derived from the count.
   ``count / window`` is the coverage.
 
@@ -58,6 +59,7 @@ PASSTHROUGH = {"clone", "contiguous", "to", "float", "detach", "dropout", "view_
 CONSTANT = {"ones_like", "zeros_like", "full_like", "empty_like", "new_ones", "new_zeros", "new_full", "new_empty"}
 CONV = {"conv2d"}
 CAT = {"cat", "concat", "concatenate"}
+POOL = {"max_pool2d"}  # a window op whose output can be a partial convolution's new mask
 SLICE = {"split", "split_with_sizes", "chunk", "tensor_split", "narrow", "__getitem__"}
 
 
@@ -259,11 +261,11 @@ class _Tracer(TorchFunctionMode):
 
     def binarisation(self, count: dict, node: _Node, value: Tensor) -> bool:
         """Take ``node`` (its channel 0 ``value``, in {0, 1}) as ``count``'s mask update when it is
-        computed from the count or from the mask the count counts (a max-pool of it) and equals
-        ``count > 0`` (a valid mask) or ``count == 0`` (a hole mask)."""
+        computed from the count (within two operations) or is a max-pool of the counted mask, and
+        equals ``count > 0`` (a valid mask) or ``count == 0`` (a hole mask)."""
         counted = count["value"]
-        if value.shape != counted.shape or not (count["node"].seq in node.counts
-                                                or _reaches(node, count["input"])):
+        if value.shape != counted.shape or not (_reaches(node, count["node"], 2) or (
+                node.name in POOL and _reaches(node, count["input"]))):
             return False
         for polarity, expected in (("valid", counted > 0), ("hole", counted == 0)):
             if torch.equal(value, expected.float()):
