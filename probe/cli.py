@@ -76,17 +76,16 @@ def _record_data(args):
 
 
 def _model(args):
-    """``--model`` of ``record`` and ``layers``; with ``--random-init`` a line says which weights those are."""
+    """``--model`` of ``record`` and ``layers``; a checkpoint folder with ``--random-init`` gets a
+    line saying that its trained weights are not the ones recorded."""
     from .models.sources import resolve_model
 
     model = resolve_model(args.model, random_init=args.random_init, trust_pickle=args.trust_pickle,
                           init_seed=args.init_seed)
-    if args.random_init:
-        info = model.source_info
-        where = f" of the architecture in {info['architecture_from']}; its trained weights are not used" \
-            if "architecture_from" in info else ""
-        print(f"note: --random-init: {info['name']} {info['config']} with random weights (seed {info['seed']}){where}",
-              file=sys.stderr)
+    info = getattr(model, "source_info", {})
+    if "architecture_from" in info:
+        print(f"note: --random-init: {info['name']} {info['config']} with random weights (seed {info['seed']}) of "
+              f"the architecture in {info['architecture_from']}; its trained weights are not used", file=sys.stderr)
     return model
 
 

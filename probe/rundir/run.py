@@ -161,7 +161,8 @@ def _kept_aside(path: Path) -> str:
             f"{path} and rename {aside} to {path}")
 
 
-def load_run(path: str | Path) -> Run:
+def load_run(path: str | Path, check: bool = True) -> Run:
     """Open a complete run directory and check its manifest and tables (:class:`RunError` with the
-    fix otherwise); ``Run(path)`` checks the manifest now and each table when first read."""
-    return Run(path).check_tables()
+    fix otherwise); ``Run(path)`` checks the manifest now and each table when first read.
+    ``check=False``: the tables are read unchecked (see :class:`Run`)."""
+    return Run(path, check=check).check_tables()

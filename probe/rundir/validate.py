@@ -51,7 +51,7 @@ class Bounds:
 
 
 UNIT = Bounds(0.0, 1.0)  # AUCs, fractions, p- and q-values: NaN where the statistic is undefined
-DEFINED_UNIT = Bounds(0.0, 1.0, nan=False)
+DEFINED_UNIT = Bounds(0.0, 1.0, nan=False)  # fractions of a partial layer's mask
 SIGNED_UNIT = Bounds(-1.0, 1.0)  # differences of two AUCs
 COUNT = Bounds(0, nan=False)  # the default of integer columns (ids, counts, sizes)
 POSITIVE = Bounds(1, nan=False)
@@ -104,7 +104,7 @@ SCHEMAS = {
     "labels": _schema(LABEL_COLUMNS, ("layer", "label_id", "channel"), {
         **{c: UNIT for c in ("auc", "auc_error", "trivial_auc", "joint_trivial_auc", "p_value", "q_value")},
         "joint_difference": SIGNED_UNIT,  # its interval's ends may lie beyond +-1: finite or NaN
-        "iou": DEFINED_UNIT, "threshold": DEFINED}),
+        "iou": UNIT, "threshold": DEFINED}),
     "evolution": _schema(EVOLUTION_COLUMNS, ("layer",), {
         **{c: DEFINED_UNIT for c in ("valid_fraction", "valid_fraction_std", "valid_fraction_predicted",
                                      "all_valid_images", "all_valid_images_predicted")},
@@ -196,7 +196,8 @@ def check_table(path: Path, name: str, frame: pd.DataFrame, manifest: dict, laye
         if len(frame) else None
     if problem:
         raise RunError(f"{path}: column {numeric[problem[0]]!r} {problem[1]} at row {problem[2]}; {_FIX}")
-    if _has_repeats(frame, schema.key):
+    layer = pd.factorize(frame.layer)  # (codes, names): for the key and the rows of each layer
+    if _has_repeats(frame, schema, {"layer": layer[0]}):
         repeated = frame.duplicated(list(schema.key))
         row = frame[repeated].iloc[0]
         raise RunError(f"{path}: {int(repeated.sum())} repeated row(s) of ({', '.join(schema.key)}), e.g. "
@@ -204,19 +205,21 @@ def check_table(path: Path, name: str, frame: pd.DataFrame, manifest: dict, laye
     if name == "layers":
         _check_layers(path, frame, manifest)
     elif name == "evolution":
-        _rows_per_layer(path, frame, dict.fromkeys(_channels_of(layers, "partial"), 1), "partial layer")
+        _rows_per_layer(path, layer, dict.fromkeys(_channels_of(layers, "partial"), 1), "partial layer")
     else:
-        _check_channel_rows(path, frame, _channels_of(layers, "gated"),
+        _check_channel_rows(path, frame, layer, _channels_of(layers, "gated"),
                             manifest["data"]["classes"] if name == "labels" else None)
 
 
-def _has_repeats(frame: pd.DataFrame, key: tuple[str, ...]) -> bool:
-    """Whether two rows share their ``key`` values. The rows of a recorded table come in key order,
-    so the combined key codes increase and one pass shows it; otherwise they are sorted."""
+def _has_repeats(frame: pd.DataFrame, schema: TableSchema, codes: dict[str, np.ndarray]) -> bool:
+    """Whether two rows share their key values. Each key column is a code >= 0: its integers
+    (checked >= 0 by then), the given ``codes``, or factorised. The rows of a recorded table come
+    in key order, so the combined codes increase and one pass shows it; otherwise they are sorted."""
     if not len(frame):
         return False
-    codes = [pd.factorize(frame[column])[0] for column in key]
-    flat = np.ravel_multi_index(codes, [int(c.max()) + 1 for c in codes])
+    columns = [codes[c] if c in codes else frame[c].to_numpy() if schema.kind(c) in "iu" else pd.factorize(frame[c])[0]
+               for c in schema.key]
+    flat = np.ravel_multi_index(columns, [int(c.max()) + 1 for c in columns])
     return not (flat[1:] > flat[:-1]).all() and len(np.unique(flat)) < len(flat)
 
 
@@ -238,14 +241,21 @@ def _column_problem(frame: pd.DataFrame, column: str, dtype, schema: TableSchema
 
 def _bounds_problem(values: np.ndarray, bounds: list[Bounds]) -> tuple[int, str, int] | None:
     """The first value of ``values`` ``[rows, columns]`` outside its column's ``bounds``: (column,
-    what is wrong, row); None when every value is within them."""
+    what is wrong, row); None when every value is within them. Columns are screened by their
+    extremes; only a failing one is searched for its row."""
     low, high = (np.array([getattr(b, end) for b in bounds], dtype=np.float64) for end in ("low", "high"))
-    nan = np.isnan(values)
-    bad = (nan & ~np.array([b.nan for b in bounds])) | np.isinf(values) | (values < low) | (values > high)
+    nan_ok = np.array([b.nan for b in bounds])
+    with np.errstate(invalid="ignore"):  # all-NaN columns
+        least, most = np.nanmin(values, axis=0), np.nanmax(values, axis=0)
+    has_nan = np.isnan(values).any(axis=0)
+    bad = (has_nan & ~nan_ok) | np.isinf(least) | np.isinf(most) | (least < low) | (most > high)
     if not bad.any():
         return None
-    row, column = (int(v[0]) for v in np.nonzero(bad))
-    value = values[row, column]
+    column = int(np.flatnonzero(bad)[0])
+    array = values[:, column]
+    row = int(np.flatnonzero((np.isnan(array) & ~nan_ok[column]) | np.isinf(array) | (array < low[column])
+                             | (array > high[column]))[0])
+    value = array[row]
     if np.isnan(value):
         return column, "holds NaN, which it never does in a recorded run,", row
     return column, f"holds {value:g}, " + ("not a finite number," if np.isinf(value) else
@@ -278,29 +288,30 @@ def _channels_of(layers: pd.DataFrame, kind: str) -> dict[str, int]:
                                                  layers.channels.to_numpy()) if k == kind}
 
 
-def _rows_per_layer(path: Path, frame: pd.DataFrame, expected: dict[str, int], what: str) -> np.ndarray:
-    """``frame`` has ``expected[layer]`` rows of every layer of ``expected`` and none of another;
-    returns ``expected`` of each row's layer."""
-    codes, names = pd.factorize(frame.layer)
+def _rows_per_layer(path: Path, layer: tuple, expected: dict[str, int], what: str) -> np.ndarray:
+    """The rows (``layer``: their layers' codes and names) hold ``expected[name]`` rows of every
+    layer of ``expected`` and none of another; returns ``expected`` of each row's layer."""
+    codes, names = layer
     counts = dict(zip(names, np.bincount(codes, minlength=len(names)).tolist()))
-    if counts != {layer: n for layer, n in expected.items() if n}:
-        layer = next(x for x in [*names, *expected] if counts.get(x, 0) != expected.get(x, 0))
-        raise RunError(f"{path}: {counts.get(layer, 0)} row(s) of layer {layer!r}, but the layers table implies "
-                       f"{expected.get(layer, 0)} (one per {what}); {_FIX}")
+    if counts != {name: n for name, n in expected.items() if n}:
+        name = next(x for x in [*names, *expected] if counts.get(x, 0) != expected.get(x, 0))
+        raise RunError(f"{path}: {counts.get(name, 0)} row(s) of layer {name!r}, but the layers table implies "
+                       f"{expected.get(name, 0)} (one per {what}); {_FIX}")
     return np.array([expected[x] for x in names], dtype=np.int64)[codes]
 
 
-def _check_channel_rows(path: Path, frame: pd.DataFrame, channels: dict[str, int], classes: list[str] | None) -> None:
+def _check_channel_rows(path: Path, frame: pd.DataFrame, layer: tuple, channels: dict[str, int],
+                        classes: list[str] | None) -> None:
     """Channels 0..C-1 of every gated layer (with ``classes``: each with every class, named as the
     manifest names its ids); with the unique keys, the counts and these ranges, every row is there."""
     per_channel = 1 if classes is None else len(classes)
-    rows = _rows_per_layer(path, frame, {layer: c * per_channel for layer, c in channels.items()},
+    rows = _rows_per_layer(path, layer, {name: c * per_channel for name, c in channels.items()},
                            "channel" if classes is None else "(channel, class)")
     channel = frame.channel.to_numpy()
     over = np.flatnonzero(channel * per_channel >= rows)
     if len(over):
         at = int(over[0])
-        raise RunError(f"{path}: layer {frame.layer.iloc[at]!r} has channel {int(channel[at])}, but "
+        raise RunError(f"{path}: layer {layer[1][layer[0][at]]!r} has channel {int(channel[at])}, but "
                        f"{int(rows[at]) // per_channel} channels; {_FIX}")
     if classes is None or not len(frame):
         return
@@ -309,8 +320,8 @@ def _check_channel_rows(path: Path, frame: pd.DataFrame, channels: dict[str, int
         raise RunError(f"{path}: label_id {int(ids.max())}, but the manifest names {len(classes)} classes; {_FIX}")
     codes, names = pd.factorize(frame.label)
     pairs = codes.astype(np.int64) * len(classes) + ids  # (name, id) of each row: few distinct ones
-    wrong = [p for p in np.unique(pairs) if names[p // len(classes)] != classes[p % len(classes)]]
+    wrong = [p for p in np.flatnonzero(np.bincount(pairs)) if names[p // len(classes)] != classes[p % len(classes)]]
     if wrong:
         at = int(np.flatnonzero(np.isin(pairs, wrong))[0])
-        raise RunError(f"{path}: label {frame.label.iloc[at]!r} at row {at} is not class {int(ids[at])} of the "
+        raise RunError(f"{path}: label {names[codes[at]]!r} at row {at} is not class {int(ids[at])} of the "
                        f"manifest ({classes[ids[at]]!r}); {_FIX}")
