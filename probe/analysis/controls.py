@@ -125,7 +125,7 @@ def linked_baseline(run: Run) -> Run | None:
         return None
     path = (run.path / link) if not Path(link).is_absolute() else Path(link)
     try:
-        return load_run(path)
+        return load_run(path, check=run.check)  # checked as the run itself is
     except RunError:
         return None
 
