@@ -16,6 +16,8 @@ import argparse
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor, nn
+
 from common import batches, print_table, ratio_row, timed, torch_threads
 from record_overhead import bare, recorded
 
@@ -24,7 +26,6 @@ from probe.adapters.discovery import discover, probe_batch
 from probe.models.ported.deepfillv2 import DeepFillV2
 from probe.models.ported.pconv_unet import LiuPConvUNet
 from probe.recording.recorder import Recorder
-from torch import Tensor, nn
 
 MODELS = {"deepfill v2 (cnum 16)": lambda: DeepFillV2(cnum=16), "pconv u-net (width 16)": lambda: LiuPConvUNet(width=16)}
 
