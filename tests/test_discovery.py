@@ -3,6 +3,7 @@ adapter, checked against their true gates and masks, which the tests read with t
 from __future__ import annotations
 
 import copy
+import warnings
 
 import foreign_models as fm
 import numpy as np
@@ -376,3 +377,13 @@ def test_discovery_alone_finds_the_adapters_sites_of_a_deep_partial_conv_unet():
     assert set(store.seen) == set(truth) and len(truth) == 14
     for name, (_, new_valid, _) in store.seen.items():
         assert torch.equal(new_valid, truth[name]), name
+
+
+def test_a_model_that_keeps_its_state_is_not_warned_about_even_with_nan_weights():
+    model = build("split")
+    with torch.no_grad():
+        model.enc1.conv.weight[0, 0, 0, 0] = float("nan")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with UserState(model), torch.no_grad():
+            model(*inputs())

@@ -167,7 +167,7 @@ class UserState:
                 continue
             if saved.device != t.device:  # the model was moved after the state was kept
                 saved = self.saved[name] = saved.to(t.device)
-            if not torch.equal(t.detach(), saved):
+            if not _same_bits(t.detach(), saved):
                 changed.append(name)
                 with torch.no_grad():
                     t.copy_(saved)
@@ -179,6 +179,11 @@ class UserState:
                           f"runs in eval mode too); gateprobe puts the state you handed over back after every forward, "
                           f"so every batch is recorded with it" + (f" (except {', '.join(lost)}: their shape changed)"
                                                                    if lost else ""), stacklevel=2)
+
+
+def _same_bits(a: Tensor, b: Tensor) -> bool:
+    """Whether two tensors of one shape and dtype hold the same bytes (NaN weights equal themselves)."""
+    return torch.equal(a.reshape(-1).view(torch.uint8), b.reshape(-1).view(torch.uint8))
 
 
 def with_user_state(record):
