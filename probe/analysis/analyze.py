@@ -66,7 +66,7 @@ def _random_init_of_run(run: Run, info: dict) -> nn.Module:
     """The random-init model a run recorded, drawn again from its registry name, config and weight
     seed (``record --with-baseline`` writes them), checked to have the recorded weights."""
     from ..errors import GateprobeError
-    from ..recording.loop import random_twin
+    from ..models.registry import random_twin
 
     try:
         model = random_twin(str(info.get("name")), info["config"], info["seed"])
@@ -105,16 +105,16 @@ def analyze(run: Run | str | Path, model: nn.Module | None = None, n: int = 64, 
     analysed the same way (its weights drawn again from the seed its manifest records), so that the
     G2 row has a control: the sketch intervention on the twin."""
     run = load_run(run.path if isinstance(run, Run) else run)  # as it is on disk now (links added since)
-    twin = linked_baseline(run) if baseline else None
-    if twin is not None and twin.manifest["model"].get("source") == "random-init":
-        analyze(twin, n=n, batch_size=batch_size, per_role=per_role, sketch=sketch, ablate=ablate, attribute=attribute,
-                attribution_images=attribution_images, attribution_steps=attribution_steps, progress=progress,
-                null=null, device=device, baseline=False)
     check_count("--n", n, 1)
     check_count("--batch-size", batch_size, 1)
     check_count("--per-role", per_role, 0)
     check_count("--attribution-images", attribution_images, 1)
     check_count("--null", null, 0)
+    twin = linked_baseline(run) if baseline else None
+    if twin is not None and twin.manifest["model"].get("source") == "random-init":
+        analyze(twin, n=n, batch_size=batch_size, per_role=per_role, sketch=sketch, ablate=ablate, attribute=attribute,
+                attribution_images=attribution_images, attribution_steps=attribution_steps, progress=progress,
+                null=null, device=device, baseline=False)
     if run.channels.empty:
         return run
     with run_lock(run.path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
+import torch
 from torch import nn
 
 from ..errors import ModelError
@@ -54,3 +55,15 @@ def create_model(name: str, **config) -> nn.Module:
     model.registry_name = name
     model.config = full
     return model
+
+
+def random_twin(name: str, config: dict, seed: int) -> nn.Module:
+    """The registry model ``name`` with ``config`` and weights drawn with ``seed`` (the global RNG is
+    left as it was), in eval mode. Its ``source_info`` (``source: "random-init"``, name, config and
+    seed) goes into the run's manifest, so that ``analyze`` can draw the same weights again."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        twin = create_model(name, **config).eval()
+    twin.source_info = {"name": name, "source": "random-init", "sha256": None, "seed": int(seed),
+                        "config": dict(config)}
+    return twin

@@ -20,7 +20,7 @@ from torch import nn
 from ..errors import GateprobeError, ModelError, SettingsError, UserModelError
 from ..rundir.files import sha256_file
 from .checkpoints import card_architecture, load_model
-from .registry import list_models, model_config
+from .registry import list_models, model_config, random_twin
 
 IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 LOADERS: dict[str, callable] = {}  # prefix -> loader(path, **options), e.g. third-party architectures
@@ -82,8 +82,6 @@ def resolve_model(spec: str, random_init: bool = False, trust_pickle: bool = Fal
 def _random_init(name: str, config: dict, seed, **provenance) -> nn.Module:
     """Registry model ``name`` with ``config`` and weights drawn with ``seed``: the random-init twin
     that ``record --with-baseline`` draws, so ``analyze`` rebuilds both the same way."""
-    from ..recording.loop import random_twin  # lazily: recording builds on models
-
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 32:
         raise SettingsError(f"--init-seed must be an integer from 0 to {2 ** 32 - 1}, not {seed!r}")
     model = random_twin(name, config, seed)

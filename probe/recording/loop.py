@@ -203,20 +203,6 @@ def record_batches(recorder: Recorder, data, positions: range, n: int, settings:
     return size
 
 
-def random_twin(name: str, config: dict, seed: int) -> nn.Module:
-    """The registry model ``name`` with ``config`` and weights drawn with ``seed`` (the global RNG is
-    left as it was), in eval mode. Its ``source_info`` (``source: "random-init"``, name, config and
-    seed) goes into the run's manifest, so that ``analyze`` can draw the same weights again."""
-    from ..models import create_model
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        twin = create_model(name, **config).eval()
-    twin.source_info = {"name": name, "source": "random-init", "sha256": None, "seed": int(seed),
-                        "config": dict(config)}
-    return twin
-
-
 def record_baseline(model: nn.Module, data, out: str | Path, n: int | None = None, *, seed: int = 0,
                     **record_options) -> Run:
     """Record the random-init twin of ``model`` (same registry architecture and config, weights
@@ -228,6 +214,8 @@ def record_baseline(model: nn.Module, data, out: str | Path, n: int | None = Non
         raise SettingsError(f"--with-baseline needs a model from gateprobe's registry or a checkpoint folder; "
                             f"{type(model).__name__} has no registry name and config: record its random-init twin "
                             "yourself and pass it with --baseline")
+    from ..models.registry import random_twin
+
     twin = random_twin(name, config, seed)
     out = Path(out)
     trained = Run(out)

@@ -263,8 +263,9 @@ CHANNEL_COLUMNS = {"layer": object, "channel": np.int64, **{c: np.float64 for c 
     "is_hole": bool, "is_valid": bool, "is_sketch": bool, "semantic_label": object, "role": object}
 LABEL_COLUMNS = {"layer": object, "channel": np.int64, "label_id": np.int64, "label": object,
                  **{c: np.float64 for c in ("auc", "auc_error")}, "auc_error_flag": bool, "trivial_auc": np.float64,
-                 "trivial_feature": object, **{c: np.float64 for c in ("joint_trivial_auc", "joint_difference",
-                                                                       "joint_difference_low", "joint_difference_high")}, **{c: np.float64 for c in ("iou", "threshold", "mean_in", "mean_out")},
+                 "trivial_feature": object,
+                 **{c: np.float64 for c in ("joint_trivial_auc", "joint_difference", "joint_difference_low",
+                                            "joint_difference_high", "iou", "threshold", "mean_in", "mean_out")},
                  "pixels": np.int64, "p_value": np.float64, "q_value": np.float64}
 EVOLUTION_COLUMNS = {"layer": object, "depth": np.int64, "height": np.int64, "width": np.int64, "images": np.int64,
                      **{c: np.float64 for c in ("valid_fraction", "valid_fraction_std", "valid_fraction_predicted",
