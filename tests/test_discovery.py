@@ -19,10 +19,11 @@ from probe.errors import ModelError
 from probe.hooks import hooks_attached, site_attachers
 from probe.layers import GatedConv2d, HookPoint, PartialConv2d
 from probe.models.ported.pconv_unet import LiuPConvUNet
+from probe.recording.calibration import calibrate_binnings
 from probe.recording.loop import record
 from probe.recording.manifest import weights_sha256
 from probe.recording.recorder import Recorder, UserState
-from probe.rundir.tables import evolution_table
+from probe.rundir.tables import channel_and_label_tables, evolution_table
 
 SIZE, BATCH = 32, 2
 
@@ -387,3 +388,34 @@ def test_a_model_that_keeps_its_state_is_not_warned_about_even_with_nan_weights(
         warnings.simplefilter("error")
         with UserState(model), torch.no_grad():
             model(*inputs())
+
+
+def test_soft_fraction_of_a_gate_reaching_1_1_is_taken_on_the_gates_own_range():
+    """LBAM's Gaussian attention maps lie in (0, 1.1]: "soft" is then the share of gate values not
+    within 5% of the range of either end of the layer's own [min, max], not NaN."""
+    model = build("lbam")
+    for block in (model.ec1, model.ec2):  # centred on the mask features, so the maps reach their maximum 1.1
+        block.attention.mu.data.fill_(0.0)
+    sites = find_sites(model, gate_activations=("GaussActivation",))
+    batches = [{"image": image, "hole": hole, "sketch": None} for image, hole in (inputs(seed) for seed in (1, 2, 3))]
+    binnings = calibrate_binnings(model, sites, batches, use_sketch=False, bins=512, quantile=0.005)
+    truth: dict = {}
+    hooks = [lambda s=s: [model.get_submodule(f"{s}.attention").register_forward_hook(
+        lambda _m, _i, out, s=s: truth.setdefault(s, []).append(out.clone()))] for s in ("ec1", "ec2")]
+    with hooks_attached(model, hooks), torch.no_grad():
+        for b in batches:
+            model(b["image"], b["hole"])
+    with Recorder(model, sites, n_labels=2, binnings=binnings) as recorder:
+        for b in batches:
+            recorder.forward(b["image"], b["hole"], None, torch.zeros(BATCH, SIZE, SIZE, dtype=torch.long),
+                             torch.arange(BATCH))
+    channels, _ = channel_and_label_tables(recorder.stats, recorder.order, ["a", "b"], 0.005)
+    for name, maps in truth.items():
+        gates = torch.cat(maps).double().transpose(0, 1).reshape(len(maps[0][0]), -1)  # [C, pixels]
+        lo, hi = float(gates.min()), float(gates.max())
+        assert hi > 1.0  # beyond a sigmoid's range: the old (0.05, 0.95) rule does not apply
+        low, high = lo + 0.05 * (hi - lo), hi - 0.05 * (hi - lo)
+        expected = ((gates > low) & (gates < high)).double().mean(1).numpy()
+        found = channels[channels.layer == name].soft_fraction.to_numpy()
+        assert np.isfinite(found).all(), name
+        np.testing.assert_allclose(found, expected, atol=0.02, err_msg=name)

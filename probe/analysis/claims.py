@@ -157,7 +157,7 @@ def gated_claims(run: Run, rule: RoleRule = DEFAULT_RULE, baseline: Run | None =
     spread = compared(ch["std"].to_numpy(), None if base is None else base["std"].to_numpy(), np.median)
     rows.append(_controlled("G1", "median over channels of the gate's std over locations (median soft share "
                             "in the evidence)", spread, soft >= 0.1 and float((ch["std"] > 0.01).mean()) >= 0.5,
-                            f"{len(ch)} channels; median share of gates in (0.05, 0.95) {soft:.2f}",
+                            f"{len(ch)} channels; median share of soft gates (inside 5-95% of their range) {soft:.2f}",
                             "supported if the median soft share >= 0.1 and >= half the channels vary", baseline))
     rows.append(_g2(run, baseline))
     eff = _effective(run)

@@ -7,7 +7,10 @@ channels: ``mean``, ``std``; ``mean_hole``, ``mean_valid``, ``mean_border``, ``m
 ``mean_sketch`` (hole cells on a sketch stroke), ``mean_hole_plain`` (hole cells off it);
 ``auc_hole`` (gate separates hole from valid; 0.5 = not at all, 1 = higher in the hole),
 ``auc_sketch`` (inside the hole, sketch vs no sketch); ``soft_fraction`` (share of pixels whose gate
-is in (0.05, 0.95)); ``threshold`` (gate value exceeded by the top
+is not within 5% of either end of the gate's own range ``[lo, hi]``: in ``(lo + 0.05 (hi - lo),
+hi - 0.05 (hi - lo))``, which is (0.05, 0.95) for a sigmoid. The range is (0, 1) for sigmoid and
+hard-sigmoid gates, and for any other activation the smallest and largest gate value of the layer
+over the run; NaN for runs recorded before state version 7); ``threshold`` (gate value exceeded by the top
 ``quantile`` of all pixels); ``p_hole``/``q_hole``, ``p_sketch``/``q_sketch`` (image-group t-tests,
 BH across all channels of the run); ``is_hole``, ``is_valid``, ``is_sketch``, ``semantic_label``
 and the display string ``role`` (:mod:`probe.rundir.roles`).
@@ -125,9 +128,7 @@ def _channels_of_layer(name: str, s: GatedLayerStats, quantile: float) -> pd.Dat
         "auc_hole": auc_from_histograms(counts[hole].sum(0), counts[valid].sum(0)),
         "auc_sketch": auc_from_histograms(counts[HOLE_SKETCH], counts[HOLE_PLAIN]),
         "auc_hole_error": auc_error_bound(counts[hole].sum(0), counts[valid].sum(0)),
-        # a gate binned by its own value (any activation but a sigmoid) has no logit to undo, and
-        # "soft" (strictly inside (0.05, 0.95)) is defined for sigmoid gates only: not applicable
-        "soft_fraction": _soft_fraction(counts.sum(0), edges) if by_logit else np.full(r.channels, np.nan),
+        "soft_fraction": _soft_fraction(counts.sum(0), edges, *soft_band(s)),
         "threshold": sigmoid(threshold_logit) if by_logit else threshold_logit,
         "threshold_logit": threshold_logit,
         "p_hole": group_t_test(difference_effects(group_sums, group_pixels, hole, valid)),
@@ -136,7 +137,21 @@ def _channels_of_layer(name: str, s: GatedLayerStats, quantile: float) -> pd.Dat
     return frame
 
 
-SOFT_LOGIT = float(np.log(0.95 / 0.05))  # gates in (0.05, 0.95) count as soft
+SOFT_MARGIN = 0.05  # gates within this share of the range of either end count as saturated
+KNOWN_RANGES = {"sigmoid": (0.0, 1.0), "hardsigmoid": (0.0, 1.0)}  # activation -> (lo, hi) of its output
+
+
+def soft_band(s: GatedLayerStats) -> tuple[float, float]:
+    """``(low, high)``: the band of soft gates of the layer on the axis its histograms are over (the
+    logit of sigmoid gates, else the gate value), see ``soft_fraction`` in the module docstring;
+    NaN where the layer's range is unknown (no gate value kept, or a constant gate)."""
+    by_logit = binned_by_logit(s)  # sigmoid gates (gateprobe's own layers may not name their activation)
+    known = KNOWN_RANGES.get("sigmoid" if by_logit else getattr(s.site, "activation", ""))
+    lo, hi = known if known else (float(v) for v in s.gate_range_.cpu())
+    if not hi > lo:
+        return np.nan, np.nan
+    low, high = lo + SOFT_MARGIN * (hi - lo), hi - SOFT_MARGIN * (hi - lo)
+    return (float(np.log(low / (1 - low))), float(np.log(high / (1 - high)))) if by_logit else (low, high)
 
 
 def binned_by_logit(s: GatedLayerStats) -> bool:
@@ -145,11 +160,13 @@ def binned_by_logit(s: GatedLayerStats) -> bool:
     return getattr(s.site, "binned", "logit") == "logit"
 
 
-def _soft_fraction(counts: np.ndarray, edges: np.ndarray) -> np.ndarray:
-    """Share of pixels whose gate lies in (0.05, 0.95), per channel, from ``counts`` ``[C, bins]``."""
-    lo = np.full(counts.shape[0], -SOFT_LOGIT)
-    hi = np.full(counts.shape[0], SOFT_LOGIT)
-    inside = mass_above(counts, edges, lo) - mass_above(counts, edges, hi)
+def _soft_fraction(counts: np.ndarray, edges: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Share of pixels whose binned value lies in ``(low, high)`` (see :func:`soft_band`), per
+    channel, from ``counts`` ``[C, bins]`` over ``edges`` ``[C, bins + 1]``."""
+    if np.isnan(low):
+        return np.full(counts.shape[0], np.nan)
+    inside = mass_above(counts, edges, np.full(counts.shape[0], low)) - \
+        mass_above(counts, edges, np.full(counts.shape[0], high))
     return inside / counts.sum(-1)
 
 

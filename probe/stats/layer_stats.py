@@ -23,11 +23,12 @@ from .joint import JointTrivialCounts
 from .native import accumulate_gate_batch
 from .regions import REGIONS
 
-STATE_VERSION = 6  # 1: PartialLayerStats packed its scalars into one positional tensor (migrated on load);
+STATE_VERSION = 7  # 1: PartialLayerStats packed its scalars into one positional tensor (migrated on load);
 # 2: no trivial-feature histograms and no partial-layer mask moments (read as empty: no control, NaN);
 # 3: fine [labels, channels, bins] label histograms and dense [groups, labels, channels] sums (converted
 # exactly on load to version 4's cells and (group, label) slots); 4: one uniform segment per channel (lo, hi);
-# 5: no rank sums (NaN: no image-group interval of AUCs) and no joint trivial counts (no joint control)
+# 5: no rank sums (NaN: no image-group interval of AUCs) and no joint trivial counts (no joint control);
+# 6: no gate range of layers binned by the gate value (NaN soft fraction)
 TRIVIAL_FEATURES = ("mean_red", "mean_green", "mean_blue", "local_variance", "row", "column")
 TRIVIAL_RANGES = ((0.0, 0.0, 0.0, 0.0, 0.0, 0.0), (1.0, 1.0, 1.0, 0.25, 1.0, 1.0))  # (lo, hi) per feature
 VALID_FRACTION_BINS = 101  # per-image valid fraction in bins of 0.01; the last holds exactly 1.0
@@ -149,6 +150,9 @@ class GatedLayerStats:
         self.owns_controls: bool | None = None  # decided by the first batch (see controls_of)
         self.rank_table = self.regions.binning.rank_table(quantile)  # [C, bins]
         self.moments = ChannelMoments(site.channels, device=device)
+        # (min, max) of every gate value of the layer, kept where the histograms are over the gate
+        # value (any activation but a sigmoid): the range the soft fraction is defined on
+        self.gate_range_ = torch.tensor([np.inf, -np.inf], dtype=torch.float64, device=device)
         self.size_: tuple[int, int] | None = None
 
     def add(self, logits: Tensor, gates: Tensor, ctx) -> None:
@@ -165,6 +169,10 @@ class GatedLayerStats:
         if len(cond.present):
             self.labels.add_sums(cond.present, ctx.group, label_sums, cond.label_pixels, rank_sums)
         self.moments.add(gates, channel_sum=region_sums.sum((0, 1)))  # every pixel is in one region
+        if getattr(self.site, "binned", "logit") == "gate":
+            low, high = torch.aminmax(gates)
+            self.gate_range_ = torch.stack([self.gate_range_[0].minimum(low.double()),
+                                            self.gate_range_[1].maximum(high.double())])
         features = ctx.trivial_features(self.size_)  # [B, F, h, w] or None (no image given)
         if features is None:
             return
@@ -186,6 +194,8 @@ class GatedLayerStats:
         self.joint.merge(other.joint)
         self.owns_controls = self.owns_controls or other.owns_controls
         self.moments.merge(other.moments)
+        self.gate_range_ = torch.stack([self.gate_range_[0].minimum(other.gate_range_[0]),
+                                        self.gate_range_[1].maximum(other.gate_range_[1])])
         self.size_ = self.size_ or other.size_
 
     def state_dict(self) -> dict:
@@ -197,6 +207,7 @@ class GatedLayerStats:
                                               device="cpu"),
                 "state_version": torch.tensor(STATE_VERSION, device="cpu"),
                 **self.moments.state_dict("moments"),
+                "gate_range": self.gate_range_.cpu(),
                 "size": torch.tensor(self.size_ or (0, 0), device="cpu")}
 
     def load_state_dict(self, state: dict) -> None:
@@ -213,6 +224,8 @@ class GatedLayerStats:
         if "comoment" in state:  # version <= 2 named the co-moment without the prefix
             state = {**state, "moments_comoment": state["comoment"]}
         self.moments.load_state_dict(state, "moments")
+        if "gate_range" in state:
+            self.gate_range_ = state["gate_range"].to(self.gate_range_)
         self.size_ = tuple(int(v) for v in state["size"]) or None
 
 
