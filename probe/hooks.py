@@ -9,14 +9,18 @@ the dashboard's live page) goes through :func:`hooks_attached`, so that
   dictionaries are compared with a snapshot taken before attaching).
 
 :func:`eval_mode` puts a model in eval mode for a block and gives every submodule back its own
-mode afterwards.
+mode afterwards; :class:`UserState` puts back, after every forward pass, the state a model changed
+in it (discovery's probe pass, calibration and recording all run inside one).
 """
 from __future__ import annotations
 
+import functools
+import warnings
 from contextlib import contextmanager
 from typing import Callable, Iterable
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 _HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
 _EXTRA_DICTS = ("_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_forward_pre_hooks_with_kwargs")
@@ -74,3 +78,74 @@ def eval_mode(model: nn.Module):
 def site_attachers(sites, sink_for: Callable[[str], object]) -> list[Callable[[], list]]:
     """One attacher per site: ``site.adapter.attach(site.module, sink_for(site.name))``."""
     return [lambda site=site: site.adapter.attach(site.module, sink_for(site.name)) for site in sites]
+
+
+class UserState:
+    """The state a user handed over (every tensor of ``model.state_dict()``, one copy kept), put
+    back after every forward pass while the ``with`` block lasts.
+
+    The copy is taken when it is built, before any forward. A forward hook on the model (called
+    also when the forward raises) copies back every tensor the forward changed, so a model that
+    changes itself in forward (a spectral norm whose power iteration runs in eval mode too) is
+    probed, calibrated and recorded with the user's state in every batch, and between forwards its
+    state, and so the run's weights hash, is the one handed over; the first change is reported in
+    one warning. Leaving the block puts back what still differs and leaves
+    no inference tensor in the model (``.data`` set inside ``torch.inference_mode`` would be one,
+    and training it afterwards would fail). A tensor whose shape or dtype changed (a lazy module)
+    cannot be put back and is named in the warning."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.saved = {name: t.detach().clone() for name, t in model.state_dict(keep_vars=True).items()}
+        self.warned, self._handle = False, None
+
+    def __enter__(self) -> "UserState":
+        self._handle = self.model.register_forward_hook(lambda *_: self.put_back(), always_call=True)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._handle.remove()
+        self.put_back()
+        with torch.inference_mode(False):
+            for name, t in self.model.state_dict(keep_vars=True).items():
+                if t.is_inference() and name in self.saved:
+                    t.data = self.saved[name].to(t.device).clone()
+
+    def put_back(self) -> None:
+        """Copy back every tensor that differs from the saved state; warn the first time."""
+        changed, lost = [], []
+        for name, t in self.model.state_dict(keep_vars=True).items():
+            saved = self.saved.get(name)
+            if saved is None or (saved.shape, saved.dtype) != (t.shape, t.dtype):
+                lost.append(name)
+                continue
+            if saved.device != t.device:  # the model was moved after the state was kept
+                saved = self.saved[name] = saved.to(t.device)
+            if not _same_bits(t.detach(), saved):
+                changed.append(name)
+                with torch.no_grad():
+                    t.copy_(saved)
+        if (changed or lost) and not self.warned:
+            self.warned = True
+            names = ", ".join((changed + lost)[:4]) + (", ..." if len(changed) + len(lost) > 4 else "")
+            warnings.warn(f"{type(self.model).__name__} changed its own state in a forward pass "
+                          f"({len(changed) + len(lost)} tensors: {names}; e.g. a spectral norm whose power iteration "
+                          f"runs in eval mode too); gateprobe puts the state you handed over back after every forward, "
+                          f"so every batch is recorded with it" + (f" (except {', '.join(lost)}: their shape changed)"
+                                                                   if lost else ""), stacklevel=2)
+
+
+def _same_bits(a: Tensor, b: Tensor) -> bool:
+    """Whether two tensors of one shape and dtype hold the same bytes (NaN weights equal themselves)."""
+    return torch.equal(a.reshape(-1).view(torch.uint8), b.reshape(-1).view(torch.uint8))
+
+
+def with_user_state(record):
+    """Decorate ``record(model, ...)``: the call runs inside :class:`UserState` ``(model)``."""
+
+    @functools.wraps(record)
+    def wrapped(model: nn.Module, *args, **kwargs):
+        with UserState(model):
+            return record(model, *args, **kwargs)
+
+    return wrapped

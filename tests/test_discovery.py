@@ -16,13 +16,13 @@ from torch import nn
 from probe.adapters import find_sites, survey
 from probe.data import collate, parse_data
 from probe.errors import ModelError
-from probe.hooks import hooks_attached, site_attachers
+from probe.hooks import UserState, hooks_attached, site_attachers
 from probe.layers import GatedConv2d, HookPoint, PartialConv2d
 from probe.models.ported.pconv_unet import LiuPConvUNet
 from probe.recording.calibration import calibrate_binnings
 from probe.recording.loop import record
 from probe.recording.manifest import weights_sha256
-from probe.recording.recorder import Recorder, UserState
+from probe.recording.recorder import Recorder
 from probe.rundir.tables import channel_and_label_tables, evolution_table
 
 SIZE, BATCH = 32, 2
@@ -359,6 +359,15 @@ def test_a_model_that_changes_itself_in_forward_is_recorded_with_the_state_hande
     for layer, gates in truth.items():
         recorded = run.channels[run.channels["layer"] == layer]["mean"].to_numpy()
         assert np.allclose(recorded, torch.cat(gates).mean((0, 2, 3)).numpy(), rtol=0, atol=1e-6), layer
+
+
+def test_discovery_called_directly_puts_back_the_state_its_probe_pass_changed():
+    model = build("self_norm")
+    before = weights_sha256(model)
+    for find in (find_sites, lambda m: survey(m).sites):
+        with pytest.warns(UserWarning, match="changed its own state"):
+            assert find(model)
+        assert weights_sha256(model) == before
 
 
 def test_discovery_alone_finds_the_adapters_sites_of_a_deep_partial_conv_unet():

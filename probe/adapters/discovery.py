@@ -47,7 +47,7 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from ..devices import model_device
-from ..hooks import eval_mode, hooks_attached
+from ..hooks import UserState, eval_mode, hooks_attached
 
 IMAGE, MASK = 1, 2  # taint bits: derived from the image (or sketch) / from the hole
 GATE_OPS = {"sigmoid": "sigmoid", "sigmoid_": "sigmoid", "hardsigmoid": "hardsigmoid", "hardsigmoid_": "hardsigmoid"}
@@ -616,7 +616,9 @@ def discover(model: nn.Module, probe: tuple | None = None, gate_activations=(), 
 
     image, hole = probe if probe is not None else probe_batch(device=model_device(model))
     try:
-        with hooks_attached(model, [attach_tracking]), eval_mode(model), torch.inference_mode(), tracer:
+        # a model that changes itself in forward gets the state it was handed back (see UserState)
+        with UserState(model), hooks_attached(model, [attach_tracking]), eval_mode(model), torch.inference_mode(), \
+                tracer:
             model(tracer.source(image, IMAGE), tracer.source(hole, MASK), None)
     finally:
         tracer.untag()

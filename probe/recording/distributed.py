@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 from ..data import dataset_from_spec, parse_data
 from ..devices import resolve_device
 from ..errors import ModelError, SettingsError
+from ..hooks import UserState
 from ..rundir.folder import prepare_run_dir, replaces_safely, write_manifest
 from ..rundir.run import INPUTS, Run
 from ..rundir.samples import SampleStore
@@ -132,12 +133,13 @@ def record_shard(job: dict, index: int, fault_hook=None) -> dict:
     model = _worker_model(job["model"], job["weights_sha256"], job.get("trust_pickle", False)).to(job.get("device", "cpu"))
     data = dataset_from_spec(job["data"])
     positions = shard_range(job["n"], (index, job["shards"]))
-    sites = find_sites(model, settings.layers, gate_activations=settings.gate_activations)
-    recorder = _worker_recorder(job, model, sites, data)
     kept = SampleStore(max(0, min(settings.samples, positions.stop) - positions.start))
     hook = None if fault_hook is None else (lambda done: fault_hook(index, done))
-    with recorder:
-        size = record_batches(recorder, data, positions, job["n"], settings, kept, on_batch=hook)
+    with UserState(model):  # calibration and every batch with the weights the driver hashed
+        sites = find_sites(model, settings.layers, gate_activations=settings.gate_activations)
+        recorder = _worker_recorder(job, model, sites, data)
+        with recorder:
+            size = record_batches(recorder, data, positions, job["n"], settings, kept, on_batch=hook)
     samples = None
     if kept.taken:
         import numpy as np

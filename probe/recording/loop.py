@@ -13,6 +13,7 @@ from ..adapters import find_sites
 from ..data import collate, parse_data
 from ..devices import autocast, batch_to, describe, model_device, resolve_device
 from ..errors import SettingsError, UserModelError
+from ..hooks import with_user_state
 from ..rundir.folder import check_new_run_dir, prepare_run_dir, replaces_safely, write_manifest
 from ..rundir.run import Run
 from ..rundir.samples import SampleStore
@@ -22,7 +23,7 @@ from ..rundir.write import write_run
 from .budget import DEFAULT_MAX_HOURS, check_duration, check_memory, duration, time_estimate
 from .calibration import calibrate_binnings
 from .manifest import new_manifest
-from .recorder import Recorder, with_user_state
+from .recorder import Recorder
 from .resume import Checkpointer, clear_progress, open_for_resume, restore
 
 
