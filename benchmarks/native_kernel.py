@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from probe.stats import native  # noqa: E402
+from probe.stats import native, native_build  # noqa: E402
 from probe.stats.binning import Binning, segment_levels  # noqa: E402
 from probe.stats.histograms import cell_bounds  # noqa: E402
 
@@ -84,7 +84,7 @@ def compare(kw: dict, paths: list[str], repeats: int) -> dict[str, list[float]]:
 def cold_build() -> float:
     """Seconds to build the extension from nothing, in a fresh interpreter and an empty extension folder."""
     with tempfile.TemporaryDirectory() as folder:
-        code = "from probe.stats import native; assert native.native_available(); print(native.build_seconds())"
+        code = "from probe.stats import native_build; assert native_build.native_available(); print(native_build.build_seconds())"
         env = {**os.environ, "TORCH_EXTENSIONS_DIR": folder}
         out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True,
                              cwd=Path(__file__).resolve().parent.parent)
@@ -104,10 +104,10 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
 
     start = time.perf_counter()
-    available = native.native_available()
+    available = native_build.native_available()
     first_use = time.perf_counter() - start
     print(f"native kernel available: {available}; first use in this process {first_use:.2f} s "
-          f"(build or cached load {native.build_seconds() or 0:.2f} s); threads {torch.get_num_threads()}")
+          f"(build or cached load {native_build.build_seconds() or 0:.2f} s); threads {torch.get_num_threads()}")
     paths = ["torch", "native"] if available else ["torch"]
     print(f"{'labels':<24} {'C':>3} {'map':>6} {'torch ms':>9} {'native ms':>10} {'torch/native':>13}")
     for labels, spec in LABELS.items():

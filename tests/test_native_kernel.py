@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from probe.errors import NumericalError
-from probe.stats import native
+from probe.stats import native, native_build
 from probe.stats.binning import Binning
 from probe.stats.native import accumulate_gate_batch
 
@@ -19,17 +19,17 @@ COUNTS = ("region_counts", "cell_counts", "cell_moments", "total")
 
 @pytest.fixture(scope="module")
 def built():
-    if not native.native_available():
+    if not native_build.native_available():
         pytest.skip("the C++ statistics kernel cannot be built on this machine (see the line on stderr)")
-    return native._module()
+    return native_build.kernel_module()
 
 
 @pytest.fixture
 def fresh_state():
     """Forget the loaded extension before and after a test that fakes a build (the next test loads the cache)."""
-    native._reset()
+    native_build._reset()
     yield
-    native._reset()
+    native_build._reset()
 
 
 # ---------------------------------------------------------------------------------------------- inputs
@@ -335,8 +335,8 @@ def test_argument_errors():
 
 # ---------------------------------------------------------------------------------------------- choice of path
 def test_path_follows_device_and_native_is_the_default_on_cpu(built):
-    assert native.path("cpu") == native.path() == "native"
-    assert native.path("cuda") == native.path(torch.device("meta")) == "torch"
+    assert native_build.path("cpu") == native_build.path() == "native"
+    assert native_build.path("cuda") == native_build.path(torch.device("meta")) == "torch"
     kw = case(2)
     default = run(kw, None)
     assert_counts_equal(default, run(kw, "native"))
@@ -346,8 +346,8 @@ def test_gateprobe_native_0_uses_torch_without_building(monkeypatch, capsys, fre
     def no_build():
         raise AssertionError("GATEPROBE_NATIVE=0 must not build")
     monkeypatch.setenv("GATEPROBE_NATIVE", "0")
-    monkeypatch.setattr(native, "_build", no_build)
-    assert not native.native_available() and native.path("cpu") == "torch"
+    monkeypatch.setattr(native_build, "_build", no_build)
+    assert not native_build.native_available() and native_build.path("cpu") == "torch"
     kw = case(6)
     out = run(kw, None)
     assert_matches_oracle(out, oracle(kw))
@@ -364,12 +364,12 @@ def test_failed_build_prints_one_line_and_falls_back(monkeypatch, capsys, fresh_
         raise RuntimeError("Error building extension 'x': [1/2] c++ -O3 ...\nkernel.cpp:1:10: fatal error: torch.h: "
                            "No such file or directory\nninja: build stopped")
     monkeypatch.delenv("GATEPROBE_NATIVE", raising=False)
-    monkeypatch.setattr(native, "_build", broken_build)
+    monkeypatch.setattr(native_build, "_build", broken_build)
     kw = case(7)
     out = run(kw, None)
     assert_matches_oracle(out, oracle(kw))
     run(kw, None)
-    assert native.path("cpu") == "torch" and not native.native_available()
+    assert native_build.path("cpu") == "torch" and not native_build.native_available()
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and len(calls) == 1, err
     assert err.startswith("gateprobe: C++ statistics kernel unavailable (") and "fatal error: torch.h" in err
