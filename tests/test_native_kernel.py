@@ -5,6 +5,8 @@ bin boundaries, where a fused multiply-add would bin differently), NaN raises wi
 ``GATEPROBE_NATIVE=0`` / a failed build fall back to the torch path."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -364,6 +366,7 @@ def test_failed_build_prints_one_line_and_falls_back(monkeypatch, capsys, fresh_
         raise RuntimeError("Error building extension 'x': [1/2] c++ -O3 ...\nkernel.cpp:1:10: fatal error: torch.h: "
                            "No such file or directory\nninja: build stopped")
     monkeypatch.delenv("GATEPROBE_NATIVE", raising=False)
+    monkeypatch.setattr(native_build, "is_built", lambda: True)  # a cached build that fails to load: no "building" line
     monkeypatch.setattr(native_build, "_build", broken_build)
     kw = case(7)
     out = run(kw, None)
@@ -374,3 +377,193 @@ def test_failed_build_prints_one_line_and_falls_back(monkeypatch, capsys, fresh_
     assert err.count("\n") == 1 and len(calls) == 1, err
     assert err.startswith("gateprobe: C++ statistics kernel unavailable (") and "fatal error: torch.h" in err
     assert err.rstrip().endswith("using the pure-torch path")
+
+
+# ---------------------------------------------------------------------------------------------- when it is built
+def tiny_gated_record(tmp_path, name="run", **kw):
+    """A 4-image gated recording (32x32, width 4): the statistics of its gated layers use the kernel."""
+    from probe.models import create_model
+    from probe.recording.loop import record
+
+    torch.manual_seed(0)
+    model = create_model("gated-scenes", width=4, image_size=32).eval()
+    return record(model, "scenes:32", tmp_path / name, n=4, batch_size=2, samples=1, calibration=2, **kw)
+
+
+@pytest.fixture
+def unbuilt(monkeypatch, tmp_path, fresh_state):
+    """As on a machine where the kernel is not built yet: ``is_built`` False, a compiler, an empty extension
+    folder; ``_build`` (faked by the test) is counted in ``calls``."""
+    monkeypatch.delenv("GATEPROBE_NATIVE", raising=False)
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "extensions"))
+    monkeypatch.setattr(native_build, "is_built", lambda: False)
+    monkeypatch.setattr(native_build, "compiler", lambda: "/usr/bin/c++")
+    monkeypatch.setattr(native_build, "BUILD_SECONDS", 30.0)
+    calls = []
+    return calls
+
+
+def test_is_built_follows_the_cached_library_and_its_age(monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    name = native_build.extension_name()
+    assert name.startswith("gateprobe_stats_") and native_build.library_path() == tmp_path / name / f"{name}.so"
+    assert not native_build.is_built() and not (tmp_path / name).exists()  # asking creates nothing
+    (tmp_path / name).mkdir()
+    library = tmp_path / name / f"{name}.so"
+    library.write_bytes(b"")
+    assert native_build.is_built()
+    old = native_build.SOURCE.stat().st_mtime - 10
+    os.utime(library, (old, old))  # older than the source: loading it would compile
+    assert not native_build.is_built()
+
+
+def test_expected_build_seconds_is_the_last_build_on_this_machine(monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    assert native_build.expected_build_seconds() == native_build.BUILD_SECONDS
+    native_build._remember_build_seconds(12.34)
+    assert native_build.expected_build_seconds() == pytest.approx(12.3)
+    (tmp_path / native_build.TIMES_FILE).write_text("garbage")
+    assert native_build.expected_build_seconds() == native_build.BUILD_SECONDS
+
+
+def test_estimate_line_counts_the_build(monkeypatch):
+    from probe.recording.budget import estimate_line
+
+    plain = estimate_line(1024, 0.01)
+    assert plain == "estimate: recording 1,024 images takes about 20 s (10.0 ms per image on the calibration pass)"
+    line = estimate_line(1024, 0.01, 35.0)
+    assert "takes about 55 s" in line and "including about 35 s to build the C++ statistics kernel" in line
+    assert estimate_line(1024, 0.01, 0.0) == plain
+
+
+def test_pending_build_seconds_only_when_a_build_will_happen(monkeypatch, unbuilt):
+    assert native_build.pending_build_seconds("cpu") == native_build.pending_build_seconds() == 30.0
+    assert native_build.pending_build_seconds("cuda") == native_build.pending_build_seconds("meta") == 0.0
+    monkeypatch.setenv("GATEPROBE_NATIVE", "0")
+    assert native_build.pending_build_seconds("cpu") == 0.0 and not native_build.start_background_build("cpu")
+    monkeypatch.delenv("GATEPROBE_NATIVE")
+    monkeypatch.setattr(native_build, "compiler", lambda: None)
+    assert native_build.pending_build_seconds("cpu") == 0.0 and not native_build.start_background_build("cpu")
+    monkeypatch.setattr(native_build, "compiler", lambda: "/usr/bin/c++")
+    monkeypatch.setattr(native_build, "is_built", lambda: True)
+    assert native_build.pending_build_seconds("cpu") == 0.0 and not native_build.start_background_build("cpu")
+    assert native_build._state["thread"] is None
+
+
+def test_background_build_says_so_once_and_the_first_use_waits_for_it(monkeypatch, capsys, unbuilt):
+    import threading
+
+    release, sentinel = threading.Event(), object()
+
+    def slow_build():
+        unbuilt.append(1)
+        assert release.wait(10)
+        return sentinel
+    monkeypatch.setattr(native_build, "_build", slow_build)
+    assert native_build.start_background_build("cpu") and native_build.start_background_build("cpu")
+    assert 1.0 <= native_build.pending_build_seconds("cpu") <= 30.0
+    threading.Timer(0.2, release.set).start()
+    assert native_build.kernel_module() is sentinel  # waited for the build
+    assert native_build.native_available() and native_build.pending_build_seconds("cpu") == 0.0
+    assert not native_build.start_background_build("cpu") and unbuilt == [1]
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert err.startswith("gateprobe: building the C++ statistics kernel in the background (") and "about 30 s" in err
+    assert "gateprobe-build-kernel" in err
+
+
+def test_a_first_use_outside_a_recording_builds_in_the_foreground_with_the_same_line(monkeypatch, capsys, unbuilt):
+    sentinel = object()
+    monkeypatch.setattr(native_build, "_build", lambda: unbuilt.append(1) or sentinel)
+    assert native_build.kernel_module() is sentinel and native_build.kernel_module() is sentinel
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("gateprobe: building the C++ statistics kernel (") and unbuilt == [1]
+
+
+def test_without_a_compiler_one_line_and_the_torch_path_without_a_build(monkeypatch, capsys, unbuilt):
+    monkeypatch.setattr(native_build, "compiler", lambda: None)
+    monkeypatch.setattr(native_build, "_build", lambda: unbuilt.append(1))
+    assert not native_build.native_available() and native_build.path("cpu") == "torch" and not unbuilt
+    native_build.native_available()
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unavailable (no C++ compiler" in err and "pure-torch path" in err
+
+
+def test_record_builds_in_the_background_and_its_estimate_counts_the_build(built, monkeypatch, capsys, tmp_path,
+                                                                           unbuilt):
+    import threading
+
+    asked, kernel_module = threading.Event(), native_build.kernel_module
+
+    def slow_build():  # the real kernel, after a pretend compile that lasts until the first batch asks for it
+        unbuilt.append(1)
+        assert asked.wait(60)
+        return built
+
+    def first_use():
+        asked.set()
+        return kernel_module()
+    monkeypatch.setattr(native_build, "_build", slow_build)
+    monkeypatch.setattr(native_build, "kernel_module", first_use)
+    run = tiny_gated_record(tmp_path)
+    assert unbuilt == [1] and native_build.native_available()
+    err = capsys.readouterr().err
+    assert err.count("gateprobe: building the C++ statistics kernel in the background") == 1
+    estimate = next(line for line in err.splitlines() if line.startswith("estimate:"))
+    assert "to build the C++ statistics kernel, once per machine" in estimate, estimate
+    assert native_build.build_seconds() is None  # the fake build did not time itself
+    # a second recording in the process: nothing built, nothing said
+    reference = tiny_gated_record(tmp_path, "again")
+    err = capsys.readouterr().err
+    assert "building" not in err and "kernel" not in err and unbuilt == [1]
+    pd_equal = __import__("pandas").testing.assert_frame_equal
+    pd_equal(run.channels, reference.channels)
+
+
+def test_the_build_counts_against_max_hours(monkeypatch, tmp_path, unbuilt):
+    from probe.errors import SettingsError
+
+    import threading
+
+    done = threading.Event()
+    monkeypatch.setattr(native_build, "BUILD_SECONDS", 3600.0)
+    monkeypatch.setattr(native_build, "_build", lambda: unbuilt.append(done.wait(60)) or object())
+    try:
+        with pytest.raises(SettingsError, match="beyond --max-hours 0.5"):
+            tiny_gated_record(tmp_path, max_hours=0.5, progress=False)
+    finally:
+        done.set()
+    assert not (tmp_path / "run").exists()
+    native_build._state["thread"].join()
+    assert unbuilt == [True]  # the build went on, was not given up half way
+
+
+def test_record_with_a_cached_kernel_builds_nothing(built, capsys, tmp_path, fresh_state):
+    assert native_build.is_built()  # `built` built or loaded it from the cache
+    run = tiny_gated_record(tmp_path)
+    err = capsys.readouterr().err
+    assert "building" not in err and "kernel" not in err and native_build._state["thread"] is None
+    assert native_build.native_available() and run.manifest["complete"]
+
+
+def test_record_with_gateprobe_native_0_builds_nothing(monkeypatch, capsys, tmp_path, unbuilt):
+    monkeypatch.setenv("GATEPROBE_NATIVE", "0")
+    monkeypatch.setattr(native_build, "_build", lambda: unbuilt.append(1))
+    tiny_gated_record(tmp_path)
+    err = capsys.readouterr().err
+    assert not unbuilt and "building" not in err and "kernel" not in err and native_build._state["thread"] is None
+
+
+def test_build_kernel_command(monkeypatch, capsys, unbuilt):
+    monkeypatch.setattr(native_build, "_build", lambda: unbuilt.append(1) or object())
+    assert native_build.main([]) == 0 and unbuilt == [1]
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("gateprobe: building the C++ statistics kernel (") and len(err) == 2
+    assert err[1].startswith("gateprobe: C++ statistics kernel built in ")
+    native_build._reset()
+    monkeypatch.setenv("GATEPROBE_NATIVE", "0")
+    assert native_build.main([]) == 0 and unbuilt == [1] and "not built" in capsys.readouterr().err
+    monkeypatch.delenv("GATEPROBE_NATIVE")
+    monkeypatch.setattr(native_build, "compiler", lambda: None)
+    assert native_build.main([]) == 0 and native_build._reset() is None
+    assert native_build.main(["--strict"]) == 1 and unbuilt == [1]

@@ -95,6 +95,19 @@ def time_estimate(seconds_per_image: float, images: int) -> float:
     return seconds_per_image * RECORD_FACTOR * images
 
 
+def estimate_line(images: int, seconds_per_image: float, build_seconds: float = 0.0) -> str:
+    """The line printed before a recording: the time of ``images`` images at ``seconds_per_image``
+    of the calibration pass, plus ``build_seconds`` of the C++ statistics kernel's build that the
+    recording will wait for (:func:`probe.stats.native_build.pending_build_seconds`; 0: none)."""
+    recording = time_estimate(seconds_per_image, images)
+    line = (f"estimate: recording {images:,} images takes about {duration(recording + build_seconds)} "
+            f"({seconds_per_image * 1000:.1f} ms per image on the calibration pass")
+    if build_seconds > 0:
+        line += (f"; including about {duration(build_seconds)} to build the C++ statistics kernel, "
+                 "once per machine")
+    return line + ")"
+
+
 def duration(seconds: float) -> str:
     """``seconds`` in words: 40 s, 12 min, 3.5 h, 9 days, 31 years."""
     if seconds < 90:

@@ -20,7 +20,8 @@ from ..rundir.samples import SampleStore
 from ..rundir.settings import RecordSettings
 from ..rundir.state import stats_to_cpu
 from ..rundir.write import write_run
-from .budget import DEFAULT_MAX_HOURS, check_duration, check_memory, duration, time_estimate
+from ..stats import native_build
+from .budget import DEFAULT_MAX_HOURS, check_duration, check_memory, estimate_line, time_estimate
 from .calibration import calibrate_binnings
 from .manifest import new_manifest
 from .recorder import Recorder
@@ -122,16 +123,19 @@ def record(model: nn.Module, data, out: str | Path, n: int | None = None, *, set
     if resumed is None:
         check_new_run_dir(out, overwrite)  # refuse before the calibration pass, not after it
     check_memory(sites, len(data.classes), settings, tuple(data[0]["image"].shape[-2:]))
+    gated = any(site.kind == "gated" for site in sites)  # their statistics use the C++ kernel on the CPU
+    if gated:  # not built yet: built during the calibration pass, and the estimate counts what it still needs
+        native_build.start_background_build(device)
     began = time.perf_counter()
     recorder = build_recorder(model, sites, data, n, settings, device)
     per_image = (time.perf_counter() - began) / min(n, settings.calibration)
     start = positions.start
     if resumed is not None and resumed["progress"] is not None:
         start = resumed["progress"]["position"]
-    estimate = time_estimate(per_image, positions.stop - start)
+    build = native_build.pending_build_seconds(device) if gated else 0.0
+    estimate = time_estimate(per_image, positions.stop - start) + build
     if progress:
-        print(f"estimate: recording {positions.stop - start:,} images takes about {duration(estimate)} "
-              f"({per_image * 1000:.1f} ms per image on the calibration pass)", file=sys.stderr, flush=True)
+        print(estimate_line(positions.stop - start, per_image, build), file=sys.stderr, flush=True)
     check_duration(estimate, positions.stop - start, max_hours)
     if resumed is None:
         out = prepare_run_dir(out, overwrite)
