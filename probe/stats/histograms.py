@@ -67,8 +67,8 @@ class ConditionedHistogram:
     def add_sums(self, sums: Tensor, pixels: Tensor, group: Tensor) -> None:
         """Per-image gate ``sums`` ``[B, K, C]`` and ``pixels`` ``[B, K]`` into image groups ``group`` ``[B]``
         (the counts were added in place by :func:`probe.stats.native.accumulate_gate_batch`)."""
-        self.sums_.index_add_(0, group, sums.double())
-        self.pixels_.index_add_(0, group, pixels.long())
+        self.sums_.index_put_((group,), sums.double(), accumulate=True)
+        self.pixels_.index_put_((group,), pixels.long(), accumulate=True)
 
     def merge(self, other: "ConditionedHistogram") -> "ConditionedHistogram":
         """Add ``other``'s counts and sums into this one (exact: integer counts, float64 sums)."""
@@ -199,8 +199,8 @@ class LabelCellHistogram:
             return
         dtype = self.counts_.dtype
         counts, moments = fine_to_cells(fine, self.cell_of_bin, self.offset_of_bin, self.cells)
-        self.counts_.index_add_(0, present, counts.to(dtype))
-        self.moments_.index_add_(0, present, moments.to(dtype))
+        self.counts_.index_put_((present,), counts.to(dtype), accumulate=True)
+        self.moments_.index_put_((present,), moments.to(dtype), accumulate=True)
 
 
     def _add_slots(self, keys: Tensor) -> None:
@@ -227,9 +227,9 @@ class LabelCellHistogram:
             keys = torch.unique(torch.stack([g[new], lab[new]], 1), dim=0)
             self._add_slots(keys)
             slots = self.slot_of_[g, lab]
-        self.slot_sums_.index_add_(0, slots, sums[b_idx, p_idx].double())
-        self.slot_ranks_.index_add_(0, slots, ranks[b_idx, p_idx])
-        self.slot_pixels_.index_add_(0, slots, pixels[b_idx, p_idx].round().long())
+        self.slot_sums_.index_put_((slots,), sums[b_idx, p_idx].double(), accumulate=True)
+        self.slot_ranks_.index_put_((slots,), ranks[b_idx, p_idx], accumulate=True)
+        self.slot_pixels_.index_put_((slots,), pixels[b_idx, p_idx].round().long(), accumulate=True)
 
     # ------------------------------------------------------------------ read
     def dense_sums(self, ranks: bool = False) -> tuple[Tensor, Tensor]:

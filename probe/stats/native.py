@@ -177,8 +177,8 @@ def _torch(logits, binning, region, region_counts, r, label, p, ignored, label_r
         fine = torch.bincount(index.reshape(-1), minlength=p * block).view(p, c, bins)
         total += fine.sum(0)
         counts, moments = fine_to_cells(fine, cell_of_bin, offset_of_bin, cell_counts.shape[2])
-        cell_counts.index_add_(0, label_rows, counts.to(cell_counts.dtype))
-        cell_moments.index_add_(0, label_rows, moments.to(cell_moments.dtype))
+        cell_counts.index_put_((label_rows,), counts.to(cell_counts.dtype), accumulate=True)
+        cell_moments.index_put_((label_rows,), moments.to(cell_moments.dtype), accumulate=True)
         if rank_sums is not None:  # [B, 1 + P, C]: slot 0 takes the ignored pixels
             ranks = rank_table.reshape(-1)[flat.long()].transpose(1, 2)  # [B, N, C]
             slots = torch.zeros(b, p + 1, c, dtype=torch.float64, device=device)

@@ -83,13 +83,6 @@ inline int bin_row(const float* __restrict x, int64_t n, const float* __restrict
   return nan;
 }
 
-void check_range(const std::optional<at::Tensor>& t, int64_t lo, int64_t hi, const char* name) {
-  // A guard for memory safety (Python has checked already, with a better message).
-  if (!t.has_value() || t->numel() == 0) return;
-  auto [low, high] = at::aminmax(*t);
-  TORCH_CHECK(low.item<int64_t>() >= lo && high.item<int64_t>() < hi, name, " out of range");
-}
-
 template <typename cell_t>
 bool accumulate(const at::Tensor& logits,                          // float32 [B, C, N]
                 const at::Tensor& inner,                            // float32 [C, S - 1] inner knots
@@ -111,12 +104,8 @@ bool accumulate(const at::Tensor& logits,                          // float32 [B
   const bool has_region = region.has_value(), has_label = label.has_value();
   const int64_t R = has_region ? region_counts->size(0) : 0;
   const int64_t P = has_label ? label_rows->size(0) : 0;
-  const int64_t L = has_label ? cell_counts->size(0) : 0;
   const int64_t cells = has_label ? cell_counts->size(2) : 0;
-  check_range(region, 0, R, "region");
-  check_range(label, -1, P, "label");
-  check_range(label_rows, 0, L, "label_rows");
-  check_range(cell_of_bin, 0, cells, "cell_of_bin");
+  // region, label, label_rows and cell_of_bin were checked in range by the only caller (native.py)
 
   const float* x_all = logits.data_ptr<float>();
   const int64_t S = base.size(1);  // segments per channel
@@ -148,39 +137,91 @@ bool accumulate(const at::Tensor& logits,                          // float32 [B
     return nan == 0;
   };
   // Count channel c's binned pixels (delta +1, or -1 to take them back), image by image, in simple
-  // loops over the pixels of row (b, c). The label cells are first counted in local [1 + P, cells]
-  // arrays (slot 0: ignored pixels, dropped), then added to their rows [label_rows[l], c].
+  // loops over the pixels of row (b, c). When the channel's joint fine histogram of (region, label
+  // slot, bin) is small (at most four passes over its pixels, or 16k entries), every pixel is one
+  // int32 increment into it (in the cache), and the region counts, label cells, moments and total
+  // are read off it once per channel. Otherwise each pixel goes to the region histogram and to local
+  // [1 + P, cells] label arrays directly. Label slot 0 (ignored pixels) is dropped. The rank sums use
+  // four partial sums (pixel p into p mod 4), so that runs of one label do not chain on one
+  // accumulator.
   const int64_t block = C * bins;  // region_counts[r, c, k] = rc[r * block + c * bins + k]
   const int64_t Q = 1 + P;         // label slots: 0 for an ignored pixel, 1 + l for compact label l
-  auto count_channel = [&](int64_t c, const int32_t* bin, int64_t delta) {
-    std::vector<int64_t> n_cell(has_label ? Q * cells : 0), m_cell(n_cell.size());
+  const int64_t RJ = has_region ? R : 1, QJ = has_label ? Q : 1;  // the joint histogram's [RJ, QJ, K]
+  const bool joint = RJ * QJ * bins <= std::max<int64_t>(4 * B * N, 16384);
+  struct Scratch {
+    std::vector<int32_t> bin, fine;
+    std::vector<int64_t> n_cell, m_cell;
+    std::vector<double> r_sum;
+  };
+  auto add_cells = [&](int64_t c, int64_t l, int64_t j, int64_t n, const int64_t* cob_c, const int64_t* oob_c) {
+    cc[(rows[l - 1] * C + c) * cells + cob_c[j]] += static_cast<cell_t>(n);
+    cm[(rows[l - 1] * C + c) * cells + cob_c[j]] += static_cast<cell_t>(n * oob_c[j]);
+  };
+  auto count_channel = [&](int64_t c, Scratch& w, int64_t delta) {
+    const int32_t* bin = w.bin.data();
     int64_t* rc_c = has_region ? rc + c * bins : nullptr;
     int64_t* tot_c = has_label ? tot + c * bins : nullptr;
     const int64_t* cob_c = has_label ? cob + c * bins : nullptr;
     const int64_t* oob_c = has_label ? oob + c * bins : nullptr;
     const bool moments = has_label && std::any_of(oob_c, oob_c + bins, [](int64_t v) { return v != 0; });
     const double* rt_c = has_rank ? rt + c * bins : nullptr;
-    std::vector<double> r_sum(has_rank ? Q : 0);
+    int32_t* fine = w.fine.data();
+    int64_t* n_cell = w.n_cell.data();
+    int64_t* m_cell = w.m_cell.data();
+    double* r_sum = w.r_sum.data();  // [4, Q]
+    std::fill(w.fine.begin(), w.fine.end(), 0);
+    std::fill(w.n_cell.begin(), w.n_cell.end(), 0);
+    std::fill(w.m_cell.begin(), w.m_cell.end(), 0);
+    const bool ranks = has_rank && delta > 0;  // written once (a take-back leaves the caller's buffer unused)
     for (int64_t b = 0; b < B; ++b) {
       const int32_t* k = bin + b * N;
-      if (has_region) {
-        const int32_t* reg = reg_all + b * N;
-        for (int64_t p = 0; p < N; ++p) rc_c[reg[p] * block + k[p]] += delta;
-      }
-      if (has_label) {
-        const int32_t* lab = lab_all + b * N;
-        for (int64_t p = 0; p < N; ++p) {
-          const int64_t slot = (lab[p] + 1) * cells + cob_c[k[p]];
-          n_cell[slot] += 1;
-          if (moments) m_cell[slot] += oob_c[k[p]];  // all offsets 0 (cells = fine bins): skipped
-          tot_c[k[p]] += delta * (lab[p] >= 0);
+      const int32_t* reg = has_region ? reg_all + b * N : nullptr;
+      const int32_t* lab = has_label ? lab_all + b * N : nullptr;
+      if (joint && has_region && has_label) {
+        for (int64_t p = 0; p < N; ++p) fine[(reg[p] * QJ + lab[p] + 1) * bins + k[p]] += 1;
+      } else if (joint && has_region) {
+        for (int64_t p = 0; p < N; ++p) fine[reg[p] * bins + k[p]] += 1;
+      } else if (joint && has_label) {
+        for (int64_t p = 0; p < N; ++p) fine[(lab[p] + 1) * bins + k[p]] += 1;
+      } else {
+        if (has_region) {
+          for (int64_t p = 0; p < N; ++p) rc_c[reg[p] * block + k[p]] += delta;
         }
-        if (has_rank && delta > 0) {  // written once (a take-back leaves the caller's fresh buffer unused)
-          std::fill(r_sum.begin(), r_sum.end(), 0.0);
-          for (int64_t p = 0; p < N; ++p) r_sum[lab[p] + 1] += rt_c[k[p]];
-          for (int64_t l = 0; l < P; ++l) rs[(b * P + l) * C + c] = r_sum[l + 1];
+        if (has_label) {
+          for (int64_t p = 0; p < N; ++p) {
+            const int64_t slot = (lab[p] + 1) * cells + cob_c[k[p]];
+            n_cell[slot] += 1;
+            if (moments) m_cell[slot] += oob_c[k[p]];  // all offsets 0 (cells = fine bins): skipped
+            tot_c[k[p]] += delta * (lab[p] >= 0);
+          }
         }
       }
+      if (ranks) {
+        std::fill(w.r_sum.begin(), w.r_sum.end(), 0.0);
+        for (int64_t p = 0; p < N; ++p) r_sum[(p & 3) * Q + lab[p] + 1] += rt_c[k[p]];
+        for (int64_t l = 0; l < P; ++l) {
+          rs[(b * P + l) * C + c] = (r_sum[l + 1] + r_sum[Q + l + 1]) + (r_sum[2 * Q + l + 1] + r_sum[3 * Q + l + 1]);
+        }
+      }
+    }
+    if (joint) {  // read the region counts and the label cells off the joint histogram
+      for (int64_t r = 0; r < (has_region ? R : 0); ++r) {
+        int64_t* out = rc_c + r * block;
+        for (int64_t q = 0; q < QJ; ++q) {
+          const int32_t* f = fine + (r * QJ + q) * bins;
+          for (int64_t j = 0; j < bins; ++j) out[j] += delta * f[j];
+        }
+      }
+      for (int64_t l = 1; l < (has_label ? Q : 0); ++l) {
+        for (int64_t j = 0; j < bins; ++j) {
+          int64_t n = 0;
+          for (int64_t r = 0; r < RJ; ++r) n += fine[(r * QJ + l) * bins + j];
+          if (!n) continue;
+          add_cells(c, l, j, delta * n, cob_c, oob_c);
+          tot_c[j] += delta * n;
+        }
+      }
+      return;
     }
     for (int64_t l = 1; l < (has_label ? Q : 0); ++l) {
       cell_t* cc_l = cc + (rows[l - 1] * C + c) * cells;
@@ -191,24 +232,33 @@ bool accumulate(const at::Tensor& logits,                          // float32 [B
       }
     }
   };
+  auto scratch = [&]() {
+    Scratch w;
+    w.bin.resize(B * N);
+    w.fine.resize(joint ? RJ * QJ * bins : 0);
+    w.n_cell.resize(has_label && !joint ? Q * cells : 0);
+    w.m_cell.resize(w.n_cell.size());
+    w.r_sum.resize(has_rank ? 4 * Q : 0);
+    return w;
+  };
 
   // A NaN anywhere leaves the counts as they were: the channels counted before it are taken back.
   std::atomic<bool> failed{false};
   std::vector<char> counted(C, 0);
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, B * N));  // ~32k pixels a task
   at::parallel_for(0, C, grain, [&](int64_t c_begin, int64_t c_end) {
-    std::vector<int32_t> bin(B * N);
+    Scratch w = scratch();
     for (int64_t c = c_begin; c < c_end && !failed.load(std::memory_order_relaxed); ++c) {
-      if (!bin_channel(c, bin.data())) { failed = true; return; }
-      count_channel(c, bin.data(), 1);
+      if (!bin_channel(c, w.bin.data())) { failed = true; return; }
+      count_channel(c, w, 1);
       counted[c] = 1;
     }
   });
   if (!failed) return true;
   at::parallel_for(0, C, grain, [&](int64_t c_begin, int64_t c_end) {
-    std::vector<int32_t> bin(B * N);
+    Scratch w = scratch();
     for (int64_t c = c_begin; c < c_end; ++c) {
-      if (counted[c] && bin_channel(c, bin.data())) count_channel(c, bin.data(), -1);
+      if (counted[c] && bin_channel(c, w.bin.data())) count_channel(c, w, -1);
     }
   });
   return false;
