@@ -3,9 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: venv test demo bench reports
+.PHONY: venv test test-fast test-slow demo bench reports
 
-venv: $(VENV)/.installed
+venv: $(VENV)/.installed $(VENV)/.kernel
 
 # Re-installs when setup.cfg or pyproject.toml change; torch is pinned on the command line so pip
 # never resolves another torch.
@@ -14,8 +14,21 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(BIN)/pip install -e '.[test,ray,bench]' torch==2.13.0
 	touch $@
 
-test: venv
-	$(BIN)/pytest -x -q tests
+# The C++ statistics kernel, built now rather than at the first recording (about 35 s with g++;
+# cached in torch's extension folder). Without a compiler: one line, and the pure-torch path.
+$(VENV)/.kernel: $(VENV)/.installed probe/stats/native_kernel.cpp probe/stats/native_build.py
+	$(BIN)/gateprobe-build-kernel
+	touch $@
+
+# The whole suite in two steps (CI runs it through .ci/run): the fast tests, then those marked `slow`
+# (setup.cfg's [tool:pytest] markers). `make test-fast` is the first step alone.
+test: test-fast test-slow
+
+test-fast: venv
+	$(BIN)/pytest -x -q -m "not slow" tests
+
+test-slow: venv
+	$(BIN)/pytest -x -q -m slow tests
 
 # Records both shipped checkpoints, analyses, writes runs/demo/scenes-pconv-vs-gated.html, serves the explorer.
 demo: venv

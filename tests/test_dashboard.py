@@ -4,7 +4,8 @@ page in headless Chromium against real small runs recorded into a temporary fold
 The browser tests share one server (a werkzeug server in a thread, shut down at the end) and one
 Chromium for the whole module, which keeps them to well under two minutes; screenshots go to
 test-artifacts/. They are skipped when /usr/bin/chromium or /usr/bin/chromedriver is missing
-(`apt-get install -y chromium chromium-driver`).
+(`apt-get install -y chromium chromium-driver`), and marked ``slow``: ``make test`` runs them in its
+second step.
 """
 from __future__ import annotations
 
@@ -306,6 +307,7 @@ PAGES = {
 }
 
 
+@pytest.mark.slow  # headless Chromium: `make test`'s second step
 def test_every_page_loads_with_data(browser, server):
     severe_logs(browser)
     for name, (path, graph_ids) in PAGES.items():
@@ -328,6 +330,7 @@ def test_every_page_loads_with_data(browser, server):
     assert "gated" in browser.find_element("css selector", "#overview-runs").text
 
 
+@pytest.mark.slow  # headless Chromium: `make test`'s second step
 def test_channel_click_through_and_url_round_trip(browser, server):
     open_page(browser, server, "/layer?run=gated&layer=encoder.1&sample=2&sort=auc_hole&order=desc")
     wait_for(browser, f"{trace_type('layer-grid')} === 'heatmap'")
@@ -363,6 +366,7 @@ def test_channel_click_through_and_url_round_trip(browser, server):
     assert severe_logs(browser) == []
 
 
+@pytest.mark.slow  # headless Chromium: `make test`'s second step
 def test_switching_layers_updates_views_and_url(browser, server, store):
     open_page(browser, server, "/layer?run=gated&layer=encoder.0")
     wait_for(browser, f"{graph_js('layer-grid')}.layout.meta.order.length === 24")
@@ -383,6 +387,7 @@ def test_switching_layers_updates_views_and_url(browser, server, store):
     assert severe_logs(browser) == []
 
 
+@pytest.mark.slow  # headless Chromium: `make test`'s second step
 def test_labels_heatmap_and_scatter_clicks_open_channels(browser, server):
     open_page(browser, server, "/labels?run=gated&layer=encoder.2")
     wait_for(browser, f"{trace_type('labels-heatmap')} === 'heatmap'")
@@ -413,6 +418,7 @@ def test_labels_heatmap_and_scatter_clicks_open_channels(browser, server):
     assert severe_logs(browser) == []
 
 
+@pytest.mark.slow  # headless Chromium: `make test`'s second step
 def test_live_drawing_produces_a_new_output(browser, server):
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
@@ -443,6 +449,7 @@ def test_live_drawing_produces_a_new_output(browser, server):
     assert severe_logs(browser) == []
 
 
+@pytest.mark.slow  # headless Chromium: `make test`'s second step
 def test_bad_urls_get_messages_not_traces(browser, server):
     open_page(browser, server, "/layer?run=nope&layer=%3Cscript%3Ealert(1)%3C/script%3E")
     text = wait_for(browser, "document.querySelector('.problems') && document.querySelector('.problems').innerText")
@@ -461,6 +468,7 @@ def test_bad_urls_get_messages_not_traces(browser, server):
     assert severe_logs(browser) == []
 
 
+@pytest.mark.slow  # headless Chromium: `make test`'s second step
 def test_claims_view_shows_value_control_and_difference_in_columns(browser, server):
     """The claims page: every G row with the trained value, the control and the difference apart;
     picking a control that is the run itself gives one line, not a table of verdicts."""

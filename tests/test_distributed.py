@@ -12,7 +12,8 @@
 * Without Ray, ``--ray`` is one line naming ``pip install 'gateprobe[ray]'``; a random-init
   registry model is refused.
 
-Ray is shut down after the tests and no Ray process is left behind.
+Ray is shut down after the tests and no Ray process is left behind. The tests that start Ray are
+marked ``slow`` (``make test`` runs them in its second step).
 """
 from __future__ import annotations
 
@@ -181,6 +182,7 @@ def test_coverage_check_refuses_gaps_overlaps_and_short_runs():
 
 
 # ============================================================================ its own local instance
+@pytest.mark.slow  # a Ray instance and its workers (each imports torch): `make test`'s second step
 def test_record_ray_starts_and_stops_its_own_local_instance(checkpoints, whole, tmp_path):
     assert not ray.is_initialized()
     run = record_ray(checkpoints["pconv-scenes"], DATA, tmp_path / "run", n=N, shards=2, batch_size=8, samples=6,
@@ -193,6 +195,7 @@ def test_record_ray_starts_and_stops_its_own_local_instance(checkpoints, whole, 
 
 
 # ============================================================================ on a shared local instance
+@pytest.mark.slow  # a Ray instance and its workers (each imports torch): `make test`'s second step
 @pytest.mark.parametrize("count", [1, 2, 3])  # 24 images in batches of 16: 3 shards are more than the 2 batches
 def test_ray_run_is_the_merge_of_its_shards_and_equals_the_unsharded_run(local_ray, checkpoints, whole, one_thread,
                                                                           tmp_path, count):
@@ -214,6 +217,7 @@ def test_ray_run_is_the_merge_of_its_shards_and_equals_the_unsharded_run(local_r
                                                            atol=1e-3)
 
 
+@pytest.mark.slow  # a Ray instance and its workers (each imports torch): `make test`'s second step
 def test_cli_record_ray_equals_the_single_process_run(local_ray, checkpoints, whole, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["record", "--model", checkpoints["pconv-scenes"], "--data", DATA, "--n", str(N), "--batch-size", "8",
@@ -228,6 +232,7 @@ def test_cli_record_ray_equals_the_single_process_run(local_ray, checkpoints, wh
     assert_integer_state_equal(run, whole["pconv-scenes", 8])
 
 
+@pytest.mark.slow  # a Ray instance and its workers (each imports torch): `make test`'s second step
 def test_a_worker_killed_mid_shard_is_retried_and_counted_once(local_ray, checkpoints, whole, tmp_path):
     marker, log = tmp_path / "killed", tmp_path / "attempts"
 
@@ -249,6 +254,7 @@ def test_a_worker_killed_mid_shard_is_retried_and_counted_once(local_ray, checkp
     assert_integer_state_equal(run, whole["pconv-scenes", 4])
 
 
+@pytest.mark.slow  # a Ray instance and its workers (each imports torch): `make test`'s second step
 def test_a_shard_whose_worker_always_dies_fails_the_run_without_completing_it(local_ray, checkpoints, tmp_path):
     def always_die(index, batch_positions):
         if index == 0:

@@ -278,6 +278,7 @@ def test_role_category():
     assert viz.role_category(None) == "none"
 
 
+@pytest.mark.slow  # a fresh interpreter that imports gateprobe: `make test`'s second step
 def test_viz_does_not_import_dash():
     code = "import sys, probe.viz; print('dash' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

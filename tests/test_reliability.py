@@ -791,6 +791,7 @@ def _check_after_kill(run_dir: Path, context: str) -> bool:
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+@pytest.mark.slow  # real processes (interpreter start-ups, kills): `make test`'s second step
 def test_sigkill_at_random_points_leaves_a_resumable_or_refused_run(env, tmp_path):
     seed = int(os.environ.get("GATEPROBE_KILL_SEED", random.SystemRandom().randrange(10 ** 6)))
     rng = random.Random(seed)
@@ -1227,13 +1228,50 @@ def test_overwrite_refuses_when_both_the_run_and_its_aside_are_complete(env, tmp
     assert digest(target) == env.precious_digest and digest(aside) == env.precious_digest
 
 
-def _hold_lock(target: Path, ready: Path) -> subprocess.Popen:
-    """Another process holding the write lock of ``target`` (as a recording would)."""
-    code = ("import sys, time, pathlib; from probe.rundir.folder import run_lock\n"
-            "with run_lock(sys.argv[1]):\n"
-            "    pathlib.Path(sys.argv[2]).write_text('held')\n"
-            "    time.sleep(60)\n")
-    holder = subprocess.Popen([sys.executable, "-c", code, str(target), str(ready)], cwd=ROOT)
+class _Forked:
+    """A forked child, with the part of :class:`subprocess.Popen` the lock tests use."""
+
+    def __init__(self, pid: int):
+        self.pid, self.returncode = pid, None
+
+    def poll(self):
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def kill(self):
+        if self.returncode is None:
+            os.kill(self.pid, signal.SIGKILL)
+
+    def wait(self):
+        if self.returncode is None:
+            self.returncode = os.waitstatus_to_exitcode(os.waitpid(self.pid, 0)[1])
+        return self.returncode
+
+
+def _hold_lock(target: Path, ready: Path):
+    """Another process holding the write lock of ``target`` (as a recording would): a forked copy of
+    this one where fork exists (no interpreter start-up), else a ``python -c`` subprocess."""
+    if hasattr(os, "fork"):
+        from probe.rundir.folder import run_lock
+
+        pid = os.fork()
+        if pid == 0:  # the child: take the lock, say so, hold it until killed
+            try:
+                with run_lock(target):
+                    ready.write_text("held")
+                    time.sleep(60)
+            finally:
+                os._exit(0)
+        holder = _Forked(pid)
+    else:
+        code = ("import sys, time, pathlib; from probe.rundir.folder import run_lock\n"
+                "with run_lock(sys.argv[1]):\n"
+                "    pathlib.Path(sys.argv[2]).write_text('held')\n"
+                "    time.sleep(60)\n")
+        holder = subprocess.Popen([sys.executable, "-c", code, str(target), str(ready)], cwd=ROOT)
     deadline = time.time() + 60
     while not ready.exists():
         assert holder.poll() is None and time.time() < deadline, "the lock holder did not start"
@@ -1350,6 +1388,7 @@ def test_hole_masks_with_one_that_informs_record(env, tmp_path, capsys):
     assert load_run(tmp_path / "run").channels.auc_hole.notna().all()
 
 
+@pytest.mark.slow  # real processes (interpreter start-ups, kills): `make test`'s second step
 def test_two_concurrent_record_processes_one_writes_the_other_is_refused(env, tmp_path, capsys):
     """Two real `record` processes on one --out: exactly one writes, the other gets one line."""
     target = tmp_path / "run"
