@@ -567,3 +567,36 @@ def test_build_kernel_command(monkeypatch, capsys, unbuilt):
     monkeypatch.setattr(native_build, "compiler", lambda: None)
     assert native_build.main([]) == 0 and native_build._reset() is None
     assert native_build.main(["--strict"]) == 1 and unbuilt == [1]
+
+
+def test_deferred_nan_flag_and_unchecked_ids_count_as_the_checked_torch_path():
+    """Off the CPU the recorder reads no device value per layer: the ids are not range-checked and a
+    NaN logit sets a flag instead of raising. On clean logits the counts are those of the checked
+    path; a NaN sets the flag, bins as 0 and leaves every index in range."""
+    g = torch.Generator().manual_seed(3)
+    b, c, n, bins = 2, 3, 50, 16
+    binning = Binning.uniform(c, -3.0, 3.0, bins)
+    logits = torch.randn(b, c, n, generator=g)
+    region = torch.randint(0, 4, (b, n), generator=g)
+    label = torch.randint(-1, 2, (b, n), generator=g)
+
+    def run(x, **extra):
+        out = dict(region_counts=torch.zeros(4, c, bins, dtype=torch.int64), cell_counts=torch.zeros(2, c, bins, dtype=torch.int32),
+                   cell_moments=torch.zeros(2, c, bins, dtype=torch.int32), total=torch.zeros(c, bins, dtype=torch.int64))
+        accumulate_gate_batch(x, binning, region=region, n_regions=4, label=label, n_present=2,
+                              label_rows=torch.tensor([1, 0]), cell_of_bin=torch.arange(bins).repeat(c, 1),
+                              offset_of_bin=torch.zeros(c, bins, dtype=torch.int64), force_path="torch", **out, **extra)
+        return out
+
+    checked = run(logits)
+    flag = torch.zeros((), dtype=torch.bool)
+    deferred = run(logits, check_ids=False, nonfinite=flag)
+    assert not bool(flag)
+    assert all(torch.equal(checked[k], deferred[k]) for k in checked)
+    assert int(checked["total"].sum()) == c * int((label >= 0).sum())  # ignored pixels in no label count
+    poisoned = logits.clone()
+    poisoned[1, 2, 7] = float("nan")
+    with pytest.raises(NumericalError):
+        run(poisoned)
+    counts = run(poisoned, check_ids=False, nonfinite=flag)
+    assert bool(flag) and int(counts["region_counts"].sum()) == b * c * n

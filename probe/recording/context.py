@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..stats.regions import BORDER, FAR, HOLE_PLAIN, HOLE_SKETCH, REGIONS
+from ..stats.regions import BORDER, FAR, HOLE_PLAIN, HOLE_SKETCH, REGIONS, onehot
 
 
 class BatchContext:
@@ -30,6 +30,9 @@ class BatchContext:
         self.sketch = sketch if sketch is not None else torch.zeros_like(hole)
         self.n_labels, self.border = n_labels, border
         self._cache: dict[tuple, tuple] = {}
+        # off the CPU, NaN gate logits set this flag instead of raising at once (no device value read
+        # per layer); the Recorder reads it once per batch
+        self.nonfinite = None if hole.device.type == "cpu" else torch.zeros((), dtype=torch.bool, device=hole.device)
         self.predicted_valid = 1 - hole  # advanced layer by layer for the P3 prediction
 
     def hole_at(self, size: tuple[int, int]) -> Tensor:
@@ -44,11 +47,8 @@ class BatchContext:
             sketch = (F.adaptive_max_pool2d(self.sketch, size) > 0) & hole
             k = 2 * self.border + 1
             near = F.max_pool2d(hole.float(), k, stride=1, padding=self.border) > 0
-            region = torch.full(hole.shape, FAR, dtype=torch.int64, device=hole.device)
-            region[near & ~hole] = BORDER
-            region[hole] = HOLE_PLAIN
-            region[sketch] = HOLE_SKETCH
-            self._cache[key] = (region, _onehot(region, len(REGIONS)))
+            region = torch.where(sketch, HOLE_SKETCH, torch.where(hole, HOLE_PLAIN, torch.where(near, BORDER, FAR)))
+            self._cache[key] = (region, onehot(region.flatten(1), len(REGIONS)))
         return self._cache[key]
 
     def label_ids(self, size: tuple[int, int]) -> tuple[Tensor, Tensor]:
@@ -61,8 +61,8 @@ class BatchContext:
             ys = ((torch.arange(size[0], device=device) + 0.5) * H / size[0]).long()
             xs = ((torch.arange(size[1], device=device) + 0.5) * W / size[1]).long()
             labels = self.labels[:, ys][:, :, xs].unsqueeze(1)
-            onehot = _onehot(labels.clamp(min=-1) + 1, self.n_labels + 1)[..., 1:]  # ignored: the dropped column
-            self._cache[key] = (labels.clamp(min=0), onehot)
+            columns = onehot(labels.flatten(1).clamp(min=-1) + 1, self.n_labels + 1)[..., 1:]  # ignored: dropped
+            self._cache[key] = (labels.clamp(min=0), columns)
         return self._cache[key]
 
     def trivial_features(self, size: tuple[int, int]) -> Tensor | None:
@@ -84,8 +84,3 @@ class BatchContext:
             cols = ((torch.arange(w, dtype=torch.float32, device=device) + 0.5) / w).view(1, 1, 1, w).expand(b, 1, h, w)
             self._cache[key] = torch.cat([colour, var, rows, cols], dim=1)
         return self._cache[key]
-
-
-def _onehot(ids: Tensor, n: int) -> Tensor:
-    """``[B,1,h,w]`` ids -> ``[B, h*w, n]`` float32."""
-    return F.one_hot(ids.flatten(1), n).float()

@@ -64,7 +64,7 @@ class Recorder:
         """Run the model on one batch and accumulate; returns the output ``[B, 3, H, W]``."""
         if self._hooks is None:
             raise RuntimeError("Recorder.forward must be called inside `with Recorder(...)`")
-        self._ctx = BatchContext(hole, sketch, labels, group, self.n_labels, self.border, image=image)
+        self._ctx = ctx = BatchContext(hole, sketch, labels, group, self.n_labels, self.border, image=image)
         self.capture = capture
         self.captured = {}
         first = not self.order
@@ -75,7 +75,13 @@ class Recorder:
         finally:
             self._ctx = None
         check_output(self.model, out, image)
-        if not torch.isfinite(out).all():
+        bad = ~torch.isfinite(out).all()
+        if ctx.nonfinite is not None:  # off the CPU: the layers' NaN flag, read with the output's in one sync
+            bad = torch.stack([bad, ctx.nonfinite]).cpu()
+            if bool(bad[1]):
+                raise NumericalError("NaN gate values in this batch; check the model's weights and inputs")
+            bad = bad[0]
+        if bool(bad):
             raise NumericalError("the model produced NaN or inf outputs; check its weights and inputs")
         return out
 

@@ -94,9 +94,10 @@ class Binning:
         return cls(knots, starts, bins)
 
     # ------------------------------------------------------------------ binning
-    def bin(self, x: Tensor) -> Tensor:
-        """int32 bin ``[B, C, ...]`` of each value of ``x`` ``[B, C, ...]`` (float32; NaN refused)."""
-        if bool(torch.isnan(x).any()):
+    def bin(self, x: Tensor, check_nan: bool = True) -> Tensor:
+        """int32 bin ``[B, C, ...]`` of each value of ``x`` ``[B, C, ...]`` (float32; NaN refused unless
+        the caller has dealt with it: ``check_nan=False`` reads no device value)."""
+        if check_nan and bool(torch.isnan(x).any()):
             raise NumericalError("NaN gate values while recording; check the model's weights and inputs")
         if self.segments == 1:
             shape = (1, self.channels) + (1,) * (x.dim() - 2)

@@ -21,7 +21,7 @@ from .binning import Binning
 from .histograms import ConditionedHistogram, LabelCellHistogram
 from .joint import JointTrivialCounts
 from .native import accumulate_gate_batch
-from .regions import REGIONS
+from .regions import REGIONS, onehot
 
 STATE_VERSION = 7  # 1: PartialLayerStats packed its scalars into one positional tensor (migrated on load);
 # 2: no trivial-feature histograms and no partial-layer mask moments (read as empty: no control, NaN);
@@ -163,7 +163,8 @@ class GatedLayerStats:
         self.labels.before_add(cond.labelled)
         rank_sums = accumulate_gate_batch(logits.reshape(b, c, h * w), self.regions.binning, region=cond.region,
                                           n_regions=len(REGIONS), region_counts=self.regions.counts_,
-                                          rank_table=self.rank_table, **self.labels.targets(cond.compact, cond.present))
+                                          rank_table=self.rank_table, check_ids=False, nonfinite=ctx.nonfinite,
+                                          **self.labels.targets(cond.compact, cond.present))
         region_sums, label_sums = cond.sums(gates.reshape(b, c, h * w))
         self.regions.add_sums(region_sums, cond.region_pixels, ctx.group)
         if len(cond.present):
@@ -182,7 +183,8 @@ class GatedLayerStats:
         if self.owns_controls:
             features = features.reshape(b, len(TRIVIAL_FEATURES), h * w)
             self.trivial.before_add(cond.labelled)
-            accumulate_gate_batch(features, self.trivial.binning, **self.trivial.targets(cond.compact, cond.present))
+            accumulate_gate_batch(features, self.trivial.binning, check_ids=False,
+                                  **self.trivial.targets(cond.compact, cond.present))
             labels = torch.where(cond.compact >= 0, cond.present[cond.compact.long().clamp(min=0)], -1) \
                 if len(cond.present) else torch.full_like(cond.compact, -1, dtype=torch.int64)
             self.joint.add(features, labels, ctx.group)
@@ -270,7 +272,8 @@ class LayerConditions:
     gated layer of that size: ``region`` int32 ``[B, N]``; ``present`` int64 ``[P]`` the labels
     present in the batch (every class when there are at most ``DENSE_LABELS``); ``compact`` int32
     ``[B, N]`` each cell's position in ``present`` (-1 where ignored); pixel counts
-    ``region_pixels`` ``[B, 4]`` and ``label_pixels`` ``[B, P]`` (int64); ``labelled`` cells in all;
+    ``region_pixels`` ``[B, 4]`` and ``label_pixels`` ``[B, P]`` (int64); ``labelled``: at most this
+    many labelled cells (``B*N``: an exact count would read a device value every batch);
     ``onehot`` float32 ``[B, N, 4 + P]`` region and present label of each cell (an ignored cell's label
     part is zero)."""
 
@@ -318,20 +321,19 @@ def _layer_conditions(ctx, size: tuple[int, int]) -> LayerConditions:
         remap[present + 1] = torch.arange(len(present), dtype=torch.int64, device=device)
         compact = remap[labels + 1]
         region, region_onehot = ctx.regions(size)
-        label_onehot = F.one_hot((compact + 1), len(present) + 1).float()[..., 1:]
+        label_onehot = onehot(compact + 1, len(present) + 1)[..., 1:]
         region = region.flatten(1)
         cache[key] = LayerConditions(
             region.to(torch.int32), present, compact.to(torch.int32), _per_image_counts(region, len(REGIONS)),
-            _per_image_counts(compact, len(present)), int((compact >= 0).sum()),
+            _per_image_counts(compact, len(present)), compact.numel(),
             torch.cat([region_onehot, label_onehot], dim=2), ctx.n_labels <= DENSE_LABELS)
     return cache[key]
 
 
 def _per_image_counts(ids: Tensor, n: int) -> Tensor:
-    """int64 ``[B, n]``: how many entries of each row of ``ids`` ``[B, N]`` equal 0 .. n-1 (negative: none)."""
-    b = len(ids)
-    flat = ids.long() + torch.arange(b, device=ids.device)[:, None] * n
-    return torch.bincount(flat[ids >= 0], minlength=b * n).view(b, n)
+    """int64 ``[B, n]``: how many entries of each row of ``ids`` ``[B, N]`` equal 0 .. n-1 (-1: none)."""
+    counts = torch.zeros(len(ids), n + 1, dtype=torch.int64, device=ids.device)
+    return counts.scatter_add_(1, ids.long() + 1, torch.ones_like(ids, dtype=torch.int64))[:, 1:]
 
 
 class PartialLayerStats:

@@ -47,17 +47,18 @@ def _in_place(t: Tensor | None, name: str, dtypes: tuple, shape: tuple) -> Tenso
     return t
 
 
-def _ids(t: Tensor, name: str, b: int, n: int, lo: int, hi: int) -> tuple[Tensor, int]:
-    """``t`` as ``[B, N]`` (any integer dtype, any shape of B*N elements) and its minimum, checked in [lo, hi)."""
+def _ids(t: Tensor, name: str, b: int, n: int, lo: int, hi: int, check: bool = True) -> Tensor:
+    """``t`` as ``[B, N]`` (any integer dtype, any shape of B*N elements), checked in [lo, hi) (not
+    with ``check=False``: ids gateprobe made itself, and no device value read)."""
     if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool or t.numel() != b * n:
         raise ValueError(f"{name} must be an integer tensor of {b} x {n} pixels, not {t.dtype} {list(t.shape)}")
     t = t.reshape(b, n)
-    if not t.numel():
-        return t, lo
+    if not t.numel() or not check:
+        return t
     low, high = (int(v) for v in torch.aminmax(t))
     if low < lo or high >= hi:
         raise ValueError(f"{name} values must lie in [{lo}, {hi}), found [{low}, {high}]")
-    return t, low
+    return t
 
 
 _INTS = (torch.int32, torch.int64)
@@ -70,7 +71,8 @@ def accumulate_gate_batch(logits: Tensor, binning: Binning, *,
                           n_present: int = 0, label_rows: Tensor | None = None, cell_of_bin: Tensor | None = None,
                           offset_of_bin: Tensor | None = None, cell_counts: Tensor | None = None,
                           cell_moments: Tensor | None = None, total: Tensor | None = None,
-                          rank_table: Tensor | None = None, force_path: str | None = None) -> Tensor | None:
+                          rank_table: Tensor | None = None, force_path: str | None = None, check_ids: bool = True,
+                          nonfinite: Tensor | None = None) -> Tensor | None:
     """Accumulate one batch of a gated layer's counts in place.
 
     ``logits`` float32 ``[B, C, N]`` (or ``[B, C, h, w]``) binned by ``binning`` (``C`` channels, ``bins``).
@@ -83,6 +85,11 @@ def accumulate_gate_batch(logits: Tensor, binning: Binning, *,
     ``[B, P, C]``: the sum of ``rank_table[c, bin]`` over each image's pixels of each present label
     (None otherwise). ``force_path``: ``"native"`` or ``"torch"`` (default: native for CPU tensors
     when available).
+
+    On the torch path (any device) nothing reads a device value when ``check_ids`` is False (the ids
+    are gateprobe's own, in range by construction) and ``nonfinite`` (a bool tensor ``[]`` on the
+    logits' device) is given: a NaN logit then sets ``nonfinite`` instead of raising (its pixel is
+    counted in bin 0) and the caller raises once it reads the flag (see :class:`probe.recording.recorder.Recorder`).
     """
     if logits.dim() == 4:
         logits = logits.flatten(2)
@@ -98,13 +105,11 @@ def accumulate_gate_batch(logits: Tensor, binning: Binning, *,
     r = p = 0
     if region is not None:
         r = int(n_regions)
-        region, _ = _ids(region, "region", b, n, 0, r)
+        region = _ids(region, "region", b, n, 0, r, check_ids)
         _in_place(region_counts, "region_counts", (torch.int64,), (r, c, bins))
-    ignored = False
     if label is not None:
         p = int(n_present)
-        label, low = _ids(label, "label", b, n, -1, p)
-        ignored = low < 0
+        label = _ids(label, "label", b, n, -1, p, check_ids)
         cell_counts = _need(cell_counts, "cell_counts", _INTS)
         if cell_counts.dim() != 3 or cell_counts.shape[1] != c:
             raise ValueError(f"cell_counts must be [L, {c}, cells], not {list(cell_counts.shape)}")
@@ -112,9 +117,10 @@ def accumulate_gate_batch(logits: Tensor, binning: Binning, *,
         _in_place(cell_counts, "cell_counts", _INTS, (n_rows, c, cells))
         _in_place(cell_moments, "cell_moments", (cell_counts.dtype,), (n_rows, c, cells))
         _in_place(total, "total", (torch.int64,), (c, bins))
-        label_rows, _ = _ids(_need(label_rows, "label_rows", (torch.int64,), (p,)), "label_rows", 1, p, 0, n_rows)
-        cell_of_bin, _ = _ids(_need(cell_of_bin, "cell_of_bin", (torch.int64,), (c, bins)), "cell_of_bin", c, bins,
-                              0, cells)
+        label_rows = _ids(_need(label_rows, "label_rows", (torch.int64,), (p,)), "label_rows", 1, p, 0, n_rows,
+                             check_ids)
+        cell_of_bin = _ids(_need(cell_of_bin, "cell_of_bin", (torch.int64,), (c, bins)), "cell_of_bin", c, bins,
+                              0, cells, check_ids)
         offset_of_bin = _need(offset_of_bin, "offset_of_bin", (torch.int64,), (c, bins))
         label_rows = label_rows.reshape(p)
         if rank_table is not None:
@@ -134,8 +140,8 @@ def accumulate_gate_batch(logits: Tensor, binning: Binning, *,
         return rank_sums
     if chosen != "torch":
         raise ValueError(f"force_path must be None, 'native' or 'torch', not {force_path!r}")
-    _torch(logits, binning, region, region_counts, r, label, p, ignored, label_rows,
-           cell_of_bin, offset_of_bin, cell_counts, cell_moments, total, rank_table, rank_sums)
+    _torch(logits, binning, region, region_counts, r, label, p, label_rows,
+           cell_of_bin, offset_of_bin, cell_counts, cell_moments, total, rank_table, rank_sums, nonfinite)
     return rank_sums
 
 
@@ -156,25 +162,28 @@ def _native(logits, binning, region, region_counts, label, label_rows, cell_of_b
         raise _nan_error()
 
 
-def _torch(logits, binning, region, region_counts, r, label, p, ignored, label_rows, cell_of_bin,
-           offset_of_bin, cell_counts, cell_moments, total, rank_table, rank_sums) -> None:
+def _torch(logits, binning, region, region_counts, r, label, p, label_rows, cell_of_bin,
+           offset_of_bin, cell_counts, cell_moments, total, rank_table, rank_sums, nonfinite=None) -> None:
     b, c, n = logits.shape
     bins, device = binning.bins, logits.device
-    if bool(torch.isnan(logits).any()):
-        raise _nan_error()
-    itype = torch.int32 if max(r, p, 1) * c * bins < 2 ** 31 else torch.int64
+    if nonfinite is None:
+        if bool(torch.isnan(logits).any()):
+            raise _nan_error()
+    else:  # deferred: flag it, and bin the NaN as 0 so that every index stays in range
+        nan = torch.isnan(logits)
+        nonfinite |= nan.any()
+        logits = logits.masked_fill(nan, 0.0)
+    itype = torch.int32 if max(r, p + 1, 1) * c * bins < 2 ** 31 else torch.int64
     # the bin, then c * bins + bin: the index into one [C, bins] block (contiguous: the flat indices are views)
-    flat = binning.bin(logits.contiguous()).to(itype)
+    flat = binning.bin(logits.contiguous(), check_nan=False).to(itype)
     flat += torch.arange(c, dtype=itype, device=device).view(1, c, 1) * bins
     block = c * bins
     if region is not None:
         index = flat + (region.to(itype) * block).unsqueeze(1)
-        region_counts += torch.bincount(index.reshape(-1), minlength=r * block).view(r, c, bins)
+        region_counts += _count(index.reshape(-1), r * block).view(r, c, bins)
     if label is not None and p:
-        index = flat + (label.to(itype) * block).unsqueeze(1)  # an ignored pixel's index is negative
-        if ignored:
-            index = index[index >= 0]
-        fine = torch.bincount(index.reshape(-1), minlength=p * block).view(p, c, bins)
+        index = flat + ((label.to(itype) + 1) * block).unsqueeze(1)  # block 0: the ignored pixels, dropped
+        fine = _count(index.reshape(-1), (p + 1) * block).view(p + 1, c, bins)[1:]
         total += fine.sum(0)
         counts, moments = fine_to_cells(fine, cell_of_bin, offset_of_bin, cell_counts.shape[2])
         cell_counts.index_put_((label_rows,), counts.to(cell_counts.dtype), accumulate=True)
@@ -184,6 +193,16 @@ def _torch(logits, binning, region, region_counts, r, label, p, ignored, label_r
             slots = torch.zeros(b, p + 1, c, dtype=torch.float64, device=device)
             slots.scatter_add_(1, (label.long() + 1).unsqueeze(2).expand(b, n, c), ranks)
             rank_sums.copy_(slots[:, 1:])
+
+
+def _count(index: Tensor, size: int) -> Tensor:
+    """int64 ``[size]``: how often each of ``0 .. size-1`` occurs in ``index`` (in range). ``bincount``
+    on the CPU; elsewhere an ``index_add_`` of ones, which (unlike CUDA's ``bincount``) reads no
+    device value to size its output."""
+    if index.device.type == "cpu":
+        return torch.bincount(index, minlength=size)
+    return torch.zeros(size, dtype=torch.int64, device=index.device).index_add_(
+        0, index.long(), torch.ones(1, dtype=torch.int64, device=index.device).expand(len(index)))
 
 
 def fine_to_cells(fine: Tensor, cell_of_bin: Tensor, offset_of_bin: Tensor, cells: int) -> tuple[Tensor, Tensor]:

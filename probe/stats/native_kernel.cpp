@@ -137,25 +137,22 @@ bool accumulate(const at::Tensor& logits,                          // float32 [B
     return nan == 0;
   };
   // Count channel c's binned pixels (delta +1, or -1 to take them back), image by image, in simple
-  // loops over the pixels of row (b, c). When the channel's joint fine histogram of (region, label
-  // slot, bin) is small (at most four passes over its pixels, or 16k entries), every pixel is one
-  // int32 increment into it (in the cache), and the region counts, label cells, moments and total
-  // are read off it once per channel. Otherwise each pixel goes to the region histogram and to local
-  // [1 + P, cells] label arrays directly. Label slot 0 (ignored pixels) is dropped. The rank sums use
-  // four partial sums (pixel p into p mod 4), so that runs of one label do not chain on one
-  // accumulator.
+  // loops over the pixels of row (b, c). Labels: when the channel's fine histogram of (label slot,
+  // bin) is small (at most one pass over its pixels, or 8k entries), each pixel is one int32
+  // increment into it (in the cache), and the label cells, moments and total are read off it once
+  // per channel; the regions join it, (region, label slot, bin), when that too is at most two passes
+  // over the pixels. Otherwise each pixel goes to the region histogram and to local [1 + P, cells]
+  // label arrays directly. Label slot 0 (ignored pixels) is dropped. The rank sums use four partial
+  // sums (pixel p into p mod 4), so that runs of one label do not chain on one accumulator.
   const int64_t block = C * bins;  // region_counts[r, c, k] = rc[r * block + c * bins + k]
   const int64_t Q = 1 + P;         // label slots: 0 for an ignored pixel, 1 + l for compact label l
-  const int64_t RJ = has_region ? R : 1, QJ = has_label ? Q : 1;  // the joint histogram's [RJ, QJ, K]
-  const bool joint = RJ * QJ * bins <= std::max<int64_t>(4 * B * N, 16384);
+  const bool joint = has_label && Q * bins <= std::max<int64_t>(B * N, 8192);
+  const bool with_regions = joint && has_region && R * Q * bins <= 2 * B * N;
+  const int64_t RJ = with_regions ? R : 1, QJ = Q;  // the joint fine histogram's [RJ, QJ, K]
   struct Scratch {
     std::vector<int32_t> bin, fine;
     std::vector<int64_t> n_cell, m_cell;
     std::vector<double> r_sum;
-  };
-  auto add_cells = [&](int64_t c, int64_t l, int64_t j, int64_t n, const int64_t* cob_c, const int64_t* oob_c) {
-    cc[(rows[l - 1] * C + c) * cells + cob_c[j]] += static_cast<cell_t>(n);
-    cm[(rows[l - 1] * C + c) * cells + cob_c[j]] += static_cast<cell_t>(n * oob_c[j]);
   };
   auto count_channel = [&](int64_t c, Scratch& w, int64_t delta) {
     const int32_t* bin = w.bin.data();
@@ -170,24 +167,21 @@ bool accumulate(const at::Tensor& logits,                          // float32 [B
     int64_t* m_cell = w.m_cell.data();
     double* r_sum = w.r_sum.data();  // [4, Q]
     std::fill(w.fine.begin(), w.fine.end(), 0);
-    std::fill(w.n_cell.begin(), w.n_cell.end(), 0);
-    std::fill(w.m_cell.begin(), w.m_cell.end(), 0);
+    if (!joint) std::fill(w.n_cell.begin(), w.n_cell.end(), 0), std::fill(w.m_cell.begin(), w.m_cell.end(), 0);
     const bool ranks = has_rank && delta > 0;  // written once (a take-back leaves the caller's buffer unused)
     for (int64_t b = 0; b < B; ++b) {
       const int32_t* k = bin + b * N;
       const int32_t* reg = has_region ? reg_all + b * N : nullptr;
       const int32_t* lab = has_label ? lab_all + b * N : nullptr;
-      if (joint && has_region && has_label) {
+      if (with_regions) {
         for (int64_t p = 0; p < N; ++p) fine[(reg[p] * QJ + lab[p] + 1) * bins + k[p]] += 1;
-      } else if (joint && has_region) {
-        for (int64_t p = 0; p < N; ++p) fine[reg[p] * bins + k[p]] += 1;
-      } else if (joint && has_label) {
-        for (int64_t p = 0; p < N; ++p) fine[(lab[p] + 1) * bins + k[p]] += 1;
       } else {
         if (has_region) {
           for (int64_t p = 0; p < N; ++p) rc_c[reg[p] * block + k[p]] += delta;
         }
-        if (has_label) {
+        if (joint) {
+          for (int64_t p = 0; p < N; ++p) fine[(lab[p] + 1) * bins + k[p]] += 1;
+        } else if (has_label) {
           for (int64_t p = 0; p < N; ++p) {
             const int64_t slot = (lab[p] + 1) * cells + cob_c[k[p]];
             n_cell[slot] += 1;
@@ -205,20 +199,30 @@ bool accumulate(const at::Tensor& logits,                          // float32 [B
       }
     }
     if (joint) {  // read the region counts and the label cells off the joint histogram
-      for (int64_t r = 0; r < (has_region ? R : 0); ++r) {
+      for (int64_t r = 0; r < (with_regions ? R : 0); ++r) {
         int64_t* out = rc_c + r * block;
         for (int64_t q = 0; q < QJ; ++q) {
           const int32_t* f = fine + (r * QJ + q) * bins;
           for (int64_t j = 0; j < bins; ++j) out[j] += delta * f[j];
         }
       }
+      int64_t* n = w.n_cell.data();  // [K]: one label's fine counts, summed over the regions
       for (int64_t l = 1; l < (has_label ? Q : 0); ++l) {
+        std::fill(n, n + bins, 0);
+        for (int64_t r = 0; r < RJ; ++r) {
+          const int32_t* f = fine + (r * QJ + l) * bins;
+          for (int64_t j = 0; j < bins; ++j) n[j] += f[j];
+        }
+        for (int64_t j = 0; j < bins; ++j) tot_c[j] += delta * n[j];
+        cell_t* cc_l = cc + (rows[l - 1] * C + c) * cells;
+        if (cells == bins) {  // one cell per fine bin (offsets 0): a plain vector add
+          for (int64_t j = 0; j < bins; ++j) cc_l[j] += static_cast<cell_t>(delta * n[j]);
+          continue;
+        }
+        cell_t* cm_l = cm + (rows[l - 1] * C + c) * cells;
         for (int64_t j = 0; j < bins; ++j) {
-          int64_t n = 0;
-          for (int64_t r = 0; r < RJ; ++r) n += fine[(r * QJ + l) * bins + j];
-          if (!n) continue;
-          add_cells(c, l, j, delta * n, cob_c, oob_c);
-          tot_c[j] += delta * n;
+          cc_l[cob_c[j]] += static_cast<cell_t>(delta * n[j]);
+          cm_l[cob_c[j]] += static_cast<cell_t>(delta * n[j] * oob_c[j]);
         }
       }
       return;
@@ -236,8 +240,8 @@ bool accumulate(const at::Tensor& logits,                          // float32 [B
     Scratch w;
     w.bin.resize(B * N);
     w.fine.resize(joint ? RJ * QJ * bins : 0);
-    w.n_cell.resize(has_label && !joint ? Q * cells : 0);
-    w.m_cell.resize(w.n_cell.size());
+    w.n_cell.resize(has_label ? (joint ? bins : Q * cells) : 0);
+    w.m_cell.resize(has_label && !joint ? Q * cells : 0);
     w.r_sum.resize(has_rank ? 4 * Q : 0);
     return w;
   };
