@@ -170,28 +170,48 @@ def _soft_fraction(counts: np.ndarray, edges: np.ndarray, low: float, high: floa
     return inside / counts.sum(-1)
 
 
+LABEL_CHUNK = 128  # labels read out together: the [groups, labels, channels] arrays of one chunk at a time
+
+
 def _labels_of_layer(name: str, s: GatedLayerStats, classes: list[str], threshold_logit: np.ndarray, trivial,
                      joint) -> pd.DataFrame:
     lab = s.labels
     counts, moments = lab.counts_.cpu().numpy(), lab.moments_.cpu().numpy()  # [L, C, cells]
     total = lab.total_.cpu().numpy()  # [C, bins], every labelled pixel
     edges = lab.bin_edges().cpu().numpy()
-    group_sums, group_pixels = (t.cpu().numpy() for t in lab.dense_sums())  # [G, L, C], [G, L]
-    sums, pixels = group_sums.sum(0), group_pixels.sum(0)  # [L, C], [L]
     n_labels, n_channels = counts.shape[:2]
     bounds = lab.bounds.cpu().numpy()
     auc, auc_error = auc_from_cells(counts, moments, total, bounds)
+    flag = auc_error > AUC_ERROR_FLAG
     trivial_auc, trivial_feature = _trivial_control(trivial)
-    joint_auc, difference, low, high = _joint_control(lab, auc, joint)
     iou = iou_from_cells(counts, moments, total, bounds, edges, threshold_logit)
-    mean_in = _ratio(sums, pixels[:, None])
-    mean_out = _ratio(sums.sum(0)[None] - sums, (pixels.sum() - pixels)[:, None])
-    p = group_t_test(label_effects(group_sums, group_pixels.astype(np.float64)))
+    # the per-(group, label) sums, LABEL_CHUNK labels at a time: dense [G, L, C] arrays of every label
+    # at once were the peak of a run's memory at 1,200 labels (benchmarks/labels_scaling.py)
+    all_sums, all_pixels = (t.cpu().numpy() for t in lab.group_totals())  # [G, C], [G]
+    all_ranks = lab.group_totals(ranks=True)[0].cpu().numpy() if joint is not None else None
+    mean_in, mean_out, p = (np.empty((n_labels, n_channels)) for _ in range(3))
+    difference, low, high = (np.full((n_labels, n_channels), np.nan) for _ in range(3))
+    for start in range(0, n_labels, LABEL_CHUNK):
+        stop = min(n_labels, start + LABEL_CHUNK)
+        group_sums, group_pixels = (t.cpu().numpy() for t in lab.dense_sums(labels=(start, stop)))  # [G, l, C], [G, l]
+        sums, pixels = group_sums.sum(0), group_pixels.sum(0)  # [l, C], [l]
+        mean_in[start:stop] = _ratio(sums, pixels[:, None])
+        mean_out[start:stop] = _ratio(all_sums.sum(0)[None] - sums, (all_pixels.sum() - pixels)[:, None])
+        # the rest of the labels as one more column, so that label_effects' totals are every label's
+        rest_sums = (all_sums - group_sums.sum(1))[:, None]
+        rest_pixels = (all_pixels - group_pixels.sum(1))[:, None]
+        effects = label_effects(np.concatenate([group_sums, rest_sums], 1),
+                                np.concatenate([group_pixels, rest_pixels], 1).astype(np.float64))
+        p[start:stop] = group_t_test(effects[:-1])
+        if joint is not None:
+            difference[start:stop], low[start:stop], high[start:stop] = _joint_difference(
+                lab, auc[start:stop], joint, (start, stop), all_ranks, all_pixels)
+    joint_auc = joint.auc if joint is not None else np.full(n_labels, np.nan)
     grid_label, grid_channel = np.meshgrid(np.arange(n_labels), np.arange(n_channels), indexing="ij")
     return pd.DataFrame({
         "layer": name, "channel": grid_channel.ravel(), "label_id": grid_label.ravel(),
         "label": np.asarray(classes, dtype=object)[grid_label.ravel()],
-        "auc": auc.ravel(), "auc_error": auc_error.ravel(), "auc_error_flag": auc_error.ravel() > AUC_ERROR_FLAG,
+        "auc": auc.ravel(), "auc_error": auc_error.ravel(), "auc_error_flag": flag.ravel(),
         "trivial_auc": np.repeat(trivial_auc[:, None], n_channels, 1).ravel(),
         "trivial_feature": np.repeat(trivial_feature[:, None], n_channels, 1).ravel(),
         "joint_trivial_auc": np.repeat(joint_auc[:, None], n_channels, 1).ravel(),
@@ -201,30 +221,39 @@ def _labels_of_layer(name: str, s: GatedLayerStats, classes: list[str], threshol
         "threshold": np.repeat((sigmoid(threshold_logit) if binned_by_logit(s) else threshold_logit)[None], n_labels,
                                0).ravel(),
         "mean_in": mean_in.ravel(), "mean_out": mean_out.ravel(),
-        "pixels": np.repeat(pixels[:, None], n_channels, 1).ravel(), "p_value": p.ravel(),
+        "pixels": np.repeat(_label_pixels(lab)[:, None], n_channels, 1).ravel(), "p_value": p.ravel(),
     })
+
+
+def _label_pixels(lab) -> np.ndarray:
+    """``[L]`` int64: each label's pixels over all groups (from the slots)."""
+    pixels = np.zeros(lab.labels, dtype=np.int64)
+    keys = lab.slot_keys_.cpu().numpy()
+    if len(keys):
+        np.add.at(pixels, keys[:, 1], lab.slot_pixels_.cpu().numpy())
+    return pixels
 
 
 AUC_ERROR_FLAG = 0.005  # labels.auc_error_flag: the binning may move this AUC by more than this
 
 
-def _joint_control(lab, auc: np.ndarray, joint) -> tuple[np.ndarray, ...]:
-    """The joint trivial baseline of one layer: its AUC per label ``[L]``, and ``auc - joint``
-    ``[L, C]`` with its 95% image-group interval (low, high). The gate's per-group influence comes
-    from its bin ranks (:meth:`~probe.stats.binning.Binning.rank_table`), the joint score's from its
-    pooled mid-ranks; both are the linearisations of ``0.5 + mean rank in - mean rank out``."""
-    n_labels, n_channels = auc.shape
-    if joint is None:
-        nan = np.full((n_labels, n_channels), np.nan)
-        return np.full(n_labels, np.nan), nan, nan, nan
-    ranks, pixels = (t.cpu().numpy() for t in lab.dense_sums(ranks=True))  # [G, L, C], [G, L]
+def _joint_difference(lab, auc: np.ndarray, joint, labels: tuple[int, int], all_ranks: np.ndarray,
+                      all_pixels: np.ndarray) -> tuple[np.ndarray, ...]:
+    """``auc - joint`` ``[l, C]`` of the labels ``labels`` ``(start, stop)`` of one layer, with its
+    95% image-group interval (low, high). The gate's per-group influence comes from its bin ranks
+    (:meth:`~probe.stats.binning.Binning.rank_table`; ``all_ranks`` ``[G, C]`` and ``all_pixels``
+    ``[G]`` their sums over every label), the joint score's from its pooled mid-ranks; both are the
+    linearisations of ``0.5 + mean rank in - mean rank out``."""
+    start, stop = labels
+    ranks, pixels = (t.cpu().numpy() for t in lab.dense_sums(ranks=True, labels=labels))  # [G, l, C], [G, l]
     pixels = pixels.astype(np.float64)
-    gate = rank_influence(ranks, pixels[..., None], ranks.sum(1, keepdims=True), pixels.sum(1)[:, None, None])
-    control = rank_influence(joint.ranks, joint.pixels, joint.total_ranks, joint.total_pixels[:, None])
-    difference = auc - joint.auc[:, None]
+    gate = rank_influence(ranks, pixels[..., None], all_ranks[:, None], all_pixels.astype(np.float64)[:, None, None])
+    control = rank_influence(joint.ranks[:, start:stop], joint.pixels[:, start:stop], joint.total_ranks[:, start:stop],
+                             joint.total_pixels[:, None])
+    difference = auc - joint.auc[start:stop, None]
     groups = int((joint.total_pixels > 0).sum())
     low, high = difference_interval(difference, gate - control[..., None], groups)
-    return joint.auc, difference, low, high
+    return difference, low, high
 
 
 def _trivial_control(trivial) -> tuple[np.ndarray, np.ndarray]:

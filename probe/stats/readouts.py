@@ -78,33 +78,51 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
 
+def cell_index(bounds: np.ndarray, bins: int, channels: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``bounds`` ``[cells + 1]`` (shared by the channels) or ``[C, cells + 1]`` (per channel): the
+    first fine bin of each cell, and ``bins``. Returns ``starts`` ``[C * cells]``, the cells' first
+    bins in the flattened ``[C * bins]`` axis (for ``np.*.reduceat``), ``cell`` ``[C, bins]`` each
+    fine bin's cell and ``offset`` ``[C, bins]`` its offset ``0 .. w - 1`` inside it."""
+    bounds = np.broadcast_to(np.asarray(bounds, dtype=np.int64), (channels, np.shape(bounds)[-1]))
+    fine = np.arange(bins)
+    cell = np.stack([np.searchsorted(row[:-1], fine, side="right") - 1 for row in bounds]) if channels else \
+        np.zeros((0, bins), np.int64)
+    offset = fine[None] - np.take_along_axis(bounds, cell, 1)
+    starts = (np.arange(channels)[:, None] * bins + bounds[:, :-1]).ravel()
+    return starts, cell, offset
+
+
 def cell_fit(total: np.ndarray, phi: np.ndarray, bounds: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per (channel, cell) the linear fit ``phi_b ~ a + beta * o_b`` over the fine bins ``b`` of the
     cell (``o_b`` = offset 0..w-1 in the cell), weighted by ``total`` ``[C, bins]``, and the largest
     |residual| over the bins the cell's pixels can occupy (``total_b > 0``). ``phi`` ``[C, bins]``;
-    ``bounds`` ``[cells + 1]`` the first fine bin of each cell (and ``bins``), shared by the channels.
+    ``bounds`` the first fine bin of each cell (and ``bins``): ``[cells + 1]`` shared by the channels
+    or ``[C, cells + 1]`` per channel (:func:`cell_index`).
     Returns ``a``, ``beta``, ``max_residual``, each ``[C, cells]``."""
-    bins = total.shape[-1]
-    starts = np.asarray(bounds[:-1], dtype=np.int64)
-    cell = np.searchsorted(starts, np.arange(bins), side="right") - 1
-    o = (np.arange(bins) - starts[cell]).astype(np.float64)
+    channels, bins = total.shape
+    starts, cell, o = cell_index(bounds, bins, channels)
+    o = o.astype(np.float64)
     t = total.astype(np.float64)
     f = np.broadcast_to(phi, total.shape).astype(np.float64)
+    shape = (channels, -1)
 
     def per_cell(values):
-        return np.add.reduceat(values, starts, axis=-1)
+        return np.add.reduceat(values.reshape(-1), starts).reshape(shape)
+
+    def spread(values):  # [C, cells] -> [C, bins], each bin its cell's value
+        return np.take_along_axis(values, cell, 1)
 
     n = per_cell(t)
     with np.errstate(invalid="ignore", divide="ignore"):
         o_mean = np.where(n > 0, per_cell(t * o) / n, 0.0)
         f_mean = np.where(n > 0, per_cell(t * f) / n, 0.0)
-        do, df = o - o_mean[:, cell], f - f_mean[:, cell]
+        do, df = o - spread(o_mean), f - spread(f_mean)
         var = np.where(n > 0, per_cell(t * do ** 2) / n, 0.0)
         cov = np.where(n > 0, per_cell(t * do * df) / n, 0.0)
         beta = np.where(var > 1e-12, cov / np.where(var > 1e-12, var, 1.0), 0.0)
     a = f_mean - beta * o_mean
-    residual = np.where(t > 0, np.abs(f - a[:, cell] - beta[:, cell] * o), 0.0)
-    return a, beta, np.maximum.reduceat(residual, starts, axis=-1)
+    residual = np.where(t > 0, np.abs(f - spread(a) - spread(beta) * o), 0.0)
+    return a, beta, np.maximum.reduceat(residual.reshape(-1), starts).reshape(shape)
 
 
 def cell_functional(counts: np.ndarray, moments: np.ndarray, fit) -> tuple[np.ndarray, np.ndarray]:
