@@ -23,8 +23,6 @@ from dashboards.pages import channel as channel_page
 from dashboards.pages import layer as layer_page
 from dashboards.pages.live import apply_relayout, parse_path, rasterise
 from dashboards.store import RunStore
-from probe.models.sources import resolve_model
-from probe.recording.loop import record
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -35,16 +33,10 @@ CHROME_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
 
 
 @pytest.fixture(scope="module")
-def runs_dir(tmp_path_factory):
-    """A runs folder: a gated and a partial-convolution run, an incomplete run and a stray folder."""
-    import torch
-
-    root = tmp_path_factory.mktemp("served-runs")
-    torch.manual_seed(0)
-    record(resolve_model("gated-scenes", random_init=True), "scenes:32", root / "gated", n=16, samples=4,
-           progress=False)
-    record(resolve_model("pconv-scenes", random_init=True), "scenes:32", root / "pconv", n=16, samples=4,
-           progress=False)
+def runs_dir(copy_scenes_runs, tmp_path_factory):
+    """A runs folder: a gated and a partial-convolution run (random init, 16 Scenes images at 32x32:
+    conftest.scenes_runs, copied), an incomplete run and a stray folder."""
+    root = copy_scenes_runs(tmp_path_factory.mktemp("served-runs"))
     # an analysis table as `gateprobe analyze` writes it, for one channel the channel page is opened on
     import pandas as pd
 

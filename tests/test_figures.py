@@ -10,21 +10,13 @@ import plotly.graph_objects as go
 import pytest
 
 from probe import load_run, viz
-from probe.models.sources import resolve_model
-from probe.recording.loop import record
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    import torch
-
-    root = tmp_path_factory.mktemp("figure-runs")
-    torch.manual_seed(0)
-    gated = record(resolve_model("gated-scenes", random_init=True), "scenes:32", root / "gated", n=16, samples=4,
-                   progress=False)
-    pconv = record(resolve_model("pconv-scenes", random_init=True), "scenes:32", root / "pconv", n=16, samples=4,
-                   progress=False)
-    return load_run(gated.path), load_run(pconv.path)
+def runs(copy_scenes_runs, tmp_path_factory):
+    """Random-init gated-scenes and pconv-scenes runs, 16 Scenes images at 32x32 (conftest.scenes_runs, copied)."""
+    root = copy_scenes_runs(tmp_path_factory.mktemp("figure-runs"))
+    return load_run(root / "gated"), load_run(root / "pconv")
 
 
 @pytest.fixture(scope="module")
