@@ -45,6 +45,7 @@ VARIANCE_EDGES = (1e-4, 1e-3, 1e-2)  # of the local variance of the luminance in
 FOLDS = 4
 PSEUDO = 1.0  # pseudo-pixels at the label's share in every cell's out-of-fold score
 MIN_PENDING = 1 << 16  # keys kept pending before a merge
+DENSE_KEYS = 1 << 25  # off the CPU, up to this many (group, cell, label) keys are counted densely
 
 
 def joint_cells(features: Tensor) -> Tensor:
@@ -62,7 +63,11 @@ def joint_cells(features: Tensor) -> Tensor:
 
 class JointTrivialCounts:
     """Pixel counts per (image group, joint cell, label) that occurred, as sorted int64 keys
-    ``(group * CELLS + cell) * labels + label`` (``keys_``) and their counts (``counts_``)."""
+    ``(group * CELLS + cell) * labels + label`` (``keys_``) and their counts (``counts_``).
+
+    Off the CPU, while ``groups * CELLS * labels`` is at most ``DENSE_KEYS``, batches are counted
+    into one dense tensor of every key (an ``index_add_``: no device value is read per batch) that
+    becomes sorted keys when the counts are read."""
 
     def __init__(self, labels: int, groups: int, device=None):
         self.labels, self.groups = int(labels), int(groups)
@@ -70,11 +75,19 @@ class JointTrivialCounts:
         self.counts_ = torch.zeros(0, dtype=torch.int64, device=device)
         self._pending: list[tuple[Tensor, Tensor]] = []
         self._pending_n = 0
+        self._dense: Tensor | None = None
 
     def add(self, features: Tensor, labels: Tensor, group: Tensor) -> None:
         """``features`` ``[B, 6, N]``, ``labels`` ``[B, N]`` int (negative: ignored), ``group`` ``[B]``."""
         cell = joint_cells(features)
         keys = (group.long().view(-1, 1) * CELLS + cell) * self.labels + labels.long()
+        size = self.groups * CELLS * self.labels
+        if keys.device.type != "cpu" and size <= DENSE_KEYS:
+            if self._dense is None:
+                self._dense = torch.zeros(size, dtype=torch.int64, device=keys.device)
+            labelled = labels >= 0
+            self._dense.index_add_(0, torch.where(labelled, keys, 0).reshape(-1), labelled.reshape(-1).long())
+            return
         keys = keys[labels >= 0]
         if not len(keys):
             return
@@ -85,6 +98,10 @@ class JointTrivialCounts:
             self._compact()
 
     def _compact(self) -> None:
+        if self._dense is not None:
+            keys = torch.nonzero(self._dense).view(-1)
+            self._pending.append((keys, self._dense[keys]))
+            self._dense = None
         if not self._pending:
             return
         keys = torch.cat([self.keys_] + [k for k, _ in self._pending])

@@ -336,6 +336,23 @@ def _per_image_counts(ids: Tensor, n: int) -> Tensor:
     return counts.scatter_add_(1, ids.long() + 1, torch.ones_like(ids, dtype=torch.int64))[:, 1:]
 
 
+class _DeviceSum:
+    """One running sum of :class:`PartialLayerStats`, kept at its place in the device tensor
+    ``_sums``; read and written as a Python number (an integer for the counts)."""
+
+    def __set_name__(self, owner, name: str) -> None:
+        self.index, self.integer = owner._DEVICE_SUMS.index(name), name in owner._INTEGERS
+
+    def __get__(self, obj, owner=None):
+        if obj is None:
+            return self
+        value = float(obj._sums[self.index])
+        return int(value) if self.integer else value
+
+    def __set__(self, obj, value) -> None:
+        obj._sums[self.index] = float(value)
+
+
 class PartialLayerStats:
     """Streaming statistics of one partial layer: the valid fraction per image (its sum, square
     sum, per-group sums and histogram), images whose mask is all valid, the geometric prediction
@@ -343,34 +360,48 @@ class PartialLayerStats:
 
     A location *flips* at a layer when its mask is valid after the layer while the input pixel at
     the centre of its window (all channels averaged for multi-channel masks) was a hole.
+
+    The per-batch sums (``all_valid_``, ``valid_sum_``, ``valid_sumsq_``, ``predicted_sum_``,
+    ``predicted_all_valid_``, ``leak_``) are kept in device tensors, so that ``add`` reads no
+    device value; reading one of them (a Python number) copies it back.
     """
+
+    _DEVICE_SUMS = ("all_valid_", "valid_sum_", "valid_sumsq_", "predicted_sum_", "predicted_all_valid_")
+    _INTEGERS = ("images_", "all_valid_", "predicted_all_valid_")
 
     def __init__(self, site, groups: int):
         self.site = site
         self.window = float(site.window)
         self.coverage_bins = None
         self.images_ = 0
-        self.all_valid_ = 0
-        self.valid_sum_ = 0.0
-        self.valid_sumsq_ = 0.0
+        self._sums = torch.zeros(len(self._DEVICE_SUMS), dtype=torch.float64)  # in _DEVICE_SUMS order
+        self._leak = torch.tensor(float("nan"), dtype=torch.float64)  # max |output| where the updated mask is 0
         self.valid_hist_ = torch.zeros(VALID_FRACTION_BINS, dtype=torch.int64)
         self.group_valid_ = torch.zeros(groups, dtype=torch.float64)
         self.group_images_ = torch.zeros(groups, dtype=torch.int64)
-        self.predicted_sum_ = 0.0
-        self.predicted_all_valid_ = 0
         self.coverage_hist_: Tensor | None = None
         self.size_: tuple[int, int] | None = None
         self.input_size_: tuple[int, int] | None = None
-        self.leak_ = float("nan")  # max |output| where the updated mask is 0 (NaN: output not seen)
         self.mask_moments: ChannelMoments | None = None  # of every channel of the updated mask (claim P4)
+
+    all_valid_, valid_sum_, valid_sumsq_ = _DeviceSum(), _DeviceSum(), _DeviceSum()
+    predicted_sum_, predicted_all_valid_ = _DeviceSum(), _DeviceSum()
+
+    @property
+    def leak_(self) -> float:
+        """Max |output| where the updated mask is 0 (NaN: no output seen)."""
+        return float(self._leak)
+
+    @leak_.setter
+    def leak_(self, value: float) -> None:
+        self._leak = torch.tensor(float(value), dtype=torch.float64, device=self._leak.device)
 
     def add(self, valid_in: Tensor, new_valid: Tensor, coverage: Tensor, ctx,
             out: Tensor | None = None) -> None:
         m = self.site
-        if out is not None:
+        if out is not None:  # 0 where no output is outside the mask
             outside = (new_valid[:, :1] == 0).expand_as(out)
-            leak = float(out[outside].abs().max()) if bool(outside.any()) else 0.0
-            self.leak_ = leak if self.leak_ != self.leak_ else max(self.leak_, leak)
+            self._leak = torch.fmax(self._leak, torch.where(outside, out.abs(), 0).amax().double())
         if self.mask_moments is None:
             self.mask_moments = ChannelMoments(new_valid.shape[1], device=new_valid.device)
         self.mask_moments.add(new_valid)
@@ -379,10 +410,7 @@ class PartialLayerStats:
         self.size_, self.input_size_ = tuple(new_valid.shape[-2:]), tuple(valid_in.shape[-2:])
         fraction = new_valid.mean((1, 2, 3)).double()  # [B]
         self.images_ += len(fraction)
-        self.all_valid_ += int((fraction == 1).sum())
-        self.valid_sum_ += float(fraction.sum())
-        self.valid_sumsq_ += float((fraction ** 2).sum())
-        self.valid_hist_ += torch.bincount((fraction * 100).floor().long().clamp(0, 100), minlength=VALID_FRACTION_BINS)
+        self.valid_hist_.index_add_(0, (fraction * 100).floor().long().clamp(0, 100), torch.ones_like(ctx.group))
         self.group_valid_.index_add_(0, ctx.group, fraction)
         self.group_images_.index_add_(0, ctx.group, torch.ones_like(ctx.group))
 
@@ -394,9 +422,9 @@ class PartialLayerStats:
         if predicted.shape[-2:] != new_valid.shape[-2:]:
             predicted = F.interpolate(predicted, size=self.size_, mode="nearest")
         ctx.predicted_valid = predicted
-        predicted_fraction = predicted.mean((1, 2, 3))
-        self.predicted_sum_ += float(predicted_fraction.sum())
-        self.predicted_all_valid_ += int((predicted_fraction == 1).sum())
+        predicted_fraction = predicted.mean((1, 2, 3)).double()
+        self._sums += torch.stack([(fraction == 1).sum(), fraction.sum(), (fraction ** 2).sum(),
+                                   predicted_fraction.sum(), (predicted_fraction == 1).sum()]).double()
 
         centre = valid_in.float().mean(1, keepdim=True)
         offset = m.dilation * (m.kernel // 2) - m.padding
@@ -406,15 +434,13 @@ class PartialLayerStats:
             n_bins = int(min(self.window, COVERAGE_BINS_MAX))
             self.coverage_hist_ = torch.zeros(n_bins, dtype=torch.int64, device=coverage.device)
         n_bins = len(self.coverage_hist_)
-        values = coverage[flipped]
-        index = (values * n_bins - 1e-6).ceil().long().sub(1).clamp(0, n_bins - 1)
-        self.coverage_hist_ += torch.bincount(index, minlength=n_bins)
+        index = (coverage * n_bins - 1e-6).ceil().long().sub(1).clamp(0, n_bins - 1)  # every cell; flipped ones count
+        self.coverage_hist_.index_add_(0, index.reshape(-1), flipped.reshape(-1).long())
 
     def merge(self, other: "PartialLayerStats") -> None:
-        for name in ("images_", "all_valid_", "valid_sum_", "valid_sumsq_", "predicted_sum_", "predicted_all_valid_"):
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-        self.leak_ = float(np.nanmax([self.leak_, other.leak_])) if not (
-            np.isnan(self.leak_) and np.isnan(other.leak_)) else float("nan")
+        self.images_ += other.images_
+        self._sums = self._sums + other._sums.to(self._sums.device)
+        self._leak = torch.fmax(self._leak, other._leak.to(self._leak.device))
         self.valid_hist_ += other.valid_hist_
         self.group_valid_ += other.group_valid_
         self.group_images_ += other.group_images_
@@ -429,7 +455,6 @@ class PartialLayerStats:
 
     _SCALARS = ("images_", "all_valid_", "valid_sum_", "valid_sumsq_", "predicted_sum_", "predicted_all_valid_",
                 "window", "leak_")
-    _INTEGERS = ("images_", "all_valid_", "predicted_all_valid_")
 
     def state_dict(self) -> dict:
         state = {name.rstrip("_"): torch.tensor(getattr(self, name), dtype=torch.float64, device="cpu")
