@@ -234,7 +234,14 @@ def _label_pixels(lab) -> np.ndarray:
     return pixels
 
 
-AUC_ERROR_FLAG = 0.005  # labels.auc_error_flag: the binning may move this AUC by more than this
+# labels.auc_error_flag: auc_error above this. auc_error is the bound of auc_from_cells: with the cells
+# single fine bins (8 labels or fewer) it is sum_b pos_b neg_b / (2 N_pos N_neg), the error that an
+# ordering of the pixels inside each bin attains (tight: the flag says the AUC really can be off by
+# more, unless the bin's values are exact ties); with coarser cells the worst case of fine counts no
+# larger than the total's in each bin (the labels' offset sums unused, so it can exceed what they allow).
+# The bound before it, sum_b pos_b T_b / 2 with the whole count at the worst residual, was set on
+# every row of a saturated gate whose AUC is exact to 2e-4 (tests/test_label_accuracy.py).
+AUC_ERROR_FLAG = 0.005
 
 
 def _joint_difference(lab, auc: np.ndarray, joint, labels: tuple[int, int], all_ranks: np.ndarray,

@@ -143,22 +143,69 @@ def midranks(total: np.ndarray) -> np.ndarray:
     return np.cumsum(total, -1) - 0.5 * total
 
 
+def capacity_bound(counts: np.ndarray, total: np.ndarray, weight: np.ndarray, bounds: np.ndarray) -> np.ndarray:
+    """``max sum_b pos_b * weight_b`` over the label's fine counts ``0 <= pos_b <= total_b`` with its
+    cell counts ``counts`` ``[L, C, cells]`` (``weight`` ``[C, bins]`` >= 0, ``total`` ``[C, bins]``,
+    cells ``bounds`` as :func:`cell_fit`), summed over the cells ``[L, C]``: per cell, the label's
+    pixels fill the bins of largest weight first, each up to the total's pixels there (the label
+    cannot hold more pixels of a bin than all labelled pixels do). Never above ``counts * max weight``."""
+    channels, bins = total.shape
+    _, cell, _ = cell_index(bounds, bins, channels)
+    cells = counts.shape[-1]
+    group = np.arange(channels)[:, None] * cells + cell  # [C, bins]: the (channel, cell) of each bin
+    t, w = total.astype(np.float64).ravel(), np.broadcast_to(weight, total.shape).astype(np.float64).ravel()
+    order = np.lexsort((-w, group.ravel()))  # by (channel, cell), then largest weight first
+    t, w, g = t[order], w[order], group.ravel()[order]
+    first = np.searchsorted(g, np.arange(channels * cells))  # the first sorted bin of each (channel, cell)
+    cum_t, cum_v = np.cumsum(t), np.cumsum(t * w)
+    base_t = np.where(first > 0, cum_t[first - 1], 0.0)[g]  # pixels of the (channel, cell) before each bin
+    base_v = np.where(first > 0, cum_v[first - 1], 0.0)[g]
+    span = float(t.sum()) + 1.0  # (channel, cell) k's capacities lie in [k * span, (k + 1) * span)
+    xp = np.concatenate([np.arange(channels * cells) * span, g * span + cum_t - base_t])
+    fp = np.concatenate([np.zeros(channels * cells), cum_v - base_v])
+    key = np.lexsort((xp, np.concatenate([np.arange(channels * cells), g])))
+    xp, fp = xp[key], fp[key]
+    n = np.minimum(counts.astype(np.float64), total.astype(np.float64).sum(-1, keepdims=True))  # [L, C, cells]
+    query = (np.arange(channels * cells).reshape(channels, cells) * span)[None] + n
+    # beyond a cell's capacity (impossible for recorded counts) interp stops at the cell's full value
+    return np.interp(query, xp, fp).sum(-1)
+
+
 def auc_from_cells(counts: np.ndarray, moments: np.ndarray, total: np.ndarray,
                    bounds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Label-vs-rest AUC ``[L, C]`` from cell statistics (:class:`~probe.stats.histograms.LabelCellHistogram`)
     and the fine ``total`` ``[C, bins]`` of the same pixels (cells ``bounds``, see :func:`cell_fit`), with
-    its error bound against the
-    exact pixel AUC. The fine-binned AUC is ``(sum_b pos_b M_b - N_pos^2 / 2) / (N_pos N_neg)``
-    (``M_b`` the bin's mid-rank; :func:`auc_from_histograms` rewritten), whose rank sum is linear in
-    the label's fine counts: :func:`cell_functional`. Bound: the rank sum's cell bound plus the fine
-    bins' tie bound ``sum_b pos_b neg_b / 2 <= sum_b pos_b T_b / 2`` (itself estimated + bounded)."""
+    its error bound against the exact pixel AUC. The fine-binned AUC is ``(sum_b pos_b M_b - N_pos^2 / 2)
+    / (N_pos N_neg)`` (``M_b`` the bin's mid-rank; :func:`auc_from_histograms` rewritten), whose rank sum
+    is linear in the label's fine counts: :func:`cell_functional`.
+
+    Bound: (1) the cells' error in the rank sum, ``sum_b pos_b r_b`` (``r_b`` the fit's residual),
+    at most the largest ``sum_b pos_b |r_b|`` any fine counts ``pos_b <= T_b`` with the cell's count
+    allow (:func:`capacity_bound`), plus (2) the fine bins' ties: pairs in one bin count one half and
+    may all be ordered one way, ``sum_b pos_b neg_b / 2 = sum_b pos_b T_b / 2 - sum_b pos_b^2 / 2``,
+    at most the capacity bound of ``T_b / 2`` less ``n_c^2 / (2 k_c)`` per cell (``k_c`` the cell's
+    occupied bins; Cauchy-Schwarz). Where the cells are single fine bins (8 labels or fewer) both
+    parts are exact: (1) is zero and (2) is ``sum_b pos_b neg_b / 2``, which an ordering of each
+    bin's pixels (the label's above the rest, or below) attains unless the bin's values are real
+    ties, so the bound is tight there. Coarser cells also know each label's offset sum, which these
+    bounds do not use: they may exceed the worst case that the recorded counts allow."""
     n_pos = counts.astype(np.float64).sum(-1)
     n_neg = total.astype(np.float64).sum(-1)[None] - n_pos
-    rank, rank_bound = cell_functional(counts, moments, cell_fit(total, midranks(total), bounds))
-    ties, ties_bound = cell_functional(counts, moments, cell_fit(total, total.astype(np.float64), bounds))
+    a, beta, _ = fit = cell_fit(total, midranks(total), bounds)
+    rank, _ = cell_functional(counts, moments, fit)
+    channels, bins = total.shape
+    _, cell, offset = cell_index(bounds, bins, channels)
+    residual = np.abs(midranks(total) - np.take_along_axis(a, cell, 1) - np.take_along_axis(beta, cell, 1) * offset)
+    residual = np.where(total > 0, residual, 0.0)
+    rank_bound = capacity_bound(counts, total, residual, bounds)
+    occupied = np.add.reduceat((total > 0).reshape(-1).astype(np.float64),
+                               cell_index(bounds, bins, channels)[0]).reshape(channels, -1)  # [C, cells]
+    c64 = counts.astype(np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
+        squares = np.where(occupied[None] > 0, c64 ** 2 / occupied[None], 0.0).sum(-1)
+        ties = capacity_bound(counts, total, total.astype(np.float64) / 2, bounds) - squares / 2
         auc = (rank - n_pos ** 2 / 2) / (n_pos * n_neg)
-        bound = (rank_bound + np.minimum(ties + ties_bound, n_pos * n_neg) / 2) / (n_pos * n_neg)
+        bound = (rank_bound + np.clip(ties, 0, n_pos * n_neg / 2)) / (n_pos * n_neg)
     return auc, bound
 
 
