@@ -2,7 +2,10 @@
 
 1. equality: the same model and images recorded on the CPU and on CUDA: counts identical and
    means within 1e-5 in float32; AUCs within 0.002 in bfloat16 (against the CPU float32 run);
-2. speed: record / bare forward and images/s for DeepFill v2 (published size, random weights) at
+2. host syncs: the device reads of one recorded batch of `gated-scenes` and `pconv-scenes`
+   (random weights), counted with ``torch.cuda.set_sync_debug_mode("warn")`` (target: 1 per batch,
+   the finiteness verdict of the output and of the layers' NaN flag);
+3. speed: record / bare forward and images/s for DeepFill v2 (published size, random weights) at
    256 and 512 px, batch 8-32, interleaved repeats on the GPU.
 
 Run: ``python benchmarks/gpu.py [--n 64] [--repeats 3]``. Without a CUDA device it says so and
@@ -63,6 +66,39 @@ class Upsampled:
             item[key] = F.interpolate(item[key][None], out, mode="nearest")[0]
         item["labels"] = F.interpolate(item["labels"][None, None].float(), out, mode="nearest")[0, 0].long()
         return item
+
+
+def syncs(device: str) -> list[str]:
+    import warnings
+
+    from probe.adapters import find_sites
+    from probe.recording.loop import build_recorder
+    from probe.rundir.settings import RecordSettings
+
+    if not device.startswith("cuda"):
+        return ["host syncs: not counted off CUDA"]
+    lines = []
+    data = Scenes(size=64, n=32)
+    for name in ("gated-scenes", "pconv-scenes"):
+        torch.manual_seed(0)
+        model = probe.create_model(name).to(device)
+        settings = RecordSettings(batch_size=16).resolved(bool(getattr(model, "accepts_sketch", False)), data_kind="scenes")
+        recorder = build_recorder(model, find_sites(model), data, 32, settings, torch.device(device))
+        batch = {k: v.to(device) for k, v in probe.data.collate([data[i] for i in range(16)]).items()}
+        group = torch.zeros(16, dtype=torch.long, device=device)
+        with recorder as rec:
+            rec.forward(batch["image"], batch["hole"], batch["sketch"] if settings.sketch else None, batch["labels"], group)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                torch.cuda.set_sync_debug_mode("warn")
+                try:
+                    rec.forward(batch["image"], batch["hole"], batch["sketch"] if settings.sketch else None,
+                                batch["labels"], group)
+                finally:
+                    torch.cuda.set_sync_debug_mode(0)
+        where = sorted({str(w.filename).rsplit("/", 1)[-1] + f":{w.lineno}" for w in caught})
+        lines.append(f"{name}: {len(caught)} host syncs in one recorded batch (target 1) at {', '.join(where) or '-'}")
+    return lines
 
 
 def speed(device: str, n: int, repeats: int) -> list[str]:
@@ -127,7 +163,7 @@ def main(argv=None) -> int:
     if args.device.startswith("cuda"):
         print(f"GPU: {torch.cuda.get_device_name(0)}, torch {torch.__version__}")
     with tempfile.TemporaryDirectory() as tmp:
-        for line in equality(Path(tmp), args.device, args.n) + speed(args.device, args.n, args.repeats):
+        for line in equality(Path(tmp), args.device, args.n) + syncs(args.device) + speed(args.device, args.n, args.repeats):
             print(line, flush=True)
     return 0
 
