@@ -160,6 +160,7 @@ def test_inpainting_losses_known_answers():
     assert off["loss"].item() == pytest.approx(6 * 0.1 + 0.1 + 0.1 * 0.2 / 3)
 
 
+@pytest.mark.slow  # trains both reference models (the module's `trained`): `make test`'s second step
 @pytest.mark.parametrize("name", ["pconv-scenes", "gated-scenes"])
 def test_training_reduces_the_loss(trained, name):
     folder, card = trained[name]
@@ -174,6 +175,7 @@ def test_training_reduces_the_loss(trained, name):
     assert load_model(folder).card["sha256"] == sha256_file(folder / WEIGHTS)
 
 
+@pytest.mark.slow  # trains both reference models (the module's `trained`): `make test`'s second step
 def test_resume_continues_from_the_saved_step(trained, tmp_path):
     """50 steps, then --resume to 100, equals 100 steps in one go (both within the warm-up, where the
     lr does not depend on the planned steps; batch k is always items 4k..4k+3)."""
@@ -196,6 +198,7 @@ def test_resume_continues_from_the_saved_step(trained, tmp_path):
     assert read_losses(trained["pconv-scenes"][0])[3]["loss"] == pytest.approx(losses[3]["loss"], rel=1e-3)
 
 
+@pytest.mark.slow  # trains both reference models (the module's `trained`): `make test`'s second step
 def test_finalize_writes_metrics_and_model_card(trained, tmp_path):
     import shutil
 
@@ -261,6 +264,7 @@ def _rows(stdout: str) -> dict[str, list[float]]:
     return rows
 
 
+@pytest.mark.slow  # trains both reference models (the module's `trained`): `make test`'s second step
 def test_cli_evaluate_gated(trained, capsys):
     folder = trained["gated-scenes"][0]
     assert main(["evaluate", str(folder), "--n", "4"]) == 0
@@ -272,6 +276,7 @@ def test_cli_evaluate_gated(trained, capsys):
         assert 0 <= l1 <= 1 and 0 < psnr < 100 and -1 <= ssim <= 1
 
 
+@pytest.mark.slow  # trains both reference models (the module's `trained`): `make test`'s second step
 def test_cli_evaluate_pconv(trained, capsys):
     assert main(["evaluate", str(trained["pconv-scenes"][0]), "--n", "4"]) == 0
     assert list(_rows(capsys.readouterr().out)) == ["model", "biharmonic"]

@@ -705,6 +705,7 @@ class Interrupt:
 RESUME = dict(n=24, batch_size=4, samples=6, calibration=8, checkpoint_every=2, progress=False)
 
 
+@pytest.mark.slow  # nine recordings of 24 images: `make test`'s second step
 def test_resume_after_interruption_equals_an_uninterrupted_run(env, tmp_path, monkeypatch):
     model = resolve_model(str(env.gated))
     data = parse_data("scenes:32", n=24)
