@@ -1,12 +1,16 @@
 """Recording overhead: full ``record`` statistics (every gated/partial layer, all statistics,
 samples off) over the bare ``torch.inference_mode()`` forward pass on the same in-memory batches,
-interleaved repeat by repeat so both sides see the same allocator state and machine load.
+interleaved repeat by repeat so both sides see the same allocator state and machine load. Each
+model is measured with the C++ kernel and with the pure-torch path (``GATEPROBE_NATIVE=0``: no
+compiler, or a GPU), each against its own interleaved bare forwards.
 
-Run: ``python benchmarks/record_overhead.py [--repeats 5] [--n 256]``
+Run: ``python benchmarks/record_overhead.py [--repeats 5] [--n 256] [--threads 2]``
 """
 from __future__ import annotations
 
 import argparse
+import os
+from contextlib import contextmanager
 
 import torch
 from common import batches, print_table, ratio_row, recorder_for, shipped_or_random, timed, torch_threads
@@ -41,26 +45,46 @@ def measure(model, data, repeats: int) -> tuple[list[float], list[float]]:
     return t_rec, t_bare
 
 
+@contextmanager
+def statistics_path(name: str):
+    """Record with the ``"native"`` kernel or the pure-``"torch"`` path inside the block."""
+    before = os.environ.get("GATEPROBE_NATIVE")
+    os.environ["GATEPROBE_NATIVE"] = "0" if name == "torch" else "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("GATEPROBE_NATIVE")
+        else:
+            os.environ["GATEPROBE_NATIVE"] = before
+
+
+TARGETS = {"native": "<= 1.25", "torch": "<= 2.0"}
+
+
 def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--n", type=int, default=256, help="images per repeat (64x64 models)")
     parser.add_argument("--n-large", type=int, default=16, help="images per repeat (256x256 DeepFill v2 size)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    parser.add_argument("--paths", nargs="+", default=["native", "torch"], choices=["native", "torch"])
     args = parser.parse_args(argv)
-    torch_threads()
-    rows = []
-    data = batches(args.n, 16)
-    for name, registry in (("scenes-gated", "gated-scenes"), ("scenes-pconv", "pconv-scenes")):
-        model, label = shipped_or_random(name, registry)
-        rec, base = measure(model, data, args.repeats)
-        rows.append(ratio_row(f"record / bare forward: {label}, 64x64, batch 16", rec, base, "<= 1.15"))
+    torch_threads(args.threads)
     from probe.models.ported.deepfillv2 import DeepFillV2
 
     torch.manual_seed(0)
-    model = DeepFillV2().eval()  # the published size (cnum 48, 4.05 M parameters), random weights
-    large = batches(args.n_large, 4, size=256)
-    rec, base = measure(model, large, args.repeats)
-    rows.append(ratio_row("record / bare forward: DeepFill v2 (random), 256x256, batch 4", rec, base, "<= 1.15"))
+    deepfill = DeepFillV2().eval()  # the published size (cnum 48, 4.05 M parameters), random weights
+    cases = [(*shipped_or_random(name, registry), "64x64, batch 16", batches(args.n, 16))
+             for name, registry in (("scenes-gated", "gated-scenes"), ("scenes-pconv", "pconv-scenes"))]
+    cases.append((deepfill, "DeepFill v2 (random)", "256x256, batch 4", batches(args.n_large, 4, size=256)))
+    rows = []
+    for model, label, shape, data in cases:
+        for name in args.paths:
+            with statistics_path(name):
+                rec, base = measure(model, data, args.repeats)
+            rows.append(ratio_row(f"record / bare: {label}, {shape}, {name}", rec, base, TARGETS[name]))
+    print(f"torch threads {torch.get_num_threads()}")
     print_table(rows)
     return rows
 

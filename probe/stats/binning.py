@@ -107,12 +107,24 @@ class Binning:
             v.clamp_(0, self.bins - 1)
             return v.to(torch.int32)
         per_channel = x.transpose(0, 1).reshape(self.channels, -1)  # [C, B * ...]
-        segment = torch.searchsorted(self.inner, per_channel, right=True)  # inner knots <= x
+        segment = self.segment(per_channel).long()
         v = per_channel - self.base.gather(1, segment)
         v *= self.scale.gather(1, segment)
         v += self.start.gather(1, segment)
         v.clamp_(0, self.bins - 1)
         return v.to(torch.int32).view(self.channels, x.shape[0], *x.shape[2:]).transpose(0, 1).contiguous()
+
+    def segment(self, per_channel: Tensor) -> Tensor:
+        """uint8 ``[C, M]``: the number of inner knots ``<=`` each value of ``per_channel`` ``[C, M]``
+        (``searchsorted(inner, x, right=True)``), as one whole-tensor compare per knot: about half
+        the time of ``torch.searchsorted`` on the CPU, with byte counts."""
+        if self.inner.shape[1] > 255:
+            return torch.searchsorted(self.inner, per_channel, right=True)
+        count = torch.zeros(per_channel.shape, dtype=torch.uint8, device=per_channel.device)
+        above = torch.empty(per_channel.shape, dtype=torch.bool, device=per_channel.device)
+        for knot in self.inner.unbind(1):
+            count += torch.ge(per_channel, knot.view(-1, 1), out=above)
+        return count
 
     def edges(self) -> Tensor:
         """float64 ``[C, bins + 1]``: each bin's lower edge and the last one's upper edge on the logit

@@ -62,6 +62,7 @@ def _ids(t: Tensor, name: str, b: int, n: int, lo: int, hi: int, check: bool = T
 
 
 _INTS = (torch.int32, torch.int64)
+DENSE_RANK_SLOTS = 64  # the torch path sums ranks by a product with the labels' one-hot below this many
 
 
 # ---------------------------------------------------------------------------------------------- entry
@@ -189,10 +190,15 @@ def _torch(logits, binning, region, region_counts, r, label, p, label_rows, cell
         cell_counts.index_put_((label_rows,), counts.to(cell_counts.dtype), accumulate=True)
         cell_moments.index_put_((label_rows,), moments.to(cell_moments.dtype), accumulate=True)
         if rank_sums is not None:  # [B, 1 + P, C]: slot 0 takes the ignored pixels
-            ranks = rank_table.reshape(-1)[flat.long()].transpose(1, 2)  # [B, N, C]
-            slots = torch.zeros(b, p + 1, c, dtype=torch.float64, device=device)
-            slots.scatter_add_(1, (label.long() + 1).unsqueeze(2).expand(b, n, c), ranks)
-            rank_sums.copy_(slots[:, 1:])
+            ranks = rank_table.reshape(-1)[flat.long()]  # [B, C, N]
+            slot = label.long() + 1
+            if p < DENSE_RANK_SLOTS:  # one float64 product with the slots' one-hot [B, N, 1 + P]
+                onehot = torch.zeros(b, n, p + 1, dtype=torch.float64, device=device).scatter_(2, slot.unsqueeze(2), 1.0)
+                rank_sums.copy_(torch.bmm(ranks, onehot)[:, :, 1:].transpose(1, 2))
+            else:
+                slots = torch.zeros(b, p + 1, c, dtype=torch.float64, device=device)
+                slots.scatter_add_(1, slot.unsqueeze(2).expand(b, n, c), ranks.transpose(1, 2))
+                rank_sums.copy_(slots[:, 1:])
 
 
 def _count(index: Tensor, size: int) -> Tensor:
