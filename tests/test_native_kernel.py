@@ -600,3 +600,30 @@ def test_deferred_nan_flag_and_unchecked_ids_count_as_the_checked_torch_path():
         run(poisoned)
     counts = run(poisoned, check_ids=False, nonfinite=flag)
     assert bool(flag) and int(counts["region_counts"].sum()) == b * c * n
+
+
+def test_a_permuted_one_cell_per_bin_map_counts_as_the_torch_path(built):
+    """As many cells as bins need not mean cell j is bin j: the kernel's vector add is taken only
+    for the identity map, so a permuted map counts each bin into its own cell, as the torch path."""
+    g = torch.Generator().manual_seed(5)
+    b, c, n, bins = 2, 3, 200, 16
+    binning = Binning.uniform(c, -3.0, 3.0, bins)
+    logits = torch.randn(b, c, n, generator=g)
+    label = torch.randint(-1, 2, (b, n), generator=g)
+    cell_of_bin = torch.stack([torch.randperm(bins, generator=g) for _ in range(c)])
+
+    def run(path):
+        out = dict(cell_counts=torch.zeros(2, c, bins, dtype=torch.int32), cell_moments=torch.zeros(2, c, bins, dtype=torch.int32),
+                   total=torch.zeros(c, bins, dtype=torch.int64))
+        accumulate_gate_batch(logits, binning, label=label, n_present=2, label_rows=torch.tensor([0, 1]),
+                              cell_of_bin=cell_of_bin, offset_of_bin=torch.zeros(c, bins, dtype=torch.int64),
+                              force_path=path, **out)
+        return out
+
+    native_counts, torch_counts = run("native"), run("torch")
+    assert all(torch.equal(native_counts[k], torch_counts[k]) for k in torch_counts)
+    fine = torch.zeros(c, bins, dtype=torch.int64)  # label 0's fine counts, by numpy-free oracle
+    k = binning.bin(logits)
+    for ch in range(c):
+        fine[ch] = torch.bincount(k[:, ch][label == 0].long(), minlength=bins)
+    assert torch.equal(torch_counts["cell_counts"][0].long(), torch.zeros(c, bins, dtype=torch.int64).scatter_add(1, cell_of_bin, fine))

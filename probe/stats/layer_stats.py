@@ -183,7 +183,7 @@ class GatedLayerStats:
         if self.owns_controls:
             features = features.reshape(b, len(TRIVIAL_FEATURES), h * w)
             self.trivial.before_add(cond.labelled)
-            accumulate_gate_batch(features, self.trivial.binning, check_ids=False,
+            accumulate_gate_batch(features, self.trivial.binning, check_ids=False, nonfinite=ctx.nonfinite,
                                   **self.trivial.targets(cond.compact, cond.present))
             labels = torch.where(cond.compact >= 0, cond.present[cond.compact.long().clamp(min=0)], -1) \
                 if len(cond.present) else torch.full_like(cond.compact, -1, dtype=torch.int64)

@@ -161,6 +161,8 @@ bool accumulate(const at::Tensor& logits,                          // float32 [B
     const int64_t* cob_c = has_label ? cob + c * bins : nullptr;
     const int64_t* oob_c = has_label ? oob + c * bins : nullptr;
     const bool moments = has_label && std::any_of(oob_c, oob_c + bins, [](int64_t v) { return v != 0; });
+    bool identity = has_label && !moments && cells == bins;  // cell j is fine bin j
+    for (int64_t j = 0; identity && j < bins; ++j) identity = cob_c[j] == j;
     const double* rt_c = has_rank ? rt + c * bins : nullptr;
     int32_t* fine = w.fine.data();
     int64_t* n_cell = w.n_cell.data();
@@ -215,7 +217,7 @@ bool accumulate(const at::Tensor& logits,                          // float32 [B
         }
         for (int64_t j = 0; j < bins; ++j) tot_c[j] += delta * n[j];
         cell_t* cc_l = cc + (rows[l - 1] * C + c) * cells;
-        if (cells == bins) {  // one cell per fine bin (offsets 0): a plain vector add
+        if (identity) {  // one cell per fine bin (offsets 0): a plain vector add
           for (int64_t j = 0; j < bins; ++j) cc_l[j] += static_cast<cell_t>(delta * n[j]);
           continue;
         }
