@@ -54,9 +54,9 @@ inline void count_knots(const float* __restrict x, int64_t n, const float* __res
 // then v = ((x - base[s]) * scale[s]) + start[s], each step rounded on its own (no FMA), clamped to
 // [0, hi] and truncated toward zero. Returns whether any v is NaN (`out` holds garbage there). An int
 // reduction and ternary clamps, so that GCC vectorises the loops.
-inline int bin_row(const float* __restrict x, int64_t n, const float* __restrict inner, int64_t segments,
-                   const float* __restrict base, const float* __restrict scale, const float* __restrict start,
-                   float hi, int32_t* __restrict out) {
+inline int bin_row_body(const float* __restrict x, int64_t n, const float* __restrict inner, int64_t segments,
+                        const float* __restrict base, const float* __restrict scale, const float* __restrict start,
+                        float hi, int32_t* __restrict out) {
   int nan = 0;
   if (segments == 1) {
     const float b0 = base[0], s0 = scale[0], t0 = start[0];
@@ -82,6 +82,33 @@ inline int bin_row(const float* __restrict x, int64_t n, const float* __restrict
   }
   return nan;
 }
+
+// The same code compiled twice: for AVX2 (8-wide compares and gathers, chosen at run time where the
+// CPU has it) and for the baseline. The operations and their rounding are the same, so are the bins.
+using BinRow = int (*)(const float*, int64_t, const float*, int64_t, const float*, const float*, const float*, float,
+                       int32_t*);
+int bin_row_baseline(const float* x, int64_t n, const float* inner, int64_t segments, const float* base,
+                     const float* scale, const float* start, float hi, int32_t* out) {
+  return bin_row_body(x, n, inner, segments, base, scale, start, hi, out);
+}
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+__attribute__((target("avx2"))) int bin_row_avx2(const float* x, int64_t n, const float* inner, int64_t segments,
+                                                 const float* base, const float* scale, const float* start, float hi,
+                                                 int32_t* out) {
+  return bin_row_body(x, n, inner, segments, base, scale, start, hi, out);
+}
+BinRow pick_bin_row() {
+  __builtin_cpu_init();  // this runs as a static initialiser, possibly before libgcc's own
+  return __builtin_cpu_supports("avx2") ? bin_row_avx2 : bin_row_baseline;
+}
+#else
+BinRow pick_bin_row() { return bin_row_baseline; }
+#endif
+const BinRow bin_row = pick_bin_row();
+
+// The pixels of one row in chunks of at most ROW_CHUNK, so that a chunk's bins stay in the L1 cache
+// between binning and counting.
+constexpr int64_t ROW_CHUNK = 4096;
 
 template <typename cell_t>
 bool accumulate(const at::Tensor& logits,                          // float32 [B, C, N]
@@ -127,35 +154,31 @@ bool accumulate(const at::Tensor& logits,                          // float32 [B
   double* rs = has_rank ? rank_sums->data_ptr<double>() : nullptr;
   const float hi = static_cast<float>(bins - 1);
 
-  // The bins of channel c in every image, bin [B * N]; false if a bin position is NaN.
-  auto bin_channel = [&](int64_t c, int32_t* bin) {
-    int nan = 0;
-    for (int64_t b = 0; b < B; ++b) {
-      nan |= bin_row(x_all + (b * C + c) * N, N, kn + c * (S - 1), S, ba + c * S, sc + c * S, st + c * S, hi,
-                     bin + b * N);
-    }
-    return nan == 0;
-  };
-  // Count channel c's binned pixels (delta +1, or -1 to take them back), image by image, in simple
-  // loops over the pixels of row (b, c). Labels: when the channel's fine histogram of (label slot,
-  // bin) is small (at most one pass over its pixels, or 8k entries), each pixel is one int32
-  // increment into it (in the cache), and the label cells, moments and total are read off it once
-  // per channel; the regions join it, (region, label slot, bin), when that too is at most two passes
-  // over the pixels. Otherwise each pixel goes to the region histogram and to local [1 + P, cells]
-  // label arrays directly. Label slot 0 (ignored pixels) is dropped. The rank sums use four partial
-  // sums (pixel p into p mod 4), so that runs of one label do not chain on one accumulator.
+  // Channel c is counted into per-channel scratch counts, row by row (each chunk binned into `bin`,
+  // then one loop over its pixels), and the scratch is added to the outputs (delta +1, or -1 to take
+  // a channel back) only once every row binned: a NaN leaves the outputs as they were. Labels: when
+  // the channel's fine histogram of (label slot, bin) is small (at most one pass over its pixels, or
+  // 8k entries), each pixel is one int32 increment into it, and the label cells, moments and total
+  // are read off it; the regions join it, (region, label slot, bin), when that too is at most two
+  // passes over the pixels, else they have their own [R, K]. Otherwise each pixel goes to local
+  // [1 + P, cells] label arrays and a local total. Label slot 0 (ignored pixels) is dropped. The rank
+  // sums use four partial sums (pixel p into p mod 4), so that runs of one label do not chain on one
+  // accumulator.
   const int64_t block = C * bins;  // region_counts[r, c, k] = rc[r * block + c * bins + k]
   const int64_t Q = 1 + P;         // label slots: 0 for an ignored pixel, 1 + l for compact label l
   const bool joint = has_label && Q * bins <= std::max<int64_t>(B * N, 8192);
   const bool with_regions = joint && has_region && R * Q * bins <= 2 * B * N;
   const int64_t RJ = with_regions ? R : 1, QJ = Q;  // the joint fine histogram's [RJ, QJ, K]
+  const bool own_regions = has_region && !with_regions;  // the regions' own scratch [R, K]
+  const int64_t chunk = std::min<int64_t>(N, ROW_CHUNK);
   struct Scratch {
-    std::vector<int32_t> bin, fine;
-    std::vector<int64_t> n_cell, m_cell;
+    std::vector<int32_t> bin, fine, regions;
+    std::vector<int64_t> n_cell, m_cell, total;
     std::vector<double> r_sum;
   };
+  // Bin and count the pixels of channel c; false (outputs untouched) if a bin position is NaN.
   auto count_channel = [&](int64_t c, Scratch& w, int64_t delta) {
-    const int32_t* bin = w.bin.data();
+    int32_t* bin = w.bin.data();
     int64_t* rc_c = has_region ? rc + c * bins : nullptr;
     int64_t* tot_c = has_label ? tot + c * bins : nullptr;
     const int64_t* cob_c = has_label ? cob + c * bins : nullptr;
@@ -165,85 +188,116 @@ bool accumulate(const at::Tensor& logits,                          // float32 [B
     for (int64_t j = 0; identity && j < bins; ++j) identity = cob_c[j] == j;
     const double* rt_c = has_rank ? rt + c * bins : nullptr;
     int32_t* fine = w.fine.data();
+    int32_t* own = w.regions.data();
     int64_t* n_cell = w.n_cell.data();
     int64_t* m_cell = w.m_cell.data();
+    int64_t* lab_total = w.total.data();
     double* r_sum = w.r_sum.data();  // [4, Q]
     std::fill(w.fine.begin(), w.fine.end(), 0);
-    if (!joint) std::fill(w.n_cell.begin(), w.n_cell.end(), 0), std::fill(w.m_cell.begin(), w.m_cell.end(), 0);
+    std::fill(w.regions.begin(), w.regions.end(), 0);
+    std::fill(w.n_cell.begin(), w.n_cell.end(), 0);
+    std::fill(w.m_cell.begin(), w.m_cell.end(), 0);
+    std::fill(w.total.begin(), w.total.end(), 0);
     const bool ranks = has_rank && delta > 0;  // written once (a take-back leaves the caller's buffer unused)
     for (int64_t b = 0; b < B; ++b) {
-      const int32_t* k = bin + b * N;
-      const int32_t* reg = has_region ? reg_all + b * N : nullptr;
-      const int32_t* lab = has_label ? lab_all + b * N : nullptr;
-      if (with_regions) {
-        for (int64_t p = 0; p < N; ++p) fine[(reg[p] * QJ + lab[p] + 1) * bins + k[p]] += 1;
-      } else {
-        if (has_region) {
-          for (int64_t p = 0; p < N; ++p) rc_c[reg[p] * block + k[p]] += delta;
+      if (ranks) std::fill(w.r_sum.begin(), w.r_sum.end(), 0.0);
+      for (int64_t from = 0; from < N; from += chunk) {
+        const int64_t n = std::min(chunk, N - from);
+        if (bin_row(x_all + (b * C + c) * N + from, n, kn + c * (S - 1), S, ba + c * S, sc + c * S, st + c * S, hi,
+                    bin)) {
+          return false;
         }
-        if (joint) {
-          for (int64_t p = 0; p < N; ++p) fine[(lab[p] + 1) * bins + k[p]] += 1;
-        } else if (has_label) {
-          for (int64_t p = 0; p < N; ++p) {
-            const int64_t slot = (lab[p] + 1) * cells + cob_c[k[p]];
-            n_cell[slot] += 1;
-            if (moments) m_cell[slot] += oob_c[k[p]];  // all offsets 0 (cells = fine bins): skipped
-            tot_c[k[p]] += delta * (lab[p] >= 0);
+        const int32_t* reg = has_region ? reg_all + b * N + from : nullptr;
+        const int32_t* lab = has_label ? lab_all + b * N + from : nullptr;
+        if (with_regions) {
+          for (int64_t p = 0; p < n; ++p) fine[(reg[p] * QJ + lab[p] + 1) * bins + bin[p]] += 1;
+        } else {
+          if (own_regions) {
+            for (int64_t p = 0; p < n; ++p) own[reg[p] * bins + bin[p]] += 1;
           }
+          if (joint) {
+            for (int64_t p = 0; p < n; ++p) fine[(lab[p] + 1) * bins + bin[p]] += 1;
+          } else if (has_label) {
+            for (int64_t p = 0; p < n; ++p) {
+              const int64_t slot = (lab[p] + 1) * cells + cob_c[bin[p]];
+              n_cell[slot] += 1;
+              if (moments) m_cell[slot] += oob_c[bin[p]];  // all offsets 0 (cells = fine bins): skipped
+              lab_total[bin[p]] += lab[p] >= 0;
+            }
+          }
+        }
+        if (ranks) {
+          for (int64_t p = 0; p < n; ++p) r_sum[(p & 3) * Q + lab[p] + 1] += rt_c[bin[p]];
         }
       }
       if (ranks) {
-        std::fill(w.r_sum.begin(), w.r_sum.end(), 0.0);
-        for (int64_t p = 0; p < N; ++p) r_sum[(p & 3) * Q + lab[p] + 1] += rt_c[k[p]];
         for (int64_t l = 0; l < P; ++l) {
           rs[(b * P + l) * C + c] = (r_sum[l + 1] + r_sum[Q + l + 1]) + (r_sum[2 * Q + l + 1] + r_sum[3 * Q + l + 1]);
         }
       }
     }
-    if (joint) {  // read the region counts and the label cells off the joint histogram
-      for (int64_t r = 0; r < (with_regions ? R : 0); ++r) {
-        int64_t* out = rc_c + r * block;
-        for (int64_t q = 0; q < QJ; ++q) {
-          const int32_t* f = fine + (r * QJ + q) * bins;
-          for (int64_t j = 0; j < bins; ++j) out[j] += delta * f[j];
-        }
-      }
-      int64_t* n = w.n_cell.data();  // [K]: one label's fine counts, summed over the regions
+    // add the scratch to the outputs
+    for (int64_t r = 0; r < (own_regions ? R : 0); ++r) {
+      int64_t* out = rc_c + r * block;
+      const int32_t* f = own + r * bins;
+      for (int64_t j = 0; j < bins; ++j) out[j] += delta * f[j];
+    }
+    if (!joint) {
       for (int64_t l = 1; l < (has_label ? Q : 0); ++l) {
-        std::fill(n, n + bins, 0);
-        for (int64_t r = 0; r < RJ; ++r) {
-          const int32_t* f = fine + (r * QJ + l) * bins;
-          for (int64_t j = 0; j < bins; ++j) n[j] += f[j];
-        }
-        for (int64_t j = 0; j < bins; ++j) tot_c[j] += delta * n[j];
         cell_t* cc_l = cc + (rows[l - 1] * C + c) * cells;
-        if (identity) {  // one cell per fine bin (offsets 0): a plain vector add
-          for (int64_t j = 0; j < bins; ++j) cc_l[j] += static_cast<cell_t>(delta * n[j]);
-          continue;
-        }
         cell_t* cm_l = cm + (rows[l - 1] * C + c) * cells;
-        for (int64_t j = 0; j < bins; ++j) {
-          cc_l[cob_c[j]] += static_cast<cell_t>(delta * n[j]);
-          cm_l[cob_c[j]] += static_cast<cell_t>(delta * n[j] * oob_c[j]);
+        for (int64_t j = 0; j < cells; ++j) {
+          cc_l[j] += static_cast<cell_t>(delta * n_cell[l * cells + j]);
+          cm_l[j] += static_cast<cell_t>(delta * m_cell[l * cells + j]);
         }
       }
-      return;
+      for (int64_t j = 0; j < (has_label ? bins : 0); ++j) tot_c[j] += delta * lab_total[j];
+      return true;
     }
-    for (int64_t l = 1; l < (has_label ? Q : 0); ++l) {
-      cell_t* cc_l = cc + (rows[l - 1] * C + c) * cells;
-      cell_t* cm_l = cm + (rows[l - 1] * C + c) * cells;
-      for (int64_t j = 0; j < cells; ++j) {
-        cc_l[j] += static_cast<cell_t>(delta * n_cell[l * cells + j]);
-        cm_l[j] += static_cast<cell_t>(delta * m_cell[l * cells + j]);
+    for (int64_t r = 0; r < (with_regions ? R : 0); ++r) {
+      int64_t* out = rc_c + r * block;
+      for (int64_t q = 0; q < QJ; ++q) {
+        const int32_t* f = fine + (r * QJ + q) * bins;
+        for (int64_t j = 0; j < bins; ++j) out[j] += delta * f[j];
       }
     }
+    int64_t* n = w.n_cell.data();  // [K]: one label's fine counts, summed over the regions
+    for (int64_t l = 1; l < Q; ++l) {
+      cell_t* cc_l = cc + (rows[l - 1] * C + c) * cells;
+      if (RJ == 1 && identity) {  // one cell per fine bin (offsets 0), one region block: plain vector adds
+        const int32_t* f = fine + l * bins;
+        for (int64_t j = 0; j < bins; ++j) {
+          tot_c[j] += delta * f[j];
+          cc_l[j] += static_cast<cell_t>(delta * f[j]);
+        }
+        continue;
+      }
+      std::fill(n, n + bins, 0);
+      for (int64_t r = 0; r < RJ; ++r) {
+        const int32_t* f = fine + (r * QJ + l) * bins;
+        for (int64_t j = 0; j < bins; ++j) n[j] += f[j];
+      }
+      for (int64_t j = 0; j < bins; ++j) tot_c[j] += delta * n[j];
+      if (identity) {
+        for (int64_t j = 0; j < bins; ++j) cc_l[j] += static_cast<cell_t>(delta * n[j]);
+        continue;
+      }
+      cell_t* cm_l = cm + (rows[l - 1] * C + c) * cells;
+      for (int64_t j = 0; j < bins; ++j) {
+        cc_l[cob_c[j]] += static_cast<cell_t>(delta * n[j]);
+        cm_l[cob_c[j]] += static_cast<cell_t>(delta * n[j] * oob_c[j]);
+      }
+    }
+    return true;
   };
   auto scratch = [&]() {
     Scratch w;
-    w.bin.resize(B * N);
+    w.bin.resize(chunk);
     w.fine.resize(joint ? RJ * QJ * bins : 0);
+    w.regions.resize(own_regions ? R * bins : 0);
     w.n_cell.resize(has_label ? (joint ? bins : Q * cells) : 0);
     w.m_cell.resize(has_label && !joint ? Q * cells : 0);
+    w.total.resize(has_label && !joint ? bins : 0);
     w.r_sum.resize(has_rank ? 4 * Q : 0);
     return w;
   };
@@ -255,8 +309,7 @@ bool accumulate(const at::Tensor& logits,                          // float32 [B
   at::parallel_for(0, C, grain, [&](int64_t c_begin, int64_t c_end) {
     Scratch w = scratch();
     for (int64_t c = c_begin; c < c_end && !failed.load(std::memory_order_relaxed); ++c) {
-      if (!bin_channel(c, w.bin.data())) { failed = true; return; }
-      count_channel(c, w, 1);
+      if (!count_channel(c, w, 1)) { failed = true; return; }
       counted[c] = 1;
     }
   });
@@ -264,7 +317,7 @@ bool accumulate(const at::Tensor& logits,                          // float32 [B
   at::parallel_for(0, C, grain, [&](int64_t c_begin, int64_t c_end) {
     Scratch w = scratch();
     for (int64_t c = c_begin; c < c_end; ++c) {
-      if (counted[c] && bin_channel(c, w.bin.data())) count_channel(c, w, -1);
+      if (counted[c]) count_channel(c, w, -1);
     }
   });
   return false;
