@@ -124,3 +124,23 @@ def test_rank_table_is_the_calibrated_cdf():
     empirical = np.stack([(sample[c].numpy()[None] < middle[c][:, None]).mean(1) for c in range(2)])
     assert (np.diff(ranks, axis=1) > 0).all() and ranks.min() > 0 and ranks.max() < 1
     assert np.abs(ranks - empirical).max() < 1 / 16
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+@pytest.mark.parametrize("inner", [1, 7, 8, 15, 16, 17, 24, 99, 255, 256])
+def test_segment_is_searchsorted_on_knots_one_ulp_below_and_infinities(monkeypatch, grouped, inner):
+    """``Binning.segment`` (one compare per knot, or by groups of knots from
+    ``GROUPED_SEARCH_VALUES`` values) counts the inner knots ``<=`` each value exactly as
+    ``torch.searchsorted(right=True)``: on every knot, one float32 step below it, at +-inf."""
+    from probe.stats import binning
+
+    monkeypatch.setattr(binning, "GROUPED_SEARCH_VALUES", 0 if grouped else 2 ** 62)
+    g = torch.Generator().manual_seed(inner)
+    channels = 5
+    knots = torch.sort(torch.randn(channels, inner + 2, generator=g) * 3, 1).values.float().double()
+    b = Binning(knots, torch.arange(inner + 2).expand(channels, -1) * 2, 2 * (inner + 1))
+    x = torch.randn(channels, 3000, generator=g) * 4
+    x[:, :inner] = b.inner
+    x[:, inner:2 * inner] = torch.nextafter(b.inner, torch.tensor(-np.inf))
+    x[:, -2], x[:, -1] = np.inf, -np.inf
+    assert torch.equal(b.segment(x).long(), torch.searchsorted(b.inner, x, right=True))

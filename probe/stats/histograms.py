@@ -19,7 +19,7 @@ from torch import Tensor
 
 from ..errors import RunError
 from .binning import Binning
-from .native import fine_to_cells
+from .native import add_cells
 
 DEFAULT_BINS = 512  # per channel (benchmarks/accuracy.py measures the read-outs' errors)
 
@@ -233,11 +233,7 @@ class LabelCellHistogram:
         self.total_ += batch_total
         if not len(present):
             return
-        dtype = self.counts_.dtype
-        counts, moments = fine_to_cells(fine, self.cell_of_bin, self.offset_of_bin, self.cells)
-        self.counts_.index_put_((present,), counts.to(dtype), accumulate=True)
-        self.moments_.index_put_((present,), moments.to(dtype), accumulate=True)
-
+        add_cells(self.counts_, self.moments_, present, fine, self.cell_of_bin, self.offset_of_bin)
 
     def _add_slots(self, keys: Tensor) -> None:
         """Give each new ``(group, label)`` pair of ``keys`` ``[K, 2]`` an empty sparse sum slot."""

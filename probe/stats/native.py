@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from ..errors import NumericalError
-from .binning import Binning
+from .binning import Binning, has_nan
 from .native_build import kernel_module, native_available, path
 
 # ---------------------------------------------------------------------------------------------- checks
@@ -168,12 +168,12 @@ def _torch(logits, binning, region, region_counts, r, label, p, label_rows, cell
     b, c, n = logits.shape
     bins, device = binning.bins, logits.device
     if nonfinite is None:
-        if bool(torch.isnan(logits).any()):
+        if has_nan(logits):
             raise _nan_error()
     else:  # deferred: flag it, and bin the NaN as 0 so that every index stays in range
-        nan = torch.isnan(logits)
-        nonfinite |= nan.any()
-        logits = logits.masked_fill(nan, 0.0)
+        if logits.numel():
+            nonfinite |= torch.isnan(logits.amax())
+        logits = torch.nan_to_num(logits, nan=0.0, posinf=float("inf"), neginf=float("-inf"))
     itype = torch.int32 if max(r, p + 1, 1) * c * bins < 2 ** 31 else torch.int64
     # the bin, then c * bins + bin: the index into one [C, bins] block (contiguous: the flat indices are views)
     flat = binning.bin(logits.contiguous(), check_nan=False).to(itype)
@@ -186,9 +186,7 @@ def _torch(logits, binning, region, region_counts, r, label, p, label_rows, cell
         index = flat + ((label.to(itype) + 1) * block).unsqueeze(1)  # block 0: the ignored pixels, dropped
         fine = _count(index.reshape(-1), (p + 1) * block).view(p + 1, c, bins)[1:]
         total += fine.sum(0)
-        counts, moments = fine_to_cells(fine, cell_of_bin, offset_of_bin, cell_counts.shape[2])
-        cell_counts.index_put_((label_rows,), counts.to(cell_counts.dtype), accumulate=True)
-        cell_moments.index_put_((label_rows,), moments.to(cell_moments.dtype), accumulate=True)
+        add_cells(cell_counts, cell_moments, label_rows, fine, cell_of_bin, offset_of_bin)
         if rank_sums is not None:  # [B, 1 + P, C]: slot 0 takes the ignored pixels
             ranks = rank_table.reshape(-1)[flat.long()]  # [B, C, N]
             slot = label.long() + 1
@@ -218,3 +216,20 @@ def fine_to_cells(fine: Tensor, cell_of_bin: Tensor, offset_of_bin: Tensor, cell
     where = cell_of_bin.expand(p, c, bins)
     zeros = torch.zeros(p, c, cells, dtype=torch.int64, device=fine.device)
     return zeros.scatter_add(2, where, fine), zeros.scatter_add(2, where, fine * offset_of_bin)
+
+
+def add_cells(cell_counts: Tensor, cell_moments: Tensor, rows: Tensor, fine: Tensor, cell_of_bin: Tensor,
+              offset_of_bin: Tensor) -> None:
+    """Add the fine counts ``fine`` ``[P, C, bins]`` of the labels at ``rows`` ``[P]`` to their cells
+    (``cell_counts``/``cell_moments`` ``[L, C, cells]``, in place; see :func:`fine_to_cells`). On the
+    CPU, a map of one cell per fine bin in order (offsets 0: 8 labels or fewer) adds ``fine`` as it
+    is and leaves the moments (all 0) alone; elsewhere that check would read the device."""
+    p, c, bins = fine.shape
+    identity = (cell_counts.shape[2] == bins and fine.device.type == "cpu" and not bool(offset_of_bin.any())
+                and bool((cell_of_bin == torch.arange(bins, device=fine.device)).all()))
+    if identity:
+        cell_counts.index_put_((rows,), fine.to(cell_counts.dtype), accumulate=True)
+        return
+    counts, moments = fine_to_cells(fine, cell_of_bin, offset_of_bin, cell_counts.shape[2])
+    cell_counts.index_put_((rows,), counts.to(cell_counts.dtype), accumulate=True)
+    cell_moments.index_put_((rows,), moments.to(cell_moments.dtype), accumulate=True)
