@@ -174,17 +174,26 @@ def _torch(logits, binning, region, region_counts, r, label, p, label_rows, cell
         if logits.numel():
             nonfinite |= torch.isnan(logits.amax())
         logits = torch.nan_to_num(logits, nan=0.0, posinf=float("inf"), neginf=float("-inf"))
-    itype = torch.int32 if max(r, p + 1, 1) * c * bins < 2 ** 31 else torch.int64
+    itype = torch.int32 if max(r * (p + 1), r, p + 1, 1) * c * bins < 2 ** 31 else torch.int64
     # the bin, then c * bins + bin: the index into one [C, bins] block (contiguous: the flat indices are views)
     flat = binning.bin(logits.contiguous(), check_nan=False).to(itype)
     flat += torch.arange(c, dtype=itype, device=device).view(1, c, 1) * bins
     block = c * bins
-    if region is not None:
-        index = flat + (region.to(itype) * block).unsqueeze(1)
-        region_counts += _count(index.reshape(-1), r * block).view(r, c, bins)
-    if label is not None and p:
-        index = flat + ((label.to(itype) + 1) * block).unsqueeze(1)  # block 0: the ignored pixels, dropped
-        fine = _count(index.reshape(-1), (p + 1) * block).view(p + 1, c, bins)[1:]
+    labelled = label is not None and p
+    if region is not None and labelled and r * (p + 1) * bins <= 2 * b * n:
+        # one count of (region, label slot, bin), when it is no larger than two per pixel (as the kernel)
+        slot = region.to(itype) * (p + 1) + label.to(itype) + 1
+        joint = _count((flat + (slot * block).unsqueeze(1)).reshape(-1), r * (p + 1) * block).view(r, p + 1, c, bins)
+        region_counts += joint.sum(1)
+        fine = joint.sum(0)[1:]
+    else:
+        if region is not None:
+            index = flat + (region.to(itype) * block).unsqueeze(1)
+            region_counts += _count(index.reshape(-1), r * block).view(r, c, bins)
+        if labelled:
+            index = flat + ((label.to(itype) + 1) * block).unsqueeze(1)  # block 0: the ignored pixels, dropped
+            fine = _count(index.reshape(-1), (p + 1) * block).view(p + 1, c, bins)[1:]
+    if labelled:
         total += fine.sum(0)
         add_cells(cell_counts, cell_moments, label_rows, fine, cell_of_bin, offset_of_bin)
         if rank_sums is not None:  # [B, 1 + P, C]: slot 0 takes the ignored pixels
