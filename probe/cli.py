@@ -61,7 +61,8 @@ def _record_settings(args):
 
     return RecordSettings(batch_size=args.batch_size, samples=args.samples, quantile=args.quantile,
                           sketch={"auto": None, "on": True, "off": False}[args.sketch], layers=args.layers,
-                          group_by=args.groups, gate_activations=tuple(args.gate_activation), dtype=args.dtype)
+                          group_by=args.groups, gate_activations=tuple(args.gate_activation), dtype=args.dtype,
+                          iou_pass=args.iou_pass)
 
 
 def _record_data(args):
@@ -326,6 +327,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sketch", choices=["auto", "on", "off"], default="auto",
                    help="feed the sketch (auto: when the model takes one)")
     p.add_argument("--quantile", type=float, default=0.005, help="top quantile for the IoU threshold")
+    # not argparse choices: a bad value is RecordSettings' one-line error, as for the API
+    p.add_argument("--iou-pass", default="auto", metavar="{auto,on,off}",
+                   help="a second pass over the images (about one more forward each) that makes the IoU exact: "
+                        "auto (default) where the label statistics are coarser than the bins (more than 8 labels), "
+                        "on for every gated layer, off: IoU read from the label statistics (labels.iou_exact)")
     p.add_argument("--gate-activation", action="append", default=[], metavar="NAME",
                    help="also take this activation (a torch op such as tanh, or a module class name) as a gate when "
                         "discovering gates in unknown layer classes; repeatable (sigmoid and hard-sigmoid always are)")

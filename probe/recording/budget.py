@@ -17,6 +17,7 @@ INT32_CELLS = 2 ** 31 - 1
 GIB = 1024 ** 3
 DEFAULT_MAX_HOURS = 168.0  # one week: beyond it, --max-hours must say so
 RECORD_FACTOR = 2.0  # a recording pass (hooks + statistics) costs about this many calibration passes
+IOU_PASS_FACTOR = 1.0  # the IoU pass (a forward with a compare and a scatter per layer): about one calibration pass
 
 
 def available_memory() -> int | None:
@@ -90,18 +91,23 @@ def check_memory(sites, n_labels: int, settings, image_hw: tuple[int, int]) -> i
     return need
 
 
-def time_estimate(seconds_per_image: float, images: int) -> float:
-    """Seconds a recording of ``images`` images should take, from the calibration's time per image."""
-    return seconds_per_image * RECORD_FACTOR * images
+def time_estimate(seconds_per_image: float, images: int, iou_images: int = 0) -> float:
+    """Seconds a recording of ``images`` images, and its IoU pass over ``iou_images`` images
+    (:mod:`probe.recording.iou_pass`; 0: none), should take, from the calibration's time per image."""
+    return seconds_per_image * (RECORD_FACTOR * images + IOU_PASS_FACTOR * iou_images)
 
 
-def estimate_line(images: int, seconds_per_image: float, build_seconds: float = 0.0) -> str:
+def estimate_line(images: int, seconds_per_image: float, build_seconds: float = 0.0, iou_images: int = 0) -> str:
     """The line printed before a recording: the time of ``images`` images at ``seconds_per_image``
-    of the calibration pass, plus ``build_seconds`` of the C++ statistics kernel's build that the
-    recording will wait for (:func:`probe.stats.native_build.pending_build_seconds`; 0: none)."""
-    recording = time_estimate(seconds_per_image, images)
+    of the calibration pass and of the IoU pass over ``iou_images`` images (0: none), plus
+    ``build_seconds`` of the C++ statistics kernel's build that the recording will wait for
+    (:func:`probe.stats.native_build.pending_build_seconds`; 0: none)."""
+    recording = time_estimate(seconds_per_image, images, iou_images)
     line = (f"estimate: recording {images:,} images takes about {duration(recording + build_seconds)} "
             f"({seconds_per_image * 1000:.1f} ms per image on the calibration pass")
+    if iou_images:
+        line += (f"; including about {duration(time_estimate(seconds_per_image, 0, iou_images))} for the IoU pass, "
+                 f"a second forward over {iou_images:,} images that makes the IoU exact")
     if build_seconds > 0:
         line += (f"; including about {duration(build_seconds)} to build the C++ statistics kernel, "
                  "once per machine")

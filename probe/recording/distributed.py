@@ -13,8 +13,15 @@ shard holds some of the first ``samples`` images) instead of writing files.
 
 The driver takes the results as they finish (``ray.wait``) and merges them in order of their first
 image (a result that arrives early waits for its predecessors), so the run is bit for bit the
-:func:`probe.rundir.merge.merge_runs` of the same shards recorded one at a time with ``--shard I/N``.
+:func:`probe.rundir.merge.merge_runs` of the same shards recorded one at a time with ``--shard I/N``
+(except for the IoU pass's counts below, which such a merge drops).
 Counts and histograms are exact; float sums equal a single-process run's up to float rounding.
+
+When the IoU pass applies (:mod:`probe.recording.iou_pass`, ``settings.iou_pass``), the driver
+computes the thresholds from the merged statistics and runs a second round of tasks, one per shard
+(:func:`count_iou_shard`), that count each shard's pixels above them; their integer counts add
+exactly into the run's. (Shards recorded apart and merged with ``merge`` cannot do this: each
+shard's thresholds are its own.)
 
 Failures: a task whose worker process dies (killed, out of memory, machine lost) is run again by
 Ray, up to ``max_retries`` times. A task has no side effect (it writes nothing), each shard's
@@ -46,8 +53,11 @@ from ..rundir.samples import SampleStore
 from ..rundir.settings import RecordSettings
 from ..rundir.state import new_layer_stats
 from ..rundir.write import write_run
+from ..stats.layer_stats import IouCounts
 from .budget import check_memory
-from .loop import build_recorder, check_seed, checked_count, record_batches, shard_range, with_values
+from .iou_pass import IouPass, iou_thresholds, new_counts, pass_layers
+from .loop import (build_recorder, check_seed, checked_count, count_iou_batches, record_batches, shard_range,
+                   with_values)
 from .manifest import new_manifest, weights_sha256
 
 INSTALL_HINT = "pip install 'gateprobe[ray]'"
@@ -151,6 +161,57 @@ def record_shard(job: dict, index: int, fault_hook=None) -> dict:
             "state": {name: {k: v.cpu() for k, v in s.state_dict().items()} for name, s in recorder.stats.items()}, "samples": samples}
 
 
+def count_iou_shard(job: dict, index: int, thresholds: dict, fault_hook=None) -> dict:
+    """The Ray task of the IoU pass: count shard ``(index, job["shards"])``'s labelled pixels above
+    ``thresholds`` (layer name -> float64 ``[C]``, from the merged statistics) in the batches its
+    recording task ran, and return them (layer name -> the :class:`~probe.stats.layer_stats.IouCounts`
+    state). ``fault_hook(index, batch_positions)``, for tests, runs in the worker after every batch."""
+    from ..adapters import find_sites
+    from ..devices import model_device
+
+    settings = RecordSettings.from_dict(job["settings"])
+    model = _worker_model(job["model"], job["weights_sha256"], job.get("trust_pickle", False)).to(job.get("device", "cpu"))
+    data = dataset_from_spec(job["data"])
+    positions = shard_range(job["n"], (index, job["shards"]))
+    device = model_device(model)
+    counts = {name: IouCounts(t.to(device), len(data.classes)) for name, t in thresholds.items()}
+    hook = None if fault_hook is None else (lambda done: fault_hook(index, done))
+    with UserState(model):  # every batch with the weights the driver hashed
+        sites = find_sites(model, settings.layers, gate_activations=settings.gate_activations)
+        with IouPass(model, sites, counts, len(data.classes), settings, device) as counting:
+            count_iou_batches(counting, data, positions, job["n"], settings, on_batch=hook)
+    return {"index": index, "host": socket.gethostname(),
+            "counts": {name: {k: v.cpu() for k, v in c.state_dict().items()} for name, c in counts.items()}}
+
+
+def _count_iou(ray, job_ref, shards: int, merged: dict, layers: list[str], settings: RecordSettings, n_labels: int,
+               pending: dict, options: dict, desc: str, progress: bool, fault_hook=None) -> None:
+    """The IoU pass of a Ray run: the thresholds of the ``merged`` statistics of ``layers``, one
+    :func:`count_iou_shard` task per shard of the job ``job_ref`` (in Ray's object store, of
+    ``shards`` shards; Ray ``options``: CPUs, GPUs, retries), their counts added into ``merged``.
+    ``pending`` (ref -> shard) holds the tasks still running, for the caller to cancel on an error;
+    the progress bar says ``desc``."""
+    thresholds = iou_thresholds(merged, layers, settings.quantile)
+    new_counts(merged, thresholds, n_labels)
+    task = ray.remote(**options)(count_iou_shard)
+    thresholds_ref = ray.put(thresholds)
+    pending.update({task.remote(job_ref, i, thresholds_ref, fault_hook): i for i in range(shards)})
+    done: set[int] = set()
+    with tqdm(total=shards, desc=desc, unit="shard", disable=not progress) as bar:
+        while pending:
+            (ref,), _ = ray.wait(list(pending), num_returns=1)
+            index = pending.pop(ref)
+            result = _get(ray, ref, index)
+            if result["index"] != index or index in done:
+                raise RuntimeError(f"the IoU pass of shard {index} came back twice or as shard {result['index']}")
+            done.add(index)
+            for name, state in result["counts"].items():
+                if merged[name].iou.merge(IouCounts.from_state_dict(state)) is None:
+                    raise RuntimeError(f"shard {index} (on {result['host']}) counted layer {name}'s IoU at other "
+                                       "thresholds than the driver's")
+            bar.update(1)
+
+
 def check_coverage(spans: list[tuple[int, int]], n: int) -> None:
     """Raise unless the half-open ``spans`` cover ``[0, n)`` exactly once."""
     expected = 0
@@ -168,8 +229,8 @@ def check_coverage(spans: list[tuple[int, int]], n: int) -> None:
 def record_ray(model_spec: str, data_spec, out: str | Path, n: int | None = None, shards: int | None = None,
                address: str | None = None, *, settings: RecordSettings | None = None, seed: int | None = None,
                overwrite: bool = False, progress: bool = True, command: str = "", num_cpus: int | None = None,
-               max_retries: int = 3, random_init: bool = False, fault_hook=None, trust_pickle: bool = False,
-               device: str = "cpu", **setting_values) -> Run:
+               max_retries: int = 3, random_init: bool = False, fault_hook=None, iou_fault_hook=None,
+               trust_pickle: bool = False, device: str = "cpu", **setting_values) -> Run:
     """Record ``model_spec`` over ``n`` images of ``data_spec`` as ``shards`` Ray tasks into ``out``.
 
     Args:
@@ -182,7 +243,8 @@ def record_ray(model_spec: str, data_spec, out: str | Path, n: int | None = None
             down at the end. An instance already running in this process is used as it is.
         max_retries: times Ray runs a task again whose worker process died.
         fault_hook: for tests, ``fault_hook(shard_index, batch_positions)`` runs in the worker
-            after every batch (e.g. to kill the worker once).
+            after every batch (e.g. to kill the worker once); ``iou_fault_hook`` the same in the
+            IoU pass's tasks.
         The other arguments (``settings`` and single setting values) are :func:`probe.record`'s.
 
     Returns the :class:`~probe.Run`; its manifest lists every shard's span.
@@ -229,7 +291,8 @@ def record_ray(model_spec: str, data_spec, out: str | Path, n: int | None = None
         manifest["ray"] = {"address": address or "local", "shards": shards, "max_retries": max_retries}
         write_manifest(out, manifest)
 
-        task = ray.remote(num_cpus=1, num_gpus=1 if gpu else 0, max_retries=max_retries)(record_shard)
+        options = {"num_cpus": 1, "num_gpus": 1 if gpu else 0, "max_retries": max_retries}
+        task = ray.remote(**options)(record_shard)
         job_ref = ray.put(job)
         pending = {task.remote(job_ref, i, fault_hook): i for i in range(shards)}
         def new_stats() -> dict:
@@ -271,6 +334,10 @@ def record_ray(model_spec: str, data_spec, out: str | Path, n: int | None = None
         check_coverage([(d["start"], d["stop"]) for d in done], n)
         if sum(d["n_images"] for d in done) != n or len(done) != shards:
             raise RuntimeError(f"the shards hold {sum(d['n_images'] for d in done)} images, not {n}")
+        iou_layers = pass_layers(merged, settings.iou_pass)
+        if iou_layers:
+            _count_iou(ray, job_ref, shards, merged, iou_layers, settings, len(data.classes), pending, options,
+                       f"iou pass {out.name} (ray)", progress, iou_fault_hook)
         kept = SampleStore(min(settings.samples, n))
         for index in sorted(kept_parts):
             part = kept_parts[index]

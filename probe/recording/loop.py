@@ -23,6 +23,7 @@ from ..rundir.write import write_run
 from ..stats import native_build
 from .budget import DEFAULT_MAX_HOURS, check_duration, check_memory, estimate_line, time_estimate
 from .calibration import calibrate_binnings
+from .iou_pass import IouPass, holds_counts, iou_thresholds, new_counts, pass_layers
 from .manifest import new_manifest
 from .recorder import Recorder
 from .resume import Checkpointer, clear_progress, open_for_resume, restore
@@ -71,7 +72,8 @@ def record(model: nn.Module, data, out: str | Path, n: int | None = None, *, set
         n: images to record (default: all of ``data``; Scenes strings default to 1024).
         settings: a :class:`~probe.rundir.settings.RecordSettings` (default: its defaults);
             ``setting_values`` (``batch_size=``, ``samples=``, ``quantile=``, ``bins=``,
-            ``calibration=``, ``groups=``, ``border=``, ``sketch=``, ``layers=``) replace single fields.
+            ``calibration=``, ``groups=``, ``border=``, ``sketch=``, ``layers=``, ``iou_pass=``)
+            replace single fields.
         seed: data seed for spec strings (Scenes default: the held-out seed).
         shard: ``(i, N)`` records only the i-th of N contiguous slices of the ``n`` images
             (merge the shard runs with :func:`probe.rundir.merge.merge_runs`).
@@ -89,7 +91,9 @@ def record(model: nn.Module, data, out: str | Path, n: int | None = None, *, set
             only to be written.
 
     Before anything is written into ``out``, the statistics' memory is estimated (refused when it
-    cannot fit, :mod:`probe.recording.budget`) and the calibration pass is timed.
+    cannot fit, :mod:`probe.recording.budget`) and the calibration pass is timed. After the
+    recording pass, the IoU pass (:mod:`probe.recording.iou_pass`, ``settings.iou_pass``) runs over
+    the same images when it applies; the estimate and ``max_hours`` include it.
 
     Returns the :class:`~probe.rundir.run.Run`.
     """
@@ -129,13 +133,16 @@ def record(model: nn.Module, data, out: str | Path, n: int | None = None, *, set
     began = time.perf_counter()
     recorder = build_recorder(model, sites, data, n, settings, device)
     per_image = (time.perf_counter() - began) / min(n, settings.calibration)
-    start = positions.start
+    start, iou_start = positions.start, positions.start
     if resumed is not None and resumed["progress"] is not None:
         start = resumed["progress"]["position"]
+        iou_start = resumed["progress"]["iou_position"] or positions.start
+    iou_layers = pass_layers(recorder.stats, settings.iou_pass)
+    iou_images = positions.stop - iou_start if iou_layers else 0
     build = native_build.pending_build_seconds(device) if gated else 0.0
-    estimate = time_estimate(per_image, positions.stop - start) + build
+    estimate = time_estimate(per_image, positions.stop - start, iou_images) + build
     if progress:
-        print(estimate_line(positions.stop - start, per_image, build), file=sys.stderr, flush=True)
+        print(estimate_line(positions.stop - start, per_image, build, iou_images), file=sys.stderr, flush=True)
     check_duration(estimate, positions.stop - start, max_hours)
     if resumed is None:
         out = prepare_run_dir(out, overwrite)
@@ -154,11 +161,37 @@ def record(model: nn.Module, data, out: str | Path, n: int | None = None, *, set
                         unit="img", disable=not progress) as bar:
         size = record_batches(recorder, data, todo, n, settings, kept,
                               on_batch=lambda done: (bar.update(len(done)), checkpoint(done)))
+    if iou_layers:
+        iou_pass(recorder, iou_layers, data, positions, iou_start, n, settings, checkpoint,
+                 desc=f"iou pass {out.name}", progress=progress)
     manifest["image_size"] = size or image_size
     manifest.update(n_images=len(positions), layers=recorder.order)
     run = write_run(out, manifest, stats_to_cpu(recorder.stats), kept)
     clear_progress(out)
     return run
+
+
+def iou_pass(recorder: Recorder, layers: list[str], data, positions: range, start: int, n: int,
+             settings: RecordSettings, checkpoint: Checkpointer, desc: str, progress: bool = True) -> None:
+    """:func:`record`'s IoU pass over its ``positions`` after the recording pass (``recorder``'s hooks
+    removed): the thresholds of the recorded statistics of ``layers``
+    (:func:`~probe.recording.iou_pass.iou_thresholds`), then every batch into the layers'
+    :class:`~probe.stats.layer_stats.IouCounts`, from ``start`` when a checkpoint of this pass holds
+    the counts up to there for the same thresholds, else from the first image. ``checkpoint`` goes
+    on writing checkpoints, with the pass's position (``--resume`` continues the pass from there);
+    the progress bar says ``desc``."""
+    stats = recorder.stats
+    thresholds = iou_thresholds(stats, layers, settings.quantile)
+    if start == positions.start or not holds_counts(stats, thresholds):
+        new_counts(stats, thresholds, len(data.classes))
+        start = positions.start
+    checkpoint.iou_pass_of(positions.stop)
+    counts = {layer: stats[layer].iou for layer in layers}
+    with IouPass(recorder.model, recorder.sites, counts, len(data.classes), settings, recorder.device) as counting, \
+            tqdm(total=len(positions), initial=start - positions.start, desc=desc, unit="img",
+                 disable=not progress) as bar:
+        count_iou_batches(counting, data, range(start, positions.stop), n, settings,
+                          on_batch=lambda done: (bar.update(len(done)), checkpoint(done)))
 
 
 def with_values(settings: RecordSettings | None, values: dict) -> RecordSettings:
@@ -183,21 +216,29 @@ def build_recorder(model: nn.Module, sites: list, data, n: int, settings: Record
     return Recorder(model, sites, len(data.classes), settings, binnings=binnings, device=device)
 
 
+def batches(data, positions: range, n: int, settings: RecordSettings, device: torch.device):
+    """The items of ``data`` at ``positions`` (of the ``n`` images of the run), ``settings.batch_size``
+    at a time from ``positions.start``: yields ``(batch_positions, batch, group)``, the collated batch
+    on ``device`` and each image's group ``[B]`` (``settings.group_of`` its global position). The
+    recording pass and the IoU pass run over the same batches."""
+    batch_size = settings.batch_size
+    for start in range(positions.start, positions.stop, batch_size):
+        batch_positions = range(start, min(start + batch_size, positions.stop))
+        batch = batch_to(collate([data[i] for i in batch_positions]), device)
+        group = torch.tensor([settings.group_of(p, n) for p in batch_positions], dtype=torch.int64, device=device)
+        yield batch_positions, batch, group
+
+
 def record_batches(recorder: Recorder, data, positions: range, n: int, settings: RecordSettings,
                    kept: SampleStore, on_batch=None) -> list[int]:
     """Feed ``recorder`` (inside its ``with``) the items of ``data`` at ``positions`` (of the ``n``
-    images of the run), ``settings.batch_size`` at a time: each image's group follows
-    ``settings.group_of`` its global position, the first ``kept.k`` images go into ``kept``, and
+    images of the run) in :func:`batches`: the first ``kept.k`` images go into ``kept``, and
     ``on_batch(batch_positions)`` runs after each batch. Returns the image size ``[H, W]``. Shared
     by :func:`record` and the Ray workers of :mod:`probe.recording.distributed`."""
-    batch_size, use_sketch = settings.batch_size, settings.sketch
+    use_sketch = settings.sketch
     size = None
-    for start in range(positions.start, positions.stop, batch_size):
-        batch_positions = range(start, min(start + batch_size, positions.stop))
-        batch = batch_to(collate([data[i] for i in batch_positions]), recorder.device)
+    for batch_positions, batch, group in batches(data, positions, n, settings, recorder.device):
         size = list(batch["image"].shape[-2:])
-        group = torch.tensor([settings.group_of(p, n) for p in batch_positions], dtype=torch.int64,
-                             device=recorder.device)
         want = max(0, kept.k - kept.taken)
         output = recorder.forward(batch["image"], batch["hole"], batch["sketch"] if use_sketch else None,
                                   batch["labels"], group, capture=min(want, len(batch_positions)))
@@ -206,6 +247,18 @@ def record_batches(recorder: Recorder, data, positions: range, n: int, settings:
         if on_batch is not None:
             on_batch(batch_positions)
     return size
+
+
+def count_iou_batches(iou_pass: IouPass, data, positions: range, n: int, settings: RecordSettings,
+                      on_batch=None) -> None:
+    """The IoU pass (:mod:`probe.recording.iou_pass`) over the items of ``data`` at ``positions``, in
+    the batches of :func:`record_batches`: feed ``iou_pass`` (inside its ``with``) each batch, then
+    run ``on_batch(batch_positions)``. Shared by :func:`record` and the Ray workers."""
+    for batch_positions, batch, group in batches(data, positions, n, settings, iou_pass.device):
+        iou_pass.forward(batch["image"], batch["hole"], batch["sketch"] if settings.sketch else None,
+                         batch["labels"], group)
+        if on_batch is not None:
+            on_batch(batch_positions)
 
 
 def record_baseline(model: nn.Module, data, out: str | Path, n: int | None = None, *, seed: int = 0,

@@ -15,6 +15,11 @@ model (weights hash), data spec, settings, shard and layers are those the run wa
 restores the checkpoint and continues at the batch boundary it reached; the finished tables equal
 those of an uninterrupted run (same batches, same order of additions). Progress files are removed
 once the run is complete.
+
+During the IoU pass (:mod:`probe.recording.iou_pass`) the checkpoints go on: their ``position`` is
+the end of the recording pass, ``iou_position`` the batch boundary the IoU pass reached, and the
+state holds its counts so far; a resumed run continues the pass there (its thresholds are
+recomputed from the restored state and must be the checkpoint's; else the pass starts again).
 """
 from __future__ import annotations
 
@@ -72,6 +77,7 @@ def read_progress(out: Path, manifest: dict) -> dict | None:
             meta = f.metadata() or {}
             tensors = {key: f.get_tensor(key) for key in f.keys()}
         position = int(meta["position"])
+        iou_position = int(meta["iou_position"]) if "iou_position" in meta else None
         order, image_size = json.loads(meta["order"]), json.loads(meta["image_size"])
         taken = int(meta["taken"])
     except Exception as err:  # noqa: BLE001 - safetensors raises several types for bad bytes
@@ -79,11 +85,17 @@ def read_progress(out: Path, manifest: dict) -> dict | None:
                        "start, or record again with --overwrite") from None
     span = manifest["shards"][0]
     batch = manifest["settings"]["batch_size"]
-    if meta.get("format") != FORMAT or not span["start"] < position <= span["stop"] or (
-            position != span["stop"] and (position - span["start"]) % batch):
-        raise RunError(f"{path}: checkpoint at position {position} does not fit the run's images "
+
+    def fits(at: int) -> bool:
+        return span["start"] < at <= span["stop"] and (at == span["stop"] or (at - span["start"]) % batch == 0)
+
+    if meta.get("format") != FORMAT or not fits(position) or (
+            iou_position is not None and (position != span["stop"] or not fits(iou_position))):
+        at = f"position {position}" + (f", IoU pass position {iou_position}," if iou_position is not None else "")
+        raise RunError(f"{path}: checkpoint at {at} does not fit the run's images "
                        f"[{span['start']}, {span['stop']}) in batches of {batch}; delete it to resume from the start")
-    return {"position": position, "order": order, "image_size": image_size, "taken": taken, "tensors": tensors}
+    return {"position": position, "iou_position": iou_position, "order": order, "image_size": image_size,
+            "taken": taken, "tensors": tensors}
 
 
 def restore(progress: dict, recorder, kept) -> int:
@@ -101,8 +113,9 @@ def restore(progress: dict, recorder, kept) -> int:
     return progress["position"]
 
 
-def write_progress(out: Path, recorder, kept, position: int, image_size) -> None:
-    """Atomically write the checkpoint of ``recorder`` and ``kept`` at ``position``."""
+def write_progress(out: Path, recorder, kept, position: int, image_size, iou_position: int | None = None) -> None:
+    """Atomically write the checkpoint of ``recorder`` and ``kept`` at ``position`` (and, during the
+    IoU pass, at ``iou_position`` of that pass)."""
     from safetensors.torch import save
 
     tensors = {key: value.clone() for key, value in state_tensors(recorder.stats, prefix="stats/").items()}
@@ -114,8 +127,11 @@ def write_progress(out: Path, recorder, kept, position: int, image_size) -> None
     meta = {"format": FORMAT, "position": str(position), "order": json.dumps(list(recorder.order)),
             "image_size": json.dumps(image_size), "taken": str(kept.taken),
             "written": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    if iou_position is not None:
+        meta["iou_position"] = str(iou_position)
     write_atomic(out / PROGRESS, save(tensors, metadata=meta))
-    write_json(out / PROGRESS_JSON, {k: meta[k] for k in ("format", "position", "taken", "written")}
+    write_json(out / PROGRESS_JSON, {k: meta[k] for k in ("format", "position", "iou_position", "taken", "written")
+                                     if k in meta}
                | {"file": PROGRESS, "note": "informational; --resume reads progress.safetensors"})
 
 
@@ -128,22 +144,32 @@ class Checkpointer:
     """``on_batch`` callback of :func:`probe.recording.loop.record_batches` that writes a checkpoint once
     ``every`` batches have passed since the last one or ``seconds`` of wall time, whichever comes
     first (``None`` or 0 turns a trigger off; both off: never). The accumulators of a large model
-    are tens of MB, so the default is time-based (30 s)."""
+    are tens of MB, so the default is time-based (30 s). After :meth:`iou_pass_of` the batches are
+    the IoU pass's: the checkpoints hold the recording pass's end and the IoU pass's position."""
 
     def __init__(self, out: Path, recorder, kept, image_size, every: int | None = None,
                  seconds: float | None = 30.0):
         self.out, self.recorder, self.kept, self.image_size = out, recorder, kept, image_size
         self.every, self.seconds = every or 0, seconds or 0.0
         self.batches, self.last = 0, time.monotonic()
+        self.recorded: int | None = None  # during the IoU pass: the recording pass's end
 
     @property
     def enabled(self) -> bool:
         return self.every > 0 or self.seconds > 0
+
+    def iou_pass_of(self, stop: int) -> None:
+        """The batches from now on are the IoU pass's, after a recording pass that ended at ``stop``."""
+        self.recorded = stop
 
     def __call__(self, batch_positions: range) -> None:
         self.batches += 1
         due = (self.every > 0 and self.batches >= self.every) or (
             self.seconds > 0 and time.monotonic() - self.last >= self.seconds)
         if due:
-            write_progress(self.out, self.recorder, self.kept, batch_positions.stop, self.image_size)
+            if self.recorded is None:
+                write_progress(self.out, self.recorder, self.kept, batch_positions.stop, self.image_size)
+            else:
+                write_progress(self.out, self.recorder, self.kept, self.recorded, self.image_size,
+                               iou_position=batch_positions.stop)
             self.batches, self.last = 0, time.monotonic()

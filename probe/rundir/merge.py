@@ -3,16 +3,22 @@
 Counts and histograms add exactly (integers); sums are float64. Image groups are global image
 positions modulo G, so per-group sums (and with them p-values and intervals) match too. Samples
 come from the shards in order of their first image.
+
+The IoU pass's counts (:mod:`probe.recording.iou_pass`) do not merge: each shard counted above its
+own thresholds, not the merged run's, so the merged IoU is read from the label cells (``iou_exact``
+false) and one note says so (:data:`CELL_IOU_NOTE`).
 """
 from __future__ import annotations
 
 import datetime as _dt
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import RunError, SettingsError
+from ..stats.layer_stats import GatedLayerStats
 from .folder import prepare_run_dir, replaces_safely, write_manifest
 from .run import INPUTS, Run
 from .samples import SampleStore
@@ -20,6 +26,11 @@ from .settings import identity_differences
 from .state import load_stats
 from .validate import DIGESTS, check_shards
 from .write import write_run
+
+
+CELL_IOU_NOTE = ("note: the merged run's IoUs are read from the label cells (approximate; labels.iou_exact is "
+                 "false): each shard's IoU pass counted above its own thresholds, not the merged run's; for exact "
+                 "IoUs record the shards as one Ray run (record --ray [--shards N]) or as one run")
 
 
 def missing_spans(spans: list[tuple[int, int]], n: int) -> list[tuple[int, int]]:
@@ -61,6 +72,11 @@ def merge_runs(paths: list[str | Path], out: str | Path, overwrite: bool = False
     return _merge(paths, out, overwrite=overwrite, allow_partial=allow_partial)
 
 
+def _iou_counted(stats: dict) -> set[str]:
+    """The gated layers of ``stats`` that hold IoU pass counts."""
+    return {name for name, s in stats.items() if isinstance(s, GatedLayerStats) and s.iou is not None}
+
+
 @replaces_safely
 def _merge(paths: list[str | Path], out: str | Path, overwrite: bool, allow_partial: bool) -> Run:
     """:func:`merge_runs` once ``out`` is known not to be an input, holding its lock."""
@@ -88,9 +104,14 @@ def _merge(paths: list[str | Path], out: str | Path, overwrite: bool, allow_part
                        f"{sum(b - a for a, b in spans)} of the recording's {total} images; merge every shard, or pass "
                        "--allow-partial to write a run marked partial")
     stats = load_stats(runs[0])
+    counted = _iou_counted(stats)
     for run in runs[1:]:
-        for name, s in load_stats(run).items():
+        more = load_stats(run)
+        counted |= _iou_counted(more)
+        for name, s in more.items():
             stats[name].merge(s)
+    if counted - _iou_counted(stats):
+        print(CELL_IOU_NOTE, file=sys.stderr)
     out = prepare_run_dir(out, overwrite)
     first = runs[0].manifest
     manifest = dict(first, complete=False, shards=shards, n_images=sum(r.manifest["n_images"] for r in runs),

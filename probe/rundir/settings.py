@@ -41,6 +41,11 @@ class RecordSettings:
             as gates, besides sigmoid and hard-sigmoid (``--gate-activation``).
         dtype: the precision of the model's forward pass (``float32``, ``bfloat16``, ``float16``:
             autocast); statistics accumulate in float32/float64/int64 whatever it is.
+        iou_pass: the second pass over the images that makes the IoU exact
+            (:mod:`probe.recording.iou_pass`, about one more forward per image): ``auto`` runs it
+            on the gated layers whose label statistics are coarser cells than their bins (more than
+            8 labels at 512 bins), none otherwise; ``on`` on every gated layer; ``off`` never (the
+            IoU is then read from the label statistics).
     """
 
     batch_size: int = 16
@@ -55,6 +60,7 @@ class RecordSettings:
     group_by: str = "auto"
     gate_activations: tuple[str, ...] = ()
     dtype: str = "float32"
+    iou_pass: str = "auto"
 
     def __post_init__(self):
         if isinstance(self.gate_activations, (list, str)):  # from JSON, or one name
@@ -78,6 +84,8 @@ class RecordSettings:
             raise SettingsError(f"sketch must be True, False or None (auto), not {self.sketch!r}")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise SettingsError(f"--dtype must be float32, bfloat16 or float16, not {self.dtype!r}")
+        if self.iou_pass not in IOU_PASSES:
+            raise SettingsError(f"--iou-pass must be one of {', '.join(IOU_PASSES)}, not {self.iou_pass!r}")
         if self.group_by not in GROUPINGS:
             raise SettingsError(f"--groups must be one of {', '.join(GROUPINGS)}, not {self.group_by!r}")
         if self.layers is not None and (not isinstance(self.layers, str) or not self.layers.strip()):
@@ -115,6 +123,7 @@ class RecordSettings:
 
 
 GROUPINGS = ("auto", "image", "block")
+IOU_PASSES = ("auto", "on", "off")
 
 # the parts of the model entry that identify its weights (not where they were loaded from)
 MODEL_IDENTITY = ("name", "class", "weights_sha256", "parameters", "accepts_sketch")

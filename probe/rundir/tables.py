@@ -16,7 +16,11 @@ BH across all channels of the run); ``is_hole``, ``is_valid``, ``is_sketch``, ``
 and the display string ``role`` (:mod:`probe.rundir.roles`).
 
 labels: ``auc`` (label vs the rest), ``iou`` (Network Dissection: gate above ``threshold`` vs the
-label), ``threshold``, ``mean_in``, ``mean_out``, ``pixels`` (label pixels at that resolution),
+label, over the labelled pixels), ``iou_exact`` (the ``iou`` is exact for ``value > threshold``, the
+value being the logit of a sigmoid gate and the threshold its logit: counted by the IoU pass of
+:mod:`probe.recording.iou_pass`; false: read from the label statistics, which spread each fine bin's
+pixels, or each cell's, evenly, as in runs recorded without the pass or merged from shards recorded
+apart), ``threshold``, ``mean_in``, ``mean_out``, ``pixels`` (label pixels at that resolution),
 ``p_value``, ``q_value`` (BH across all (layer, channel, label) tests). The controls of a semantic
 role, at the layer's resolution: ``trivial_auc`` and ``trivial_feature`` (the best single trivial
 input feature, ``max(AUC, 1 - AUC)``); ``joint_trivial_auc`` (the six trivial features together:
@@ -33,8 +37,8 @@ import pandas as pd
 from ..stats.diversity import gate_covariance, participation_ratio
 from ..stats.joint import joint_control
 from ..stats.layer_stats import TRIVIAL_FEATURES, GatedLayerStats, PartialLayerStats, controls_of
-from ..stats.readouts import (auc_error_bound, auc_from_cells, auc_from_histograms, iou_from_cells, mass_above,
-                              sigmoid, top_quantile_threshold)
+from ..stats.readouts import (auc_error_bound, auc_from_cells, auc_from_histograms, iou_from_cells, iou_from_counts,
+                              mass_above, sigmoid, top_quantile_threshold)
 from ..stats.regions import BORDER, FAR, HOLE, HOLE_PLAIN, HOLE_SKETCH, VALID
 from ..stats.significance import (bh_qvalues, difference_effects, difference_interval, group_t_test, label_effects,
                                   rank_influence)
@@ -103,6 +107,16 @@ def channel_and_label_tables(stats: dict, order: list[str], classes: list[str], 
     return channels.drop(columns="threshold_logit"), labels
 
 
+def channel_thresholds(s: GatedLayerStats, quantile: float) -> np.ndarray:
+    """float64 ``[C]``: each channel's value exceeded by the top ``quantile`` of all the layer's
+    pixels, on the axis its histograms are over (the logit of sigmoid gates, else the gate value;
+    :func:`binned_by_logit`), from its region histograms summed over the regions. The tables'
+    ``threshold`` and the thresholds the IoU pass counts against (:mod:`probe.recording.iou_pass`),
+    computed on the CPU either way so that both are the same numbers."""
+    r = s.regions
+    return top_quantile_threshold(r.counts_.cpu().numpy().sum(0), r.binning.to("cpu").edges().numpy(), quantile)
+
+
 def _channels_of_layer(name: str, s: GatedLayerStats, quantile: float) -> pd.DataFrame:
     r = s.regions
     counts = r.counts_.numpy()
@@ -111,7 +125,7 @@ def _channels_of_layer(name: str, s: GatedLayerStats, quantile: float) -> pd.Dat
     mean = sums.sum(0) / n
     hole, valid = HOLE, VALID
     edges = r.bin_edges().numpy()
-    threshold_logit = top_quantile_threshold(counts.sum(0), edges, quantile)
+    threshold_logit = channel_thresholds(s, quantile)
     by_logit = binned_by_logit(s)
     group_sums, group_pixels = r.sums_.numpy(), r.pixels_.numpy().astype(np.float64)
     frame = pd.DataFrame({
@@ -184,7 +198,7 @@ def _labels_of_layer(name: str, s: GatedLayerStats, classes: list[str], threshol
     auc, auc_error = auc_from_cells(counts, moments, total, bounds)
     flag = auc_error > AUC_ERROR_FLAG
     trivial_auc, trivial_feature = _trivial_control(trivial)
-    iou = iou_from_cells(counts, moments, total, bounds, edges, threshold_logit)
+    iou, iou_exact = _iou(s, counts, moments, total, bounds, edges, threshold_logit)
     # the per-(group, label) sums, LABEL_CHUNK labels at a time: dense [G, L, C] arrays of every label
     # at once were the peak of a run's memory at 1,200 labels (benchmarks/labels_scaling.py)
     all_sums, all_pixels = (t.cpu().numpy() for t in lab.group_totals())  # [G, C], [G]
@@ -217,12 +231,26 @@ def _labels_of_layer(name: str, s: GatedLayerStats, classes: list[str], threshol
         "joint_trivial_auc": np.repeat(joint_auc[:, None], n_channels, 1).ravel(),
         "joint_difference": difference.ravel(), "joint_difference_low": low.ravel(),
         "joint_difference_high": high.ravel(),
-        "iou": iou.ravel(),
+        "iou": iou.ravel(), "iou_exact": np.repeat(iou_exact[None], n_labels, 0).ravel(),
         "threshold": np.repeat((sigmoid(threshold_logit) if binned_by_logit(s) else threshold_logit)[None], n_labels,
                                0).ravel(),
         "mean_in": mean_in.ravel(), "mean_out": mean_out.ravel(),
         "pixels": np.repeat(_label_pixels(lab)[:, None], n_channels, 1).ravel(), "p_value": p.ravel(),
     })
+
+
+def _iou(s: GatedLayerStats, counts: np.ndarray, moments: np.ndarray, total: np.ndarray, bounds: np.ndarray,
+         edges: np.ndarray, threshold_logit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The ``iou`` ``[L, C]`` of a layer and, per channel ``[C]``, whether it is exact: from the IoU
+    pass's counts (``s.iou``) in the channels whose counted threshold is this run's threshold
+    (``threshold_logit`` ``[C]``), else from the label cells (``counts``, ``moments`` ``[L, C, cells]``,
+    ``total`` ``[C, bins]``; :func:`~probe.stats.readouts.iou_from_cells`)."""
+    iou = iou_from_cells(counts, moments, total, bounds, edges, threshold_logit)
+    if s.iou is None:
+        return iou, np.zeros(len(threshold_logit), dtype=bool)
+    exact = s.iou.threshold.cpu().numpy() == threshold_logit
+    counted = iou_from_counts(s.iou.inter.cpu().numpy(), counts.astype(np.int64).sum(-1))
+    return np.where(exact[None], counted, iou), exact
 
 
 def _label_pixels(lab) -> np.ndarray:
@@ -318,7 +346,8 @@ LABEL_COLUMNS = {"layer": object, "channel": np.int64, "label_id": np.int64, "la
                  **{c: np.float64 for c in ("auc", "auc_error")}, "auc_error_flag": bool, "trivial_auc": np.float64,
                  "trivial_feature": object,
                  **{c: np.float64 for c in ("joint_trivial_auc", "joint_difference", "joint_difference_low",
-                                            "joint_difference_high", "iou", "threshold", "mean_in", "mean_out")},
+                                            "joint_difference_high", "iou")}, "iou_exact": bool,
+                 **{c: np.float64 for c in ("threshold", "mean_in", "mean_out")},
                  "pixels": np.int64, "p_value": np.float64, "q_value": np.float64}
 EVOLUTION_COLUMNS = {"layer": object, "depth": np.int64, "height": np.int64, "width": np.int64, "images": np.int64,
                      **{c: np.float64 for c in ("valid_fraction", "valid_fraction_std", "valid_fraction_predicted",

@@ -15,7 +15,8 @@ so that no claim, report or merge is ever computed from such a run:
   :data:`~probe.rundir.tables.LABEL_COLUMNS`, :data:`~probe.rundir.tables.EVOLUTION_COLUMNS` and
   :data:`LAYER_COLUMNS` (extra columns are allowed), value ranges (:data:`SCHEMAS`; AUCs, fractions
   and p/q-values in [0, 1] with NaN where a statistic can be undefined, integer columns >= 0
-  unless stated, floats finite or NaN), unique keys, and the rows the manifest and the layers
+  unless stated, floats finite or NaN; a column of :attr:`TableSchema.optional`, which runs written
+  before it lack, only where present), unique keys, and the rows the manifest and the layers
   table imply: the layers table names exactly the manifest's layers, ``channels`` holds channels
   0..C-1 of every gated layer, ``labels`` every (channel, class) pair with the manifest's class
   names, ``evolution`` every partial layer.
@@ -64,12 +65,14 @@ class TableSchema:
     """One table: ``columns`` (name -> dtype: ``np.int64``, ``np.float64``, ``bool`` or ``object``),
     its unique ``key``, the :class:`Bounds` of numeric columns that differ from the defaults, and
     ``lists``: the object columns that hold arrays of numbers (with their elements' bounds); every
-    other object column holds text."""
+    other object column holds text. ``optional``: the columns that runs written before them lack
+    (checked where present)."""
 
     columns: dict
     key: tuple[str, ...]
     bounds: dict = field(default_factory=dict)
     lists: dict = field(default_factory=dict)
+    optional: tuple[str, ...] = ()
 
     def kind(self, column: str) -> str:
         """The numpy kind of ``column``'s dtype: ``i`` integer, ``f`` float, ``b`` bool, ``O`` object."""
@@ -85,11 +88,13 @@ LAYER_COLUMNS = {"layer": object, "kind": object, **{c: np.int64 for c in (
 LAYER_KINDS = ("gated", "partial")
 
 
-def _schema(columns: dict, key: tuple, bounds: dict, lists: dict | None = None) -> TableSchema:
-    """A schema over ``columns`` (the writer's own dictionary), keeping only the bounds and lists of
-    columns it still has."""
+def _schema(columns: dict, key: tuple, bounds: dict, lists: dict | None = None,
+            optional: tuple[str, ...] = ()) -> TableSchema:
+    """A schema over ``columns`` (the writer's own dictionary), keeping only the bounds, lists and
+    optional columns it still has."""
     return TableSchema(columns, key, {c: b for c, b in bounds.items() if c in columns},
-                       {c: b for c, b in (lists or {}).items() if c in columns})
+                       {c: b for c, b in (lists or {}).items() if c in columns},
+                       tuple(c for c in optional if c in columns))
 
 
 SCHEMAS = {
@@ -104,7 +109,8 @@ SCHEMAS = {
     "labels": _schema(LABEL_COLUMNS, ("layer", "label_id", "channel"), {
         **{c: UNIT for c in ("auc", "auc_error", "trivial_auc", "joint_trivial_auc", "p_value", "q_value")},
         "joint_difference": SIGNED_UNIT,  # its interval's ends may lie beyond +-1: finite or NaN
-        "iou": UNIT, "threshold": DEFINED}),
+        "iou": UNIT, "threshold": DEFINED},
+        optional=("iou_exact",)),  # written since the IoU pass (probe.recording.iou_pass)
     "evolution": _schema(EVOLUTION_COLUMNS, ("layer",), {
         **{c: DEFINED_UNIT for c in ("valid_fraction", "valid_fraction_std", "valid_fraction_predicted",
                                      "all_valid_images", "all_valid_images_predicted")},
@@ -184,14 +190,15 @@ def check_table(path: Path, name: str, frame: pd.DataFrame, manifest: dict, laye
     but ``layers`` itself) the run's checked ``layers`` table."""
     schema = SCHEMAS[name]
     dtypes = dict(zip(frame.columns, frame.dtypes))
-    missing = [c for c in schema.columns if c not in dtypes]
+    missing = [c for c in schema.columns if c not in dtypes and c not in schema.optional]
     if missing:
         raise RunError(f"{path}: no column(s) {', '.join(missing)}; {_FIX}")
-    for column in schema.columns:
+    present = [c for c in schema.columns if c in dtypes]
+    for column in present:
         problem = _column_problem(frame, column, dtypes[column], schema)
         if problem:
             raise RunError(f"{path}: column {column!r} {problem}; {_FIX}")
-    numeric = [c for c in schema.columns if schema.kind(c) in "iuf"]
+    numeric = [c for c in present if schema.kind(c) in "iuf"]
     problem = _bounds_problem(frame[numeric].to_numpy(dtype=np.float64), [schema.bounds_of(c) for c in numeric]) \
         if len(frame) else None
     if problem:

@@ -23,12 +23,13 @@ from .joint import JointTrivialCounts
 from .native import accumulate_gate_batch
 from .regions import REGIONS, onehot
 
-STATE_VERSION = 7  # 1: PartialLayerStats packed its scalars into one positional tensor (migrated on load);
+STATE_VERSION = 8  # 1: PartialLayerStats packed its scalars into one positional tensor (migrated on load);
 # 2: no trivial-feature histograms and no partial-layer mask moments (read as empty: no control, NaN);
 # 3: fine [labels, channels, bins] label histograms and dense [groups, labels, channels] sums (converted
 # exactly on load to version 4's cells and (group, label) slots); 4: one uniform segment per channel (lo, hi);
 # 5: no rank sums (NaN: no image-group interval of AUCs) and no joint trivial counts (no joint control);
-# 6: no gate range of layers binned by the gate value (NaN soft fraction)
+# 6: no gate range of layers binned by the gate value (NaN soft fraction); 7: no IoU counts (the IoU is read
+# from the label cells, as for every run recorded without the IoU pass)
 TRIVIAL_FEATURES = ("mean_red", "mean_green", "mean_blue", "local_variance", "row", "column")
 TRIVIAL_RANGES = ((0.0, 0.0, 0.0, 0.0, 0.0, 0.0), (1.0, 1.0, 1.0, 0.25, 1.0, 1.0))  # (lo, hi) per feature
 VALID_FRACTION_BINS = 101  # per-image valid fraction in bins of 0.01; the last holds exactly 1.0
@@ -134,7 +135,8 @@ class GatedLayerStats:
     One batch costs one pass over the logits that bins them (regions and labels share the
     binning) and counts them by region and present label
     (:func:`probe.stats.native.accumulate_gate_batch`), one ``bmm`` with the joint region/label
-    one-hot for every gate sum, and one ``bmm`` for the covariance."""
+    one-hot for every gate sum, and one ``bmm`` for the covariance. After the IoU pass ``iou`` holds
+    its exact counts (:class:`IouCounts`; None without them)."""
 
     def __init__(self, site, n_labels: int, bins: int, groups: int, lo: Tensor | float = -12.0,
                  hi: Tensor | float = 12.0, binning: Binning | None = None, quantile: float = 0.005):
@@ -154,6 +156,7 @@ class GatedLayerStats:
         # value (any activation but a sigmoid): the range the soft fraction is defined on
         self.gate_range_ = torch.tensor([np.inf, -np.inf], dtype=torch.float64, device=device)
         self.size_: tuple[int, int] | None = None
+        self.iou: IouCounts | None = None  # the IoU pass's exact counts (probe.recording.iou_pass), if it ran
 
     def add(self, logits: Tensor, gates: Tensor, ctx) -> None:
         """Accumulate one batch of a layer: ``logits``/``gates`` ``[B, C, h, w]``."""
@@ -199,9 +202,11 @@ class GatedLayerStats:
         self.gate_range_ = torch.stack([self.gate_range_[0].minimum(other.gate_range_[0]),
                                         self.gate_range_[1].maximum(other.gate_range_[1])])
         self.size_ = self.size_ or other.size_
+        self.iou = self.iou.merge(other.iou) if self.iou is not None else None
 
     def state_dict(self) -> dict:
         return {**{f"regions.{k}": v for k, v in self.regions.state_dict().items()},
+                **({f"iou.{k}": v for k, v in self.iou.state_dict().items()} if self.iou is not None else {}),
                 **{f"labels.{k}": v for k, v in self.labels.state_dict().items()},
                 **{f"trivial.{k}": v for k, v in self.trivial.state_dict().items()},
                 **{f"joint.{k}": v for k, v in self.joint.state_dict().items()},
@@ -229,6 +234,7 @@ class GatedLayerStats:
         if "gate_range" in state:
             self.gate_range_ = state["gate_range"].to(self.gate_range_)
         self.size_ = tuple(int(v) for v in state["size"]) or None
+        self.iou = IouCounts.from_state_dict(_sub(state, "iou.")) if "iou.threshold" in state else None
 
 
 def controls_of(stats: dict) -> dict:
@@ -307,11 +313,8 @@ def _layer_conditions(ctx, size: tuple[int, int]) -> LayerConditions:
     key = ("gated-layer-conditions", size)
     cache = ctx._cache
     if key not in cache:
-        H, W = ctx.labels.shape[-2:]
-        device = ctx.labels.device
-        ys = ((torch.arange(size[0], device=device) + 0.5) * H / size[0]).long()
-        xs = ((torch.arange(size[1], device=device) + 0.5) * W / size[1]).long()
-        labels = ctx.labels[:, ys][:, :, xs].flatten(1).clamp(min=-1)  # [B, N]
+        labels = labels_at(ctx, size)  # [B, N]
+        device = labels.device
         if ctx.n_labels <= DENSE_LABELS:  # few classes: all of them, every batch
             present = torch.arange(ctx.n_labels, dtype=torch.int64, device=device)
         else:
@@ -328,6 +331,78 @@ def _layer_conditions(ctx, size: tuple[int, int]) -> LayerConditions:
             _per_image_counts(compact, len(present)), compact.numel(),
             torch.cat([region_onehot, label_onehot], dim=2), ctx.n_labels <= DENSE_LABELS)
     return cache[key]
+
+
+def labels_at(ctx, size: tuple[int, int]) -> Tensor:
+    """int64 ``[B, h*w]``: the label of each cell of a layer of ``size`` ``(h, w)``, -1 where it is
+    ignored, cached on ``ctx``. The label is the one at the centre pixel of the cell, the rule of
+    :meth:`probe.recording.context.BatchContext.label_ids` (checked against it in the tests), whose
+    ``[B, h*w, L]`` one-hot the layers' statistics do not need."""
+    key = ("labels-at", size)
+    if key not in ctx._cache:
+        H, W = ctx.labels.shape[-2:]
+        device = ctx.labels.device
+        ys = ((torch.arange(size[0], device=device) + 0.5) * H / size[0]).long()
+        xs = ((torch.arange(size[1], device=device) + 0.5) * W / size[1]).long()
+        ctx._cache[key] = ctx.labels[:, ys][:, :, xs].flatten(1).clamp(min=-1)
+    return ctx._cache[key]
+
+
+class IouCounts:
+    """The exact counts behind one gated layer's Network Dissection IoU, from the IoU pass
+    (:mod:`probe.recording.iou_pass`): the labelled pixels whose binned value (the logit of a sigmoid
+    gate, else the gate value) exceeds each channel's threshold, by label.
+
+    ``threshold`` float64 ``[C]``: the per-channel top-quantile threshold the tables compute from
+    the layer's region histograms (:func:`probe.rundir.tables.channel_thresholds`); ``inter_``
+    int64 ``[C, L + 1]``: the pixels above it, of label ``l`` in column ``l + 1`` (column 0 takes
+    the pixels whose label is ignored and is not kept). The labelled pixels above the threshold of
+    a channel (the IoU's ``active``) are the sum over its labels: every labelled pixel has one.
+    Counts of two parts of a recording add only when their thresholds are the same (:meth:`merge`)."""
+
+    def __init__(self, threshold: Tensor, n_labels: int):
+        self.threshold = threshold.double()
+        self.inter_ = torch.zeros(len(threshold), n_labels + 1, dtype=torch.int64, device=threshold.device)
+        # the largest float32 at or below each threshold: for a float32 value x, x > it exactly when
+        # x > the float64 threshold, so the comparison needs no float64 copy of the layer's values
+        below = self.threshold.float()
+        self._below = torch.where(below.double() > self.threshold, torch.nextafter(below, below.new_tensor(-np.inf)),
+                                  below)
+
+    def add(self, values: Tensor, ctx) -> None:
+        """Count one batch of the layer: ``values`` ``[B, C, h, w]`` (the binned value), labels from
+        ``ctx`` (:func:`labels_at`). One compare and one int32 scatter per image (a batch's counts are
+        below 2**31), added to the int64 counts once; no device value is read."""
+        b, c, h, w = values.shape
+        above = (values.float().reshape(b, c, h * w) > self._below[:, None]).to(torch.int32)  # [B, C, N]
+        index = labels_at(ctx, (h, w)) + 1  # [B, N]: 0 for ignored cells
+        batch = torch.zeros(self.inter_.shape, dtype=torch.int32, device=self.inter_.device)
+        for image in range(b):
+            batch.scatter_add_(1, index[image].expand(c, -1), above[image])
+        self.inter_ += batch
+
+    @property
+    def inter(self) -> Tensor:
+        """int64 ``[L, C]``: each label's pixels above the threshold."""
+        return self.inter_[:, 1:].T
+
+    def merge(self, other: "IouCounts | None") -> "IouCounts | None":
+        """These counts with ``other``'s added in place when both are for the same thresholds (returns
+        them), else None (the IoU then falls back to the label cells)."""
+        if other is None or not torch.equal(self.threshold.cpu(), other.threshold.cpu()):
+            return None
+        self.inter_ += other.inter_.to(self.inter_.device)
+        return self
+
+    def state_dict(self) -> dict:
+        return {"threshold": self.threshold, "inter": self.inter.contiguous()}
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> "IouCounts":
+        inter = state["inter"]
+        counts = cls(state["threshold"], inter.shape[0])
+        counts.inter_[:, 1:] = inter.T.to(counts.inter_)
+        return counts
 
 
 def _per_image_counts(ids: Tensor, n: int) -> Tensor:

@@ -188,7 +188,8 @@ def auc_from_cells(counts: np.ndarray, moments: np.ndarray, total: np.ndarray,
     parts are exact: (1) is zero and (2) is ``sum_b pos_b neg_b / 2``, which an ordering of each
     bin's pixels (the label's above the rest, or below) attains unless the bin's values are real
     ties, so the bound is tight there. Coarser cells also know each label's offset sum, which these
-    bounds do not use: they may exceed the worst case that the recorded counts allow."""
+    bounds do not use: they may exceed the worst case that the recorded counts allow. The AUC is
+    clipped to [0, 1]."""
     n_pos = counts.astype(np.float64).sum(-1)
     n_neg = total.astype(np.float64).sum(-1)[None] - n_pos
     a, beta, _ = fit = cell_fit(total, midranks(total), bounds)
@@ -204,7 +205,9 @@ def auc_from_cells(counts: np.ndarray, moments: np.ndarray, total: np.ndarray,
     with np.errstate(invalid="ignore", divide="ignore"):
         squares = np.where(occupied[None] > 0, c64 ** 2 / occupied[None], 0.0).sum(-1)
         ties = capacity_bound(counts, total, total.astype(np.float64) / 2, bounds) - squares / 2
-        auc = (rank - n_pos ** 2 / 2) / (n_pos * n_neg)
+        # the cells' linear fit can put a label of one or two pixels beyond [0, 1]; the exact AUC is
+        # inside, so clipping only brings the estimate closer and the bound still holds
+        auc = np.clip((rank - n_pos ** 2 / 2) / (n_pos * n_neg), 0.0, 1.0)
         bound = (rank_bound + np.clip(ties, 0, n_pos * n_neg / 2)) / (n_pos * n_neg)
     return auc, bound
 
@@ -222,5 +225,17 @@ def iou_from_cells(counts: np.ndarray, moments: np.ndarray, total: np.ndarray, b
     size = counts.astype(np.float64).sum(-1)
     inter = np.clip(inter, 0, size)
     active = (total * share).sum(-1)[None]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return inter / (active + size - inter)
+
+
+def iou_from_counts(inter: np.ndarray, size: np.ndarray) -> np.ndarray:
+    """Network Dissection IoU ``[L, C]`` from exact counts: ``inter`` ``[L, C]`` each label's pixels
+    above the channel's threshold (:class:`~probe.stats.layer_stats.IouCounts`) and ``size`` ``[L, C]``
+    (or ``[L, 1]``) the label's pixels. The pixels above the threshold of a channel are the sum of
+    ``inter`` over the labels (every labelled pixel has one label), as :func:`iou_from_cells`'s
+    ``active`` counts the labelled pixels."""
+    inter, size = inter.astype(np.float64), size.astype(np.float64)
+    active = inter.sum(0, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):
         return inter / (active + size - inter)
