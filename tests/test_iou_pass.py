@@ -262,6 +262,11 @@ def test_counts_add_only_for_the_same_thresholds():
     assert a.merge(IouCounts(threshold + 1e-12, 4)) is None and a.merge(None) is None
     again = IouCounts.from_state_dict(a.state_dict())
     assert torch.equal(again.threshold, a.threshold) and torch.equal(again.inter, a.inter)
+    assert a.inter_.dtype == torch.int32 and a.state_dict()["inter"].dtype == torch.int64
+    big = IouCounts(threshold, 4)  # counts that could pass 2**31 are int64, and stay exact
+    big.merge(IouCounts.from_state_dict({"threshold": threshold, "inter": torch.full((4, 3), 2 ** 31 - 1)}))
+    big.merge(IouCounts.from_state_dict({"threshold": threshold, "inter": torch.full((4, 3), 5)}))
+    assert big.inter_.dtype == torch.int64 and (big.inter == 2 ** 31 + 4).all()
 
 
 def test_a_float32_value_is_counted_above_exactly_when_it_exceeds_the_float64_threshold():
@@ -388,3 +393,21 @@ def test_ray_counts_the_iou_on_its_workers_also_when_one_dies_in_the_pass(runs, 
                                equal_nan=True)
     for name, s in load_stats(run).items():
         assert torch.equal(s.iou.inter, load_stats(reference)[name].iou.inter), name
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_counting_a_batch_on_the_gpu_reads_no_device_value():
+    g = torch.Generator().manual_seed(0)
+    values, labels = torch.randn(4, 6, 16, 16, generator=g), torch.randint(-1, 150, (4, 64, 64), generator=g)
+    threshold = torch.randn(6, generator=g, dtype=torch.float64)
+    on_cpu, on_gpu = IouCounts(threshold, 150), IouCounts(threshold.cuda(), 150)
+    group = torch.zeros(4, dtype=torch.long)
+    on_cpu.add(values, BatchContext(torch.zeros(4, 1, 64, 64), None, labels, group, 150))
+    ctx = BatchContext(torch.zeros(4, 1, 64, 64, device="cuda"), None, labels.cuda(), group.cuda(), 150)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        on_gpu.add(values.cuda(), ctx)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert torch.equal(on_gpu.inter.cpu(), on_cpu.inter)

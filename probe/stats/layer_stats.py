@@ -18,7 +18,7 @@ from torch import Tensor
 
 from ..errors import RunError
 from .binning import Binning
-from .histograms import ConditionedHistogram, LabelCellHistogram
+from .histograms import INT32_SAFE, ConditionedHistogram, LabelCellHistogram
 from .joint import JointTrivialCounts
 from .native import accumulate_gate_batch
 from .regions import REGIONS, onehot
@@ -355,14 +355,17 @@ class IouCounts:
 
     ``threshold`` float64 ``[C]``: the per-channel top-quantile threshold the tables compute from
     the layer's region histograms (:func:`probe.rundir.tables.channel_thresholds`); ``inter_``
-    int64 ``[C, L + 1]``: the pixels above it, of label ``l`` in column ``l + 1`` (column 0 takes
-    the pixels whose label is ignored and is not kept). The labelled pixels above the threshold of
-    a channel (the IoU's ``active``) are the sum over its labels: every labelled pixel has one.
-    Counts of two parts of a recording add only when their thresholds are the same (:meth:`merge`)."""
+    ``[C, L + 1]``: the pixels above it, of label ``l`` in column ``l + 1`` (column 0 takes the
+    pixels whose label is ignored and is not kept), int32 while the pixels counted (``seen_``, known
+    on the host) cannot overflow one, then int64 (saved as int64 either way). The labelled pixels
+    above the threshold of a channel (the IoU's ``active``) are the sum over its labels: every
+    labelled pixel has one. Counts of two parts of a recording add only when their thresholds are
+    the same (:meth:`merge`)."""
 
     def __init__(self, threshold: Tensor, n_labels: int):
         self.threshold = threshold.double()
-        self.inter_ = torch.zeros(len(threshold), n_labels + 1, dtype=torch.int64, device=threshold.device)
+        self.inter_ = torch.zeros(len(threshold), n_labels + 1, dtype=torch.int32, device=threshold.device)
+        self.seen_ = 0  # bounds every count: the pixels counted into a channel so far
         # the largest float32 at or below each threshold: for a float32 value x, x > it exactly when
         # x > the float64 threshold, so the comparison needs no float64 copy of the layer's values
         below = self.threshold.float()
@@ -371,19 +374,28 @@ class IouCounts:
 
     def add(self, values: Tensor, ctx) -> None:
         """Count one batch of the layer: ``values`` ``[B, C, h, w]`` (the binned value), labels from
-        ``ctx`` (:func:`labels_at`). One compare and one int32 scatter per image (a batch's counts are
-        below 2**31), added to the int64 counts once; no device value is read."""
+        ``ctx`` (:func:`labels_at`). One compare and one int32 scatter per image into the counts (once
+        they are int64, into the batch's int32 counts, added to them); no device value is read."""
         b, c, h, w = values.shape
+        self._widen(self.seen_ + b * h * w)
         above = (values.float().reshape(b, c, h * w) > self._below[:, None]).to(torch.int32)  # [B, C, N]
         index = labels_at(ctx, (h, w)) + 1  # [B, N]: 0 for ignored cells
-        batch = torch.zeros(self.inter_.shape, dtype=torch.int32, device=self.inter_.device)
+        batch = self.inter_ if self.inter_.dtype == torch.int32 else \
+            torch.zeros(self.inter_.shape, dtype=torch.int32, device=self.inter_.device)
         for image in range(b):
             batch.scatter_add_(1, index[image].expand(c, -1), above[image])
-        self.inter_ += batch
+        if batch is not self.inter_:
+            self.inter_ += batch
+
+    def _widen(self, seen: int) -> None:
+        """Note that ``seen`` bounds every count; int64 counts once that could overflow an int32."""
+        self.seen_ = seen
+        if self.inter_.dtype == torch.int32 and seen > INT32_SAFE:
+            self.inter_ = self.inter_.long()
 
     @property
     def inter(self) -> Tensor:
-        """int64 ``[L, C]``: each label's pixels above the threshold."""
+        """``[L, C]`` (int32 or int64, as ``inter_``): each label's pixels above the threshold."""
         return self.inter_[:, 1:].T
 
     def merge(self, other: "IouCounts | None") -> "IouCounts | None":
@@ -391,16 +403,19 @@ class IouCounts:
         them), else None (the IoU then falls back to the label cells)."""
         if other is None or not torch.equal(self.threshold.cpu(), other.threshold.cpu()):
             return None
-        self.inter_ += other.inter_.to(self.inter_.device)
+        self._widen(self.seen_ + other.seen_)
+        self.inter_ += other.inter_.to(self.inter_.device, self.inter_.dtype)
         return self
 
     def state_dict(self) -> dict:
-        return {"threshold": self.threshold, "inter": self.inter.contiguous()}
+        return {"threshold": self.threshold, "inter": self.inter.long().contiguous()}
 
     @classmethod
     def from_state_dict(cls, state: dict) -> "IouCounts":
+        """Counts saved by :meth:`state_dict` (their largest channel total bounds every count)."""
         inter = state["inter"]
         counts = cls(state["threshold"], inter.shape[0])
+        counts._widen(int(inter.sum(0).max()) if inter.numel() else 0)
         counts.inter_[:, 1:] = inter.T.to(counts.inter_)
         return counts
 
