@@ -103,7 +103,8 @@ def label_null(model, run, draws: int, progress: bool = True):
     from ..rundir.settings import RecordSettings
 
     data = dataset_from_spec(run.manifest["data"])
-    settings = RecordSettings.from_dict(run.manifest["settings"]).replace(samples=0)
+    # roles read no IoU, so the nulls skip the IoU pass (a second forward at more than 8 labels)
+    settings = RecordSettings.from_dict(run.manifest["settings"]).replace(samples=0, iou_pass="off")
     n = int(run.manifest["data"].get("n") or run.manifest["n_images"])
     rows = []
     scratch = Path(tempfile.mkdtemp(prefix=".null-", dir=run.path))
