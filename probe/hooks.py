@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import functools
 import warnings
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Callable, Iterable
 
 import torch
@@ -78,6 +78,39 @@ def eval_mode(model: nn.Module):
 def site_attachers(sites, sink_for: Callable[[str], object]) -> list[Callable[[], list]]:
     """One attacher per site: ``site.adapter.attach(site.module, sink_for(site.name))``."""
     return [lambda site=site: site.adapter.attach(site.module, sink_for(site.name)) for site in sites]
+
+
+class SiteHooks:
+    """Base of a ``with`` block that has ``self.model`` in eval mode and the adapters' hooks of
+    ``self.sites`` attached (all or none, removed on exit, also when the model raises), each site's
+    tensors routed to ``self.sink(name)``. ``self.attached`` says whether the block is open."""
+
+    model: nn.Module
+    sites: list
+    _hooks: ExitStack | None = None
+
+    def sink(self, name: str):
+        raise NotImplementedError
+
+    @property
+    def attached(self) -> bool:
+        return self._hooks is not None
+
+    def __enter__(self):
+        hooks = ExitStack()
+        try:
+            hooks.enter_context(eval_mode(self.model))
+            hooks.enter_context(hooks_attached(self.model, site_attachers(self.sites, self.sink)))
+        except BaseException:
+            hooks.close()
+            raise
+        self._hooks = hooks
+        return self
+
+    def __exit__(self, *exc) -> None:
+        hooks, self._hooks = self._hooks, None
+        if hooks is not None:
+            hooks.close()
 
 
 class UserState:

@@ -17,7 +17,6 @@ their bins (none: no pass), ``on`` every gated layer, ``off`` none (:func:`pass_
 """
 from __future__ import annotations
 
-from contextlib import ExitStack
 
 import torch
 from torch import Tensor, nn
@@ -25,7 +24,7 @@ from torch import Tensor, nn
 from ..adapters import Site
 from ..devices import autocast
 from ..errors import calling_model
-from ..hooks import eval_mode, hooks_attached, site_attachers
+from ..hooks import SiteHooks
 from ..rundir.settings import RecordSettings
 from ..rundir.tables import channel_thresholds
 from ..stats.layer_stats import GatedLayerStats, IouCounts
@@ -62,7 +61,7 @@ def new_counts(stats: dict, thresholds: dict[str, Tensor], n_labels: int) -> Non
         stats[name].iou = IouCounts(t.to(stats[name].regions.counts_.device), n_labels)
 
 
-class IouPass:
+class IouPass(SiteHooks):
     """Attach the IoU pass's hooks to the gated layers of ``counts`` (layer name ->
     :class:`~probe.stats.layer_stats.IouCounts`) for a ``with`` block; each batch through
     :meth:`forward` is added to every layer's counts. Like the :class:`~probe.recording.recorder.Recorder`,
@@ -75,29 +74,15 @@ class IouPass:
         self.model, self.counts, self.n_labels, self.device = model, counts, n_labels, device
         self.sites = [site for site in sites if site.name in counts]
         self.border, self.dtype = settings.border, settings.dtype
-        self._hooks: ExitStack | None = None
         self._ctx: BatchContext | None = None
 
-    def __enter__(self) -> "IouPass":
-        hooks = ExitStack()
-        try:
-            hooks.enter_context(eval_mode(self.model))
-            hooks.enter_context(hooks_attached(self.model, site_attachers(self.sites, lambda name: _Sink(self, name))))
-        except BaseException:
-            hooks.close()
-            raise
-        self._hooks = hooks
-        return self
-
-    def __exit__(self, *exc) -> None:
-        hooks, self._hooks = self._hooks, None
-        if hooks is not None:
-            hooks.close()
+    def sink(self, name: str) -> "_Sink":
+        return _Sink(self, name)
 
     def forward(self, image: Tensor, hole: Tensor, sketch: Tensor | None, labels: Tensor, group: Tensor) -> None:
         """Run the model on one batch (``image`` ``[B, 3, H, W]``, ``hole`` ``[B, 1, H, W]``, ``labels``
         ``[B, H, W]``, ``group`` ``[B]``, as :meth:`Recorder.forward` takes them) and count it."""
-        if self._hooks is None:
+        if not self.attached:
             raise RuntimeError("IouPass.forward must be called inside `with IouPass(...)`")
         self._ctx = BatchContext(hole, sketch, labels, group, self.n_labels, self.border)
         try:

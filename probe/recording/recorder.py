@@ -8,7 +8,6 @@ passes run under ``torch.inference_mode()``: recording never builds an autograd 
 from __future__ import annotations
 
 import warnings
-from contextlib import ExitStack
 
 import torch
 from torch import Tensor, nn
@@ -16,13 +15,13 @@ from torch import Tensor, nn
 from ..adapters import Site
 from ..devices import autocast, model_device
 from ..errors import ModelError, NumericalError, calling_model
-from ..hooks import eval_mode, hooks_attached, site_attachers
+from ..hooks import SiteHooks
 from ..rundir.settings import RecordSettings
 from ..rundir.state import new_layer_stats
 from .context import BatchContext
 
 
-class Recorder:
+class Recorder(SiteHooks):
     """Attach the adapters' hooks of ``sites`` to ``model`` for the duration of a ``with`` block.
 
     Each forward pass through :meth:`forward` feeds every layer's accumulator (``self.stats``,
@@ -40,29 +39,15 @@ class Recorder:
         self.order: list[str] = []  # layer names in execution order (filled by the first batch)
         self.capture = 0
         self.captured: dict[str, dict[str, Tensor]] = {}
-        self._hooks: ExitStack | None = None
         self._ctx: BatchContext | None = None
 
-    def __enter__(self) -> "Recorder":
-        hooks = ExitStack()
-        try:
-            hooks.enter_context(eval_mode(self.model))
-            hooks.enter_context(hooks_attached(self.model, site_attachers(self.sites, lambda name: _Sink(self, name))))
-        except BaseException:
-            hooks.close()
-            raise
-        self._hooks = hooks
-        return self
-
-    def __exit__(self, *exc) -> None:
-        hooks, self._hooks = self._hooks, None
-        if hooks is not None:
-            hooks.close()
+    def sink(self, name: str) -> "_Sink":
+        return _Sink(self, name)
 
     def forward(self, image: Tensor, hole: Tensor, sketch: Tensor | None, labels: Tensor, group: Tensor,
                 capture: int = 0) -> Tensor:
         """Run the model on one batch and accumulate; returns the output ``[B, 3, H, W]``."""
-        if self._hooks is None:
+        if not self.attached:
             raise RuntimeError("Recorder.forward must be called inside `with Recorder(...)`")
         self._ctx = ctx = BatchContext(hole, sketch, labels, group, self.n_labels, self.border, image=image)
         self.capture = capture
