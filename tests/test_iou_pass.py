@@ -38,7 +38,7 @@ from probe.rundir.merge import CELL_IOU_NOTE, merge_runs
 from probe.rundir.settings import RecordSettings
 from probe.rundir.state import load_stats
 from probe.rundir.tables import channel_and_label_tables, channel_thresholds
-from probe.stats.layer_stats import IouCounts, labels_at
+from probe.stats.layer_stats import IouCounts
 from probe.stats.readouts import auc_from_cells, sigmoid
 
 SIZE, N, BATCH, CLASSES = 32, 8, 4, 150
@@ -184,16 +184,21 @@ def test_the_table_iou_is_the_exact_iou_of_the_gate_maps(runs, model, data):
         pd.testing.assert_frame_equal(a[columns], b[columns], check_exact=True)
 
 
-def test_labels_at_is_the_rule_of_batch_context_label_ids():
+def test_labels_at_is_the_centre_pixel_of_each_cell_and_label_ids_follows_it():
+    """Both passes' label of a layer cell: the label at the cell's centre pixel (numpy, written out
+    here), -1 where ignored (any negative id); ``label_ids`` holds 0 there and no one-hot column."""
     g = torch.Generator().manual_seed(3)
-    labels = torch.randint(-1, 5, (2, 30, 44), generator=g)
+    labels = torch.randint(-3, 5, (2, 30, 44), generator=g)
     ctx = BatchContext(torch.zeros(2, 1, 30, 44), None, labels, torch.zeros(2, dtype=torch.long), 5)
-    for size in ((30, 44), (15, 22), (7, 11), (4, 3)):
-        ids, onehot = ctx.label_ids(size)
-        ours = labels_at(ctx, size)
-        labelled = onehot.sum(-1) > 0
-        assert torch.equal(ours >= 0, labelled)
-        assert torch.equal(ours[labelled], ids.flatten(1)[labelled])
+    for h, w in ((30, 44), (15, 22), (7, 11), (4, 3)):
+        ys = np.floor((np.arange(h) + 0.5) * 30 / h).astype(int)
+        xs = np.floor((np.arange(w) + 0.5) * 44 / w).astype(int)
+        expected = np.maximum(labels.numpy()[:, ys][:, :, xs].reshape(2, -1), -1)
+        np.testing.assert_array_equal(ctx.labels_at((h, w)).numpy(), expected)
+        ids, onehot = ctx.label_ids((h, w))
+        np.testing.assert_array_equal(ids.flatten(1).numpy(), np.maximum(expected, 0))
+        np.testing.assert_array_equal(onehot.numpy().argmax(-1)[expected >= 0], expected[expected >= 0])
+        assert not onehot.numpy()[expected < 0].any()
 
 
 # ============================================================================ auto, on, off

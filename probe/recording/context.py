@@ -51,18 +51,26 @@ class BatchContext:
             self._cache[key] = (region, onehot(region.flatten(1), len(REGIONS)))
         return self._cache[key]
 
-    def label_ids(self, size: tuple[int, int]) -> tuple[Tensor, Tensor]:
-        """Label id ``[B,1,h,w]`` int64 (centre pixel of each cell; ignored cells hold 0) and one-hot
-        ``[B, h*w, L]`` (all zero for ignored cells)."""
-        key = ("labels", size)
+    def labels_at(self, size: tuple[int, int]) -> Tensor:
+        """int64 ``[B, h*w]``: the label of each cell at ``size`` ``(h, w)``, the one at the cell's
+        centre pixel, -1 where it is ignored (cached)."""
+        key = ("labels-at", size)
         if key not in self._cache:
             H, W = self.labels.shape[-2:]
             device = self.labels.device
             ys = ((torch.arange(size[0], device=device) + 0.5) * H / size[0]).long()
             xs = ((torch.arange(size[1], device=device) + 0.5) * W / size[1]).long()
-            labels = self.labels[:, ys][:, :, xs].unsqueeze(1)
-            columns = onehot(labels.flatten(1).clamp(min=-1) + 1, self.n_labels + 1)[..., 1:]  # ignored: dropped
-            self._cache[key] = (labels.clamp(min=0), columns)
+            self._cache[key] = self.labels[:, ys][:, :, xs].flatten(1).clamp(min=-1)
+        return self._cache[key]
+
+    def label_ids(self, size: tuple[int, int]) -> tuple[Tensor, Tensor]:
+        """Label id ``[B,1,h,w]`` int64 (:meth:`labels_at`; ignored cells hold 0) and one-hot
+        ``[B, h*w, L]`` (all zero for ignored cells)."""
+        key = ("labels", size)
+        if key not in self._cache:
+            labels = self.labels_at(size)
+            columns = onehot(labels + 1, self.n_labels + 1)[..., 1:]  # ignored: dropped
+            self._cache[key] = (labels.clamp(min=0).view(len(labels), 1, *size), columns)
         return self._cache[key]
 
     def trivial_features(self, size: tuple[int, int]) -> Tensor | None:

@@ -9,7 +9,7 @@ them is approximate: about 0.09 relative error (p90) at 150 labels. After the re
 same batches, counts in each layer the labelled pixels above them by (label, channel)
 (:class:`~probe.stats.layer_stats.IouCounts`, kept in the layer's state beside its threshold).
 The labels are taken at each layer's resolution by the recording pass's rule
-(:func:`~probe.stats.layer_stats.labels_at`). The hooks compare and scatter on the device and read
+(:meth:`~probe.recording.context.BatchContext.labels_at`). The hooks compare and scatter on the device and read
 no value back, so the pass costs about one bare forward per image.
 
 ``RecordSettings.iou_pass``: ``auto`` counts the gated layers whose label cells are coarser than

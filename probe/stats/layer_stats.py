@@ -313,7 +313,7 @@ def _layer_conditions(ctx, size: tuple[int, int]) -> LayerConditions:
     key = ("gated-layer-conditions", size)
     cache = ctx._cache
     if key not in cache:
-        labels = labels_at(ctx, size)  # [B, N]
+        labels = ctx.labels_at(size)  # [B, N]
         device = labels.device
         if ctx.n_labels <= DENSE_LABELS:  # few classes: all of them, every batch
             present = torch.arange(ctx.n_labels, dtype=torch.int64, device=device)
@@ -331,21 +331,6 @@ def _layer_conditions(ctx, size: tuple[int, int]) -> LayerConditions:
             _per_image_counts(compact, len(present)), compact.numel(),
             torch.cat([region_onehot, label_onehot], dim=2), ctx.n_labels <= DENSE_LABELS)
     return cache[key]
-
-
-def labels_at(ctx, size: tuple[int, int]) -> Tensor:
-    """int64 ``[B, h*w]``: the label of each cell of a layer of ``size`` ``(h, w)``, -1 where it is
-    ignored, cached on ``ctx``. The label is the one at the centre pixel of the cell, the rule of
-    :meth:`probe.recording.context.BatchContext.label_ids` (checked against it in the tests), whose
-    ``[B, h*w, L]`` one-hot the layers' statistics do not need."""
-    key = ("labels-at", size)
-    if key not in ctx._cache:
-        H, W = ctx.labels.shape[-2:]
-        device = ctx.labels.device
-        ys = ((torch.arange(size[0], device=device) + 0.5) * H / size[0]).long()
-        xs = ((torch.arange(size[1], device=device) + 0.5) * W / size[1]).long()
-        ctx._cache[key] = ctx.labels[:, ys][:, :, xs].flatten(1).clamp(min=-1)
-    return ctx._cache[key]
 
 
 class IouCounts:
@@ -374,12 +359,12 @@ class IouCounts:
 
     def add(self, values: Tensor, ctx) -> None:
         """Count one batch of the layer: ``values`` ``[B, C, h, w]`` (the binned value), labels from
-        ``ctx`` (:func:`labels_at`). One compare and one int32 scatter per image into the counts (once
+        ``ctx`` (:meth:`~probe.recording.context.BatchContext.labels_at`). One compare and one int32 scatter per image into the counts (once
         they are int64, into the batch's int32 counts, added to them); no device value is read."""
         b, c, h, w = values.shape
         self._widen(self.seen_ + b * h * w)
         above = (values.float().reshape(b, c, h * w) > self._below[:, None]).to(torch.int32)  # [B, C, N]
-        index = labels_at(ctx, (h, w)) + 1  # [B, N]: 0 for ignored cells
+        index = ctx.labels_at((h, w)) + 1  # [B, N]: 0 for ignored cells
         batch = self.inter_ if self.inter_.dtype == torch.int32 else \
             torch.zeros(self.inter_.shape, dtype=torch.int32, device=self.inter_.device)
         for image in range(b):
