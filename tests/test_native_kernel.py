@@ -6,6 +6,7 @@ bin boundaries, where a fused multiply-add would bin differently), NaN raises wi
 from __future__ import annotations
 
 import os
+import time
 
 import numpy as np
 import pytest
@@ -627,3 +628,20 @@ def test_a_permuted_one_cell_per_bin_map_counts_as_the_torch_path(built):
     for ch in range(c):
         fine[ch] = torch.bincount(k[:, ch][label == 0].long(), minlength=bins)
     assert torch.equal(torch_counts["cell_counts"][0].long(), torch.zeros(c, bins, dtype=torch.int64).scatter_add(1, cell_of_bin, fine))
+
+
+def test_a_lock_left_by_a_killed_build_is_removed_with_one_line_and_a_fresh_one_is_kept(monkeypatch, tmp_path,
+                                                                                       capsys):
+    """torch's loader waits forever on the ``lock`` of a build that was killed: one older than
+    ``STALE_LOCK_SECONDS`` is removed (one line naming it), a younger one (a build under way) stays."""
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    lock = tmp_path / native_build.extension_name() / "lock"
+    lock.parent.mkdir()
+    lock.touch()
+    assert not native_build.clear_stale_lock() and lock.exists()
+    old = time.time() - native_build.STALE_LOCK_SECONDS - 60
+    os.utime(lock, (old, old))
+    assert native_build.clear_stale_lock() and not lock.exists()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(lock) in err[0] and "did not finish" in err[0]
+    assert not native_build.clear_stale_lock()

@@ -17,7 +17,6 @@ their bins (none: no pass), ``on`` every gated layer, ``off`` none (:func:`pass_
 """
 from __future__ import annotations
 
-
 import torch
 from torch import Tensor, nn
 

@@ -359,8 +359,9 @@ class IouCounts:
 
     def add(self, values: Tensor, ctx) -> None:
         """Count one batch of the layer: ``values`` ``[B, C, h, w]`` (the binned value), labels from
-        ``ctx`` (:meth:`~probe.recording.context.BatchContext.labels_at`). One compare and one int32 scatter per image into the counts (once
-        they are int64, into the batch's int32 counts, added to them); no device value is read."""
+        ``ctx`` (:meth:`~probe.recording.context.BatchContext.labels_at`). One compare and one int32
+        scatter per image into the counts (once they are int64, into the batch's int32 counts, added
+        to them); no device value is read."""
         b, c, h, w = values.shape
         self._widen(self.seen_ + b * h * w)
         above = (values.float().reshape(b, c, h * w) > self._below[:, None]).to(torch.int32)  # [B, C, N]

@@ -109,6 +109,26 @@ def _remember_build_seconds(seconds: float) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- build
+STALE_LOCK_SECONDS = 600.0  # a build takes about a minute: a lock this old was left by one that was killed
+
+
+def clear_stale_lock() -> bool:
+    """Remove the ``lock`` file that a killed build left in the kernel's build folder, once it is
+    ``STALE_LOCK_SECONDS`` old (torch's loader would wait on it forever, saying nothing), with one
+    line on stderr. Returns whether one was removed."""
+    lock = extensions_root() / extension_name() / "lock"
+    try:
+        age = time.time() - lock.stat().st_mtime
+    except FileNotFoundError:
+        return False
+    if age < STALE_LOCK_SECONDS:
+        return False
+    lock.unlink(missing_ok=True)
+    print(f"gateprobe: removed {lock}, left {age / 60:.0f} min ago by a kernel build that did not finish",
+          file=sys.stderr, flush=True)
+    return True
+
+
 def _build():
     """Compile (or load the cached build of) the kernel; raises whatever goes wrong."""
     from torch.utils import cpp_extension
@@ -120,6 +140,7 @@ def _build():
         os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + old_path
     except ImportError:
         pass
+    clear_stale_lock()
     start = time.perf_counter()
     try:
         with warnings.catch_warnings():  # e.g. the compiler-ABI notice: quiet unless it fails
