@@ -245,12 +245,14 @@ def _iou(s: GatedLayerStats, counts: np.ndarray, moments: np.ndarray, total: np.
     pass's counts (``s.iou``) in the channels whose counted threshold is this run's threshold
     (``threshold_logit`` ``[C]``), else from the label cells (``counts``, ``moments`` ``[L, C, cells]``,
     ``total`` ``[C, bins]``; :func:`~probe.stats.readouts.iou_from_cells`)."""
-    iou = iou_from_cells(counts, moments, total, bounds, edges, threshold_logit)
-    if s.iou is None:
-        return iou, np.zeros(len(threshold_logit), dtype=bool)
-    exact = s.iou.threshold.cpu().numpy() == threshold_logit
+    exact = np.zeros(len(threshold_logit), dtype=bool) if s.iou is None else \
+        s.iou.threshold.cpu().numpy() == threshold_logit
+    if not exact.all():  # the cells' estimate, where no count is (read only then: at many labels it is not cheap)
+        cells = iou_from_cells(counts, moments, total, bounds, edges, threshold_logit)
+        if not exact.any():
+            return cells, exact
     counted = iou_from_counts(s.iou.inter.cpu().numpy(), counts.astype(np.int64).sum(-1))
-    return np.where(exact[None], counted, iou), exact
+    return (counted if exact.all() else np.where(exact[None], counted, cells)), exact
 
 
 def _label_pixels(lab) -> np.ndarray:
