@@ -65,7 +65,7 @@ def random_binning(rng, channels, bins, segments):
 
 def case(seed=0, b=3, c=5, n=97, bins=37, r=4, p=6, rows=9, cells=7, cell_dtype=torch.int64, ignored=0.2,
          regions=True, labels=True, strided=False, spatial=False, jitter=False, logits=None,
-         segments=4, binning=None):
+         segments=4, binning=None, region_dtype=torch.int64):
     """Random inputs and random non-zero accumulators of one call (a dict of keyword arguments)."""
     rng = np.random.default_rng(seed)
     g = torch.Generator().manual_seed(seed)
@@ -75,7 +75,7 @@ def case(seed=0, b=3, c=5, n=97, bins=37, r=4, p=6, rows=9, cells=7, cell_dtype=
     kw = dict(logits=logits, binning=binning)
     if regions:
         kw.update(region=torch.randint(0, r, (b, n), generator=g), n_regions=r,
-                  region_counts=torch.randint(0, 1000, (r, c, bins), generator=g))
+                  region_counts=torch.randint(0, 1000, (r, c, bins), generator=g).to(region_dtype))
     if labels:
         label = torch.randint(0, max(p, 1), (b, n), generator=g, dtype=torch.int32)
         label[torch.rand(b, n, generator=g) < ignored] = -1
@@ -190,6 +190,11 @@ CASES = {
     "nothing_but_binning": dict(regions=False, labels=False),
     "one_segment": dict(segments=1, bins=512, cells=16),
     "eighteen_segments": dict(segments=18, bins=512, p=40, rows=150, cells=27, n=3000),
+    # regions, label slots and bins in one joint histogram (4 * 7 * 37 counts <= two per pixel)
+    "joint_with_regions": dict(b=4, n=2000),
+    "int32_regions": dict(region_dtype=torch.int32, cell_dtype=torch.int32),
+    "int32_regions_joint": dict(b=4, n=2000, region_dtype=torch.int32),
+    "int32_regions_only": dict(labels=False, region_dtype=torch.int32),
 }
 
 
@@ -309,8 +314,10 @@ def test_threads_do_not_change_anything_and_two_are_used(built):
 # ---------------------------------------------------------------------------------------------- errors
 @pytest.mark.parametrize("force_path", ["native", "torch"])
 @pytest.mark.parametrize("where", [(0, 0, 0), (3, 7, 8191), (2, 4, 100)])
-def test_nan_raises_and_leaves_the_counts_as_they_were(built, force_path, where):
-    kw = case(4, b=4, c=8, n=8192, bins=64, cells=8)  # 32k pixels a channel: one task per channel, 2 threads
+@pytest.mark.parametrize("region_dtype", [torch.int64, torch.int32])
+def test_nan_raises_and_leaves_the_counts_as_they_were(built, force_path, where, region_dtype):
+    # 32k pixels a channel: one task per channel, 2 threads
+    kw = case(4, b=4, c=8, n=8192, bins=64, cells=8, region_dtype=region_dtype)
     kw["logits"] = kw["logits"].clone()
     kw["logits"][where] = float("nan")
     out = cloned(kw)

@@ -22,6 +22,7 @@ from .binning import Binning
 from .native import add_cells
 
 DEFAULT_BINS = 512  # per channel (benchmarks/accuracy.py measures the read-outs' errors)
+INT32_SAFE = 2 ** 31 - 1  # counts are int32 while none can exceed this
 
 
 class ConditionedHistogram:
@@ -36,8 +37,11 @@ class ConditionedHistogram:
         groups: G, image groups for the sums (image-level inference, see :mod:`probe.analysis`).
         binning: a calibrated :class:`~probe.stats.binning.Binning` (then ``lo``/``hi`` are unused).
 
-    Fitted state: ``counts_`` int64 ``[K, C, bins]``; ``sums_`` float64 ``[G, K, C]`` (of the gate in
-    (0, 1)) and ``pixels_`` int64 ``[G, K]``, per image group.
+    Fitted state: ``counts_`` ``[K, C, bins]``, int32 while the pixels counted per channel
+    (``seen_``, known on the host: every pixel is in one condition and one bin) cannot overflow
+    one, then int64 (saved as int64 either way; int32 halves the memory the per-batch counts
+    touch); ``sums_`` float64 ``[G, K, C]`` (of the gate in (0, 1)) and ``pixels_`` int64 ``[G, K]``,
+    per image group.
     """
 
     def __init__(self, channels: int, conditions: int, bins: int = 256, lo: Tensor | float = -12.0,
@@ -48,7 +52,8 @@ class ConditionedHistogram:
                              f"for a histogram of {channels} x {bins}")
         self.channels, self.conditions, self.bins, self.groups = channels, conditions, bins, groups
         device = self.binning.knots.device
-        self.counts_ = torch.zeros(conditions, channels, bins, dtype=torch.int64, device=device)
+        self.counts_ = torch.zeros(conditions, channels, bins, dtype=torch.int32, device=device)
+        self.seen_ = 0  # pixels counted into each channel so far (every count is at most this)
         self.sums_ = torch.zeros(groups, conditions, channels, dtype=torch.float64, device=device)
         self.pixels_ = torch.zeros(groups, conditions, dtype=torch.int64, device=device)
 
@@ -64,6 +69,12 @@ class ConditionedHistogram:
         """``[C, bins + 1]`` edges on each channel's logit axis (the outer ones stand for +-infinity)."""
         return self.binning.edges()
 
+    def before_add(self, pixels: int) -> None:
+        """Before ``pixels`` more pixels per channel are counted: int64 counts once they could overflow an int32."""
+        self.seen_ += int(pixels)
+        if self.counts_.dtype == torch.int32 and self.seen_ > INT32_SAFE:
+            self.counts_ = self.counts_.long()
+
     def add_sums(self, sums: Tensor, pixels: Tensor, group: Tensor) -> None:
         """Per-image gate ``sums`` ``[B, K, C]`` and ``pixels`` ``[B, K]`` into image groups ``group`` ``[B]``
         (the counts were added in place by :func:`probe.stats.native.accumulate_gate_batch`)."""
@@ -76,13 +87,14 @@ class ConditionedHistogram:
                 self.channels, self.conditions, self.bins, self.groups) or other.binning != self.binning:
             raise RunError("cannot merge histograms of different shapes or binning (were the shards "
                            "calibrated on the same images?)")
-        self.counts_ += other.counts_
+        self.before_add(other.seen_)
+        self.counts_ += other.counts_.to(self.counts_.dtype)
         self.sums_ += other.sums_
         self.pixels_ += other.pixels_
         return self
 
     def state_dict(self) -> dict:
-        return {"counts": self.counts_, "sums": self.sums_, "pixels": self.pixels_,
+        return {"counts": self.counts_.long(), "sums": self.sums_, "pixels": self.pixels_,
                 "config": torch.tensor([self.channels, self.conditions, self.bins, self.groups], device="cpu"),
                 **self.binning.state_dict()}
 
@@ -91,6 +103,7 @@ class ConditionedHistogram:
         channels, conditions, bins, groups = (int(v) for v in state["config"])
         hist = cls(channels, conditions, bins, groups=groups, binning=Binning.from_state(state, channels, bins))
         hist.counts_, hist.sums_, hist.pixels_ = state["counts"].clone(), state["sums"].clone(), state["pixels"].clone()
+        hist.seen_ = int(hist.counts_[:, 0].sum()) if hist.counts_.numel() else 0  # channel 0's pixels: every channel's
         return hist
 
 
@@ -141,7 +154,6 @@ def cell_layout(binning: Binning, cells: int) -> Tensor:
     return torch.cat([bulk[:-1], upper]).to(binning.knots.device)
 
 
-INT32_SAFE = 2 ** 31 - 1
 DENSE_SLOTS = 1024  # groups x labels up to this: (group, label) sums allocated densely up front
 
 

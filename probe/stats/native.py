@@ -77,8 +77,8 @@ def accumulate_gate_batch(logits: Tensor, binning: Binning, *,
     """Accumulate one batch of a gated layer's counts in place.
 
     ``logits`` float32 ``[B, C, N]`` (or ``[B, C, h, w]``) binned by ``binning`` (``C`` channels, ``bins``).
-    Regions (if ``region`` ``[B, N]`` in ``[0, n_regions)`` is given): ``region_counts`` int64
-    ``[R, C, bins]`` += 1 per pixel at ``[region, c, bin]``. Labels (if ``label`` int ``[B, N]`` in
+    Regions (if ``region`` ``[B, N]`` in ``[0, n_regions)`` is given): ``region_counts`` int32 or int64
+    ``[R, C, bins]`` += 1 per pixel at ``[region, c, bin]`` (the caller keeps int32 counts from overflowing). Labels (if ``label`` int ``[B, N]`` in
     ``[-1, n_present)`` is given; -1: ignored pixel): for each labelled pixel ``cell_counts`` and
     ``cell_moments`` (both int32 or both int64, ``[L, C, cells]``) get 1 and ``offset_of_bin[c, bin]``
     at ``[label_rows[label], c, cell_of_bin[c, bin]]``, and ``total`` int64 ``[C, bins]`` gets 1 at
@@ -107,7 +107,7 @@ def accumulate_gate_batch(logits: Tensor, binning: Binning, *,
     if region is not None:
         r = int(n_regions)
         region = _ids(region, "region", b, n, 0, r, check_ids)
-        _in_place(region_counts, "region_counts", (torch.int64,), (r, c, bins))
+        _in_place(region_counts, "region_counts", _INTS, (r, c, bins))
     if label is not None:
         p = int(n_present)
         label = _ids(label, "label", b, n, -1, p, check_ids)
@@ -184,12 +184,12 @@ def _torch(logits, binning, region, region_counts, r, label, p, label_rows, cell
         # one count of (region, label slot, bin), when it is no larger than two per pixel (as the kernel)
         slot = region.to(itype) * (p + 1) + label.to(itype) + 1
         joint = _count((flat + (slot * block).unsqueeze(1)).reshape(-1), r * (p + 1) * block).view(r, p + 1, c, bins)
-        region_counts += joint.sum(1)
+        region_counts += joint.sum(1).to(region_counts.dtype)
         fine = joint.sum(0)[1:]
     else:
         if region is not None:
             index = flat + (region.to(itype) * block).unsqueeze(1)
-            region_counts += _count(index.reshape(-1), r * block).view(r, c, bins)
+            region_counts += _count(index.reshape(-1), r * block).view(r, c, bins).to(region_counts.dtype)
         if labelled:
             index = flat + ((label.to(itype) + 1) * block).unsqueeze(1)  # block 0: the ignored pixels, dropped
             fine = _count(index.reshape(-1), (p + 1) * block).view(p + 1, c, bins)[1:]

@@ -111,14 +111,14 @@ const BinRow bin_row = pick_bin_row();
 // between binning and counting.
 constexpr int64_t ROW_CHUNK = 4096;
 
-template <typename cell_t>
+template <typename cell_t, typename region_t>
 bool accumulate(const at::Tensor& logits,                          // float32 [B, C, N]
                 const at::Tensor& inner,                            // float32 [C, S - 1] inner knots
                 const at::Tensor& base, const at::Tensor& scale,    // float32 [C, S] per segment
                 const at::Tensor& start,                            // float32 [C, S]
                 int64_t bins,                                       // K
                 const std::optional<at::Tensor>& region,            // int32 [B, N] in [0, R)
-                const std::optional<at::Tensor>& region_counts,     // int64 [R, C, K] += 1
+                const std::optional<at::Tensor>& region_counts,     // region_t [R, C, K] += 1
                 const std::optional<at::Tensor>& label,             // int32 [B, N] in [-1, P)
                 const std::optional<at::Tensor>& label_rows,        // int64 [P] in [0, L)
                 const std::optional<at::Tensor>& cell_of_bin,       // int64 [C, K] in [0, cells)
@@ -143,7 +143,7 @@ bool accumulate(const at::Tensor& logits,                          // float32 [B
   const float* st = start.data_ptr<float>();
   const int32_t* reg_all = has_region ? region->data_ptr<int32_t>() : nullptr;
   const int32_t* lab_all = has_label ? label->data_ptr<int32_t>() : nullptr;
-  int64_t* rc = has_region ? region_counts->data_ptr<int64_t>() : nullptr;
+  region_t* rc = has_region ? region_counts->data_ptr<region_t>() : nullptr;
   const int64_t* rows = has_label ? label_rows->data_ptr<int64_t>() : nullptr;
   const int64_t* cob = has_label ? cell_of_bin->data_ptr<int64_t>() : nullptr;
   const int64_t* oob = has_label ? offset_of_bin->data_ptr<int64_t>() : nullptr;
@@ -172,6 +172,13 @@ bool accumulate(const at::Tensor& logits,                          // float32 [B
   const int64_t RJ = with_regions ? R : 1, QJ = Q;  // the joint fine histogram's [RJ, QJ, K]
   const bool own_regions = has_region && !with_regions;  // the regions' own scratch [R, K]
   const int64_t chunk = std::min<int64_t>(N, ROW_CHUNK);
+  // Per pixel, once for every channel: its label slot, and the offset of its (region, label slot)
+  // block in the joint fine histogram (0.87 of the time of computing them per channel).
+  std::vector<int32_t> pixel_slot(has_label ? B * N : 0), joint_offset(joint ? B * N : 0);
+  for (int64_t i = 0; i < (has_label ? B * N : 0); ++i) pixel_slot[i] = lab_all[i] + 1;
+  for (int64_t i = 0; i < (joint ? B * N : 0); ++i) {
+    joint_offset[i] = static_cast<int32_t>(((with_regions ? reg_all[i] * QJ : 0) + pixel_slot[i]) * bins);
+  }
   struct Scratch {
     std::vector<int32_t> bin, fine, regions;
     std::vector<int64_t> n_cell, m_cell, total;
@@ -183,7 +190,7 @@ bool accumulate(const at::Tensor& logits,                          // float32 [B
   auto count_channel = [&](int64_t c, Scratch& w, auto sign) {
     constexpr int64_t delta = decltype(sign)::value;
     int32_t* bin = w.bin.data();
-    int64_t* rc_c = has_region ? rc + c * bins : nullptr;
+    region_t* rc_c = has_region ? rc + c * bins : nullptr;
     int64_t* tot_c = has_label ? tot + c * bins : nullptr;
     const int64_t* cob_c = has_label ? cob + c * bins : nullptr;
     const int64_t* oob_c = has_label ? oob + c * bins : nullptr;
@@ -213,25 +220,32 @@ bool accumulate(const at::Tensor& logits,                          // float32 [B
         }
         const int32_t* reg = has_region ? reg_all + b * N + from : nullptr;
         const int32_t* lab = has_label ? lab_all + b * N + from : nullptr;
-        if (with_regions) {
-          for (int64_t p = 0; p < n; ++p) fine[(reg[p] * QJ + lab[p] + 1) * bins + bin[p]] += 1;
-        } else {
-          if (own_regions) {
-            for (int64_t p = 0; p < n; ++p) own[reg[p] * bins + bin[p]] += 1;
+        const int32_t* slot = has_label ? pixel_slot.data() + b * N + from : nullptr;
+        if (own_regions) {
+          for (int64_t p = 0; p < n; ++p) own[reg[p] * bins + bin[p]] += 1;
+        }
+        if (joint && ranks) {  // one loop: each pixel's bin read once for its count and its rank
+          const int32_t* js = joint_offset.data() + b * N + from;
+          for (int64_t p = 0; p < n; ++p) {
+            const int32_t k = bin[p];
+            fine[js[p] + k] += 1;
+            r_sum[(p & 3) * Q + slot[p]] += rt_c[k];
           }
-          if (joint) {
-            for (int64_t p = 0; p < n; ++p) fine[(lab[p] + 1) * bins + bin[p]] += 1;
-          } else if (has_label) {
-            for (int64_t p = 0; p < n; ++p) {
-              const int64_t slot = (lab[p] + 1) * cells + cob_c[bin[p]];
-              n_cell[slot] += 1;
-              if (moments) m_cell[slot] += oob_c[bin[p]];  // all offsets 0 (cells = fine bins): skipped
-              lab_total[bin[p]] += lab[p] >= 0;
-            }
+          continue;
+        }
+        if (joint) {
+          const int32_t* js = joint_offset.data() + b * N + from;
+          for (int64_t p = 0; p < n; ++p) fine[js[p] + bin[p]] += 1;
+        } else if (has_label) {
+          for (int64_t p = 0; p < n; ++p) {
+            const int64_t cell = slot[p] * cells + cob_c[bin[p]];
+            n_cell[cell] += 1;
+            if (moments) m_cell[cell] += oob_c[bin[p]];  // all offsets 0 (cells = fine bins): skipped
+            lab_total[bin[p]] += lab[p] >= 0;
           }
         }
         if (ranks) {
-          for (int64_t p = 0; p < n; ++p) r_sum[(p & 3) * Q + lab[p] + 1] += rt_c[bin[p]];
+          for (int64_t p = 0; p < n; ++p) r_sum[(p & 3) * Q + slot[p]] += rt_c[bin[p]];
         }
       }
       if (ranks) {
@@ -242,9 +256,9 @@ bool accumulate(const at::Tensor& logits,                          // float32 [B
     }
     // add the scratch to the outputs
     for (int64_t r = 0; r < (own_regions ? R : 0); ++r) {
-      int64_t* out = rc_c + r * block;
+      region_t* out = rc_c + r * block;
       const int32_t* f = own + r * bins;
-      for (int64_t j = 0; j < bins; ++j) out[j] += delta * f[j];
+      for (int64_t j = 0; j < bins; ++j) out[j] += static_cast<region_t>(delta * f[j]);
     }
     if (!joint) {
       for (int64_t l = 1; l < (has_label ? Q : 0); ++l) {
@@ -259,10 +273,10 @@ bool accumulate(const at::Tensor& logits,                          // float32 [B
       return true;
     }
     for (int64_t r = 0; r < (with_regions ? R : 0); ++r) {
-      int64_t* out = rc_c + r * block;
+      region_t* out = rc_c + r * block;
       for (int64_t q = 0; q < QJ; ++q) {
         const int32_t* f = fine + (r * QJ + q) * bins;
-        for (int64_t j = 0; j < bins; ++j) out[j] += delta * f[j];
+        for (int64_t j = 0; j < bins; ++j) out[j] += static_cast<region_t>(delta * f[j]);
       }
     }
     int64_t* n = w.n_cell.data();  // [K]: one label's fine counts, summed over the regions
@@ -344,12 +358,17 @@ bool accumulate_gate_batch(const at::Tensor& logits, const at::Tensor& inner, co
   }
   TORCH_CHECK(logits.is_contiguous() && inner.is_contiguous() && base.is_contiguous() && scale.is_contiguous() &&
               start.is_contiguous(), "every tensor must be contiguous");
-  if (cell_counts.has_value() && cell_counts->scalar_type() == at::kInt) {
-    return accumulate<int32_t>(logits, inner, base, scale, start, bins, region, region_counts, label, label_rows,
-                               cell_of_bin, offset_of_bin, cell_counts, cell_moments, total, rank_table, rank_sums);
-  }
-  return accumulate<int64_t>(logits, inner, base, scale, start, bins, region, region_counts, label, label_rows,
-                             cell_of_bin, offset_of_bin, cell_counts, cell_moments, total, rank_table, rank_sums);
+  // int32 or int64 cell arrays (both the same) and region counts: the caller keeps them int32 while no
+  // count can overflow one (half the memory traffic of the read-off), int64 after
+  const bool cells32 = cell_counts.has_value() && cell_counts->scalar_type() == at::kInt;
+  const bool regions32 = region_counts.has_value() && region_counts->scalar_type() == at::kInt;
+  auto run = [&](auto cell_type, auto region_type) {
+    return accumulate<decltype(cell_type), decltype(region_type)>(
+        logits, inner, base, scale, start, bins, region, region_counts, label, label_rows, cell_of_bin, offset_of_bin,
+        cell_counts, cell_moments, total, rank_table, rank_sums);
+  };
+  if (cells32) return regions32 ? run(int32_t{}, int32_t{}) : run(int32_t{}, int64_t{});
+  return regions32 ? run(int64_t{}, int32_t{}) : run(int64_t{}, int64_t{});
 }
 
 }  // namespace
