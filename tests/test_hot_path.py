@@ -14,7 +14,7 @@ from probe.stats import histograms, joint
 from probe.stats.binning import Binning
 from probe.stats.histograms import ConditionedHistogram
 from probe.stats.joint import JointTrivialCounts
-from probe.stats.layer_stats import SYMMETRIC_GRAM, ChannelMoments, _gram
+from probe.stats.layer_stats import SYMMETRIC_GRAM, _gram
 from probe.stats.native import accumulate_gate_batch
 from probe.stats.regions import BORDER, FAR, HOLE_PLAIN, HOLE_SKETCH
 
@@ -78,36 +78,13 @@ def test_regions_labels_and_trivial_features_equal_the_pooling_operators(size):
 
 
 @pytest.mark.parametrize("channels", [5, SYMMETRIC_GRAM - 1, SYMMETRIC_GRAM, 96, 97])
-@pytest.mark.parametrize("extra", [0, 7])
-def test_gram_and_row_products_equal_the_float64_products(channels, extra):
-    x = torch.randn(3, channels + extra, 300, generator=torch.Generator().manual_seed(channels))
-    gram, rows = _gram(x, channels)
-    maps = x[:, :channels].double()
-    assert gram.dtype == torch.float64
-    assert channels < SYMMETRIC_GRAM or torch.equal(gram, gram.T)  # one block is the other's transpose
-    torch.testing.assert_close(gram, torch.einsum("bcn,bdn->cd", maps, maps), rtol=1e-5, atol=1e-3)
-    assert rows.shape == (3, extra, channels)
-    torch.testing.assert_close(rows.double(), torch.einsum("bkn,bcn->bkc", x[:, channels:].double(), maps),
-                               rtol=1e-5, atol=1e-3)
-
-
-@pytest.mark.parametrize("channels", [6, 96])
-def test_moments_with_rows_give_each_rows_sums_and_the_same_moments(channels):
-    """The gate sums by region and label that come out of the co-moment's product: against float64
-    sums over each one-hot row's pixels, for gates near saturation (centred sums plus the mean)."""
-    g = torch.Generator().manual_seed(5)
-    gates = torch.sigmoid(torch.randn(4, channels, 500, generator=g) * 3 + 4)
-    ids = torch.randint(-1, 5, (4, 500), generator=g)
-    rows = (ids.unsqueeze(1) == torch.arange(5).view(1, 5, 1)).float()  # [B, 5, N], -1: in no row
-    with_rows, plain = ChannelMoments(channels), ChannelMoments(channels)
-    sums = with_rows.add(gates, rows=rows, row_pixels=rows.sum(2).long())
-    plain.add(gates)
-    expected = torch.einsum("bkn,bcn->bkc", rows.double(), gates.double())
-    assert sums.dtype == torch.float64
-    torch.testing.assert_close(sums, expected, rtol=1e-6, atol=1e-5)
-    torch.testing.assert_close(with_rows.comoment_, plain.comoment_, rtol=1e-5, atol=1e-6)
-    centred = gates.double() - gates.double().mean((0, 2)).view(1, -1, 1)
-    torch.testing.assert_close(with_rows.comoment_, torch.einsum("bcn,bdn->cd", centred, centred), rtol=1e-4, atol=1e-4)
+def test_gram_equals_the_float64_products(channels):
+    x = torch.randn(3, channels, 300, generator=torch.Generator().manual_seed(channels))
+    got = _gram(x)
+    expected = torch.einsum("bcn,bdn->cd", x.double(), x.double())
+    assert got.dtype == torch.float64
+    assert channels < SYMMETRIC_GRAM or torch.equal(got, got.T)  # one block is the other's transpose
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-3)
 
 
 def test_joint_counts_dense_and_sparse_hold_the_same_keys(monkeypatch):

@@ -84,7 +84,7 @@ def _migrate_partial(state: dict) -> dict:
 
 class ChannelMoments:
     """Count, mean ``[C]`` and co-moment ``[C, C]`` of channel maps over pixels, merged with Chan et
-    al.'s stable pairwise formula (each image is centred on its own mean before its products are
+    al.'s stable pairwise formula (each batch is centred on its own mean before its products are
     summed). The covariance ``comoment_ / n_`` gives the effective number of distinct maps."""
 
     def __init__(self, channels: int, device: torch.device | str | None = None):
@@ -101,32 +101,14 @@ class ChannelMoments:
         self.mean_ += delta * (n / total)
         self.n_ = total
 
-    def add(self, maps: Tensor, rows: Tensor | None = None, row_pixels: Tensor | None = None) -> Tensor | None:
-        """Accumulate ``maps`` ``[B, C, h, w]`` (or ``[B, C, N]``). Each image is centred on its own
-        channel means, and the spread of those means is added in float64 (Chan et al.'s merge, image
-        by image). With ``rows`` float32 ``[B, K, N]`` (the one-hot rows of regions and labels) and
-        their pixel counts ``row_pixels`` ``[B, K]``, also returns float64 ``[B, K, C]``: each image's
-        sum of each map over each row's pixels, from the same matrix product as the co-moment (the
-        rows stacked under the centred maps, then the image's mean times the pixels added back):
-        one product instead of a second, narrow one that reads the maps again. An image's sums
-        depend on that image alone, not on the batch it came in."""
+    def add(self, maps: Tensor, channel_sum: Tensor | None = None) -> None:
+        """Accumulate ``maps`` ``[B, C, h, w]`` (``channel_sum`` ``[C]``, its sum, when known already)."""
         b, c = maps.shape[:2]
         flat = maps.reshape(b, c, -1).float()
-        pixels = flat.shape[2]
-        image_mean = flat.sum(2).double() / pixels  # [B, C]
-        centre = image_mean.float()
-        k = 0 if rows is None else rows.shape[1]
-        stacked = torch.empty(b, c + k, pixels, dtype=torch.float32, device=flat.device)
-        torch.sub(flat, centre.unsqueeze(2), out=stacked[:, :c])
-        if k:
-            stacked[:, c:] = rows
-        gram, row_sums = _gram(stacked, c)
-        mean = image_mean.mean(0)
-        spread = image_mean - mean  # [B, C]: between the images
-        self.merge_parts(b * pixels, mean, gram + (spread.T @ spread) * pixels)
-        if not k:
-            return None
-        return row_sums.double() + centre.double().unsqueeze(1) * row_pixels.double().unsqueeze(2)
+        n = flat.shape[0] * flat.shape[2]
+        mean = (flat.sum((0, 2)) if channel_sum is None else channel_sum).double() / n
+        centred = flat - mean.float().view(1, c, 1)
+        self.merge_parts(n, mean, _gram(centred))
 
     def merge(self, other: "ChannelMoments") -> None:
         self.merge_parts(other.n_, other.mean_, other.comoment_)
@@ -142,25 +124,20 @@ class ChannelMoments:
 SYMMETRIC_GRAM = 64  # from this many channels the Gram matrix is computed as three blocks of its four
 
 
-def _gram(x: Tensor, channels: int | None = None) -> tuple[Tensor, Tensor]:
-    """The products of ``x`` ``[B, C + K, N]``'s first ``channels`` = C rows (all rows by default)
-    with themselves and with the other K rows: float64 ``[C, C]`` ``sum_b x[b, :C] @ x[b, :C].T`` and
-    float32 ``[B, K, C]`` ``x[b, C:] @ x[b, :C].T`` (float32 products). From ``SYMMETRIC_GRAM``
-    channels on, the upper right block of the first is the transpose of the lower left one instead
-    of a product of its own: 3/4 of the multiply-adds, 0.80-0.85 of the time at 96 channels on the
-    CPU (below 64 channels the smaller products are no faster)."""
-    c = x.shape[1] if channels is None else channels
+def _gram(x: Tensor) -> Tensor:
+    """float64 ``[C, C]``: ``sum_b x[b] @ x[b].T`` of ``x`` ``[B, C, N]`` (float32 products). From
+    ``SYMMETRIC_GRAM`` channels on, the upper right block is the transpose of the lower left one
+    instead of a product of its own: 3/4 of the multiply-adds, 0.80-0.85 of the time at 96 channels
+    on the CPU (below 64 channels the smaller products are no faster)."""
+    c = x.shape[1]
     if c < SYMMETRIC_GRAM:
-        products = torch.bmm(x, x[:, :c].transpose(1, 2))  # [B, C + K, C]
-        return products[:, :c].sum(0).double(), products[:, c:]
+        return torch.bmm(x, x.transpose(1, 2)).sum(0).double()
     h = c // 2
-    left = torch.bmm(x, x[:, :h].transpose(1, 2))  # [B, C + K, h]: both left blocks and the rows' first h
-    right = torch.bmm(x[:, h:], x[:, h:c].transpose(1, 2))  # [B, C - h + K, C - h]
     out = torch.empty(c, c, dtype=torch.float64, device=x.device)
-    out[:, :h] = left[:, :c].sum(0)
-    out[h:, h:] = right[:, :c - h].sum(0)
+    out[:, :h] = torch.bmm(x, x[:, :h].transpose(1, 2)).sum(0)  # [C, h]: both left blocks
+    out[h:, h:] = torch.bmm(x[:, h:], x[:, h:].transpose(1, 2)).sum(0)
     out[:h, h:] = out[h:, :h].T
-    return out, torch.cat([left[:, c:], right[:, c - h:]], dim=2)
+    return out
 
 
 class GatedLayerStats:
@@ -176,10 +153,8 @@ class GatedLayerStats:
 
     One batch costs one pass over the logits that bins them (regions and labels share the
     binning) and counts them by region and present label
-    (:func:`probe.stats.native.accumulate_gate_batch`), and one matrix product of the centred gates
-    with themselves (the covariance) and with the region/label one-hot rows (every gate sum) stacked
-    under them (:meth:`ChannelMoments.add`; above ``DENSE_LABELS`` classes the sums are a product of
-    their own, :meth:`LayerConditions.sums`). After the IoU pass ``iou`` holds
+    (:func:`probe.stats.native.accumulate_gate_batch`), one ``bmm`` with the joint region/label
+    one-hot for every gate sum, and one ``bmm`` for the covariance. After the IoU pass ``iou`` holds
     its exact counts (:class:`IouCounts`; None without them)."""
 
     def __init__(self, site, n_labels: int, bins: int, groups: int, lo: Tensor | float = -12.0,
@@ -213,17 +188,11 @@ class GatedLayerStats:
                                           n_regions=len(REGIONS), region_counts=self.regions.counts_,
                                           rank_table=self.rank_table, check_ids=False, nonfinite=ctx.nonfinite,
                                           **self.labels.targets(cond.compact, cond.present))
-        flat = gates.reshape(b, c, h * w)
-        if cond.dense:  # the gate sums join the co-moment's matrix product (the one-hot has the same rows every batch)
-            sums = self.moments.add(flat, rows=cond.onehot_t,
-                                    row_pixels=torch.cat([cond.region_pixels, cond.label_pixels], dim=1))
-            region_sums, label_sums = sums[:, :len(REGIONS)], sums[:, len(REGIONS):]
-        else:
-            region_sums, label_sums = cond.sums(flat)
-            self.moments.add(flat)
+        region_sums, label_sums = cond.sums(gates.reshape(b, c, h * w))
         self.regions.add_sums(region_sums, cond.region_pixels, ctx.group)
         if len(cond.present):
             self.labels.add_sums(cond.present, ctx.group, label_sums, cond.label_pixels, rank_sums)
+        self.moments.add(gates, channel_sum=region_sums.sum((0, 1)))  # every pixel is in one region
         if getattr(self.site, "binned", "logit") == "gate":
             low, high = torch.aminmax(gates)
             self.gate_range_ = torch.stack([self.gate_range_[0].minimum(low.double()),
