@@ -44,9 +44,7 @@ class BatchContext:
         key = ("regions", size)
         if key not in self._cache:
             hole = self.hole_at(size)
-            sketch = self.sketch > 0 if tuple(self.sketch.shape[-2:]) == tuple(size) else \
-                F.adaptive_max_pool2d(self.sketch, size) > 0
-            sketch &= hole
+            sketch = (_area_max(self.sketch, size) > 0) & hole
             near = _dilate(hole, self.border)
             # sketch implies hole implies near: from FAR, one step down to the next region for each that holds
             self._cache[key] = (FAR - (FAR - BORDER) * near.to(torch.int64) - (BORDER - HOLE_PLAIN) * hole.to(torch.int64)
@@ -106,33 +104,37 @@ def _area_mean(x: Tensor, size: tuple[int, int]) -> Tensor:
     return x if tuple(x.shape[-2:]) == tuple(size) else F.adaptive_avg_pool2d(x, size)
 
 
-def _dilate(mask: Tensor, radius: int) -> Tensor:
-    """bool ``[B, 1, h, w]``: the cells within Chebyshev distance ``radius`` of a True cell of
-    ``mask`` (a ``2 * radius + 1`` square max filter, done as two 1-D passes of shifted ORs: a
-    tenth of the time of ``max_pool2d`` on the CPU)."""
-    out = mask
-    for dim in (-2, -1):
-        src, out = out, out.clone()
-        size = src.shape[dim]
-        for d in range(1, min(radius, size - 1) + 1):
-            out.narrow(dim, d, size - d).logical_or_(src.narrow(dim, 0, size - d))
-            out.narrow(dim, 0, size - d).logical_or_(src.narrow(dim, d, size - d))
-    return out
+def _area_max(x: Tensor, size: tuple[int, int]) -> Tensor:
+    """``x`` ``[B, C, H, W]``'s maximum over the cells of ``size`` (adaptive max pooling; ``x`` itself at its own size)."""
+    return x if tuple(x.shape[-2:]) == tuple(size) else F.adaptive_max_pool2d(x, size)
 
 
-def _box_mean3(x: Tensor) -> Tensor:
-    """The mean of each cell's 3x3 neighbourhood inside the map (cells past the border are not
-    counted), ``x`` ``[B, C, h, w]``: ``avg_pool2d(x, 3, 1, 1, count_include_pad=False)`` as two
-    1-D passes of shifted adds, a fifth of its time on the CPU."""
+def _with_neighbours(x: Tensor, radius: int, combine) -> Tensor:
+    """``x`` ``[..., h, w]`` combined with its shifts by 1 .. ``radius`` cells up and down, then left
+    and right (``combine(a, b)`` updates ``a`` in place, e.g. ``Tensor.add_``); cells past the border
+    are left out. Two 1-D passes of whole-tensor operations: on the CPU a fifth to a tenth of the
+    time of the 2-D pooling that computes the same."""
     out = x
     for dim in (-2, -1):
         src, out = out, out.clone()
         size = src.shape[dim]
-        if size > 1:
-            out.narrow(dim, 1, size - 1).add_(src.narrow(dim, 0, size - 1))
-            out.narrow(dim, 0, size - 1).add_(src.narrow(dim, 1, size - 1))
+        for d in range(1, min(radius, size - 1) + 1):
+            combine(out.narrow(dim, d, size - d), src.narrow(dim, 0, size - d))
+            combine(out.narrow(dim, 0, size - d), src.narrow(dim, d, size - d))
+    return out
+
+
+def _dilate(mask: Tensor, radius: int) -> Tensor:
+    """bool ``[B, 1, h, w]``: the cells within Chebyshev distance ``radius`` of a True cell of
+    ``mask`` (``max_pool2d`` of size ``2 * radius + 1``)."""
+    return _with_neighbours(mask, radius, Tensor.logical_or_)
+
+
+def _box_mean3(x: Tensor) -> Tensor:
+    """The mean of each cell's 3x3 neighbourhood inside the map, ``x`` ``[B, C, h, w]``
+    (``avg_pool2d(x, 3, 1, 1, count_include_pad=False)``)."""
     h, w = x.shape[-2:]
-    count = torch.full((h, w), 9.0, dtype=x.dtype, device=x.device)
+    count = torch.full((h, w), 9.0, dtype=x.dtype, device=x.device)  # 6 on an edge, 4 in a corner
     count[[0, -1]] /= 1.5 if h > 1 else 3.0
     count[:, [0, -1]] /= 1.5 if w > 1 else 3.0
-    return out / count
+    return _with_neighbours(x, 1, Tensor.add_) / count
