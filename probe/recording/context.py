@@ -134,7 +134,13 @@ def _box_mean3(x: Tensor) -> Tensor:
     """The mean of each cell's 3x3 neighbourhood inside the map, ``x`` ``[B, C, h, w]``
     (``avg_pool2d(x, 3, 1, 1, count_include_pad=False)``)."""
     h, w = x.shape[-2:]
-    count = torch.full((h, w), 9.0, dtype=x.dtype, device=x.device)  # 6 on an edge, 4 in a corner
-    count[[0, -1]] /= 1.5 if h > 1 else 3.0
-    count[:, [0, -1]] /= 1.5 if w > 1 else 3.0
+    count = _inside(h, x).unsqueeze(1) * _inside(w, x)  # [h, w]: 9 inside, 6 on an edge, 4 in a corner
     return _with_neighbours(x, 1, Tensor.add_) / count
+
+
+def _inside(size: int, like: Tensor) -> Tensor:
+    """``[size]``: how many of the cells ``i - 1, i, i + 1`` lie in ``0 .. size - 1`` (dtype and device of ``like``)."""
+    count = torch.full((size,), 3.0, dtype=like.dtype, device=like.device)
+    count[0] -= 1
+    count[-1] -= 1
+    return count
