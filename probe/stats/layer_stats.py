@@ -127,8 +127,8 @@ SYMMETRIC_GRAM = 64  # from this many channels the Gram matrix is computed as th
 def _gram(x: Tensor) -> Tensor:
     """float64 ``[C, C]``: ``sum_b x[b] @ x[b].T`` of ``x`` ``[B, C, N]`` (float32 products). From
     ``SYMMETRIC_GRAM`` channels on, the upper right block is the transpose of the lower left one
-    instead of a product of its own: 3/4 of the multiply-adds, 0.80-0.85 of the time at 96 channels
-    on the CPU (below 64 channels the smaller products are no faster)."""
+    instead of a product of its own: 3/4 of the multiply-adds, 0.85-0.88 of the time at 96 channels
+    on the CPU at one thread (below 64 channels the smaller products are no faster)."""
     c = x.shape[1]
     if c < SYMMETRIC_GRAM:
         return torch.bmm(x, x.transpose(1, 2)).sum(0).double()

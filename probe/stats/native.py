@@ -77,10 +77,11 @@ def accumulate_gate_batch(logits: Tensor, binning: Binning, *,
     """Accumulate one batch of a gated layer's counts in place.
 
     ``logits`` float32 ``[B, C, N]`` (or ``[B, C, h, w]``) binned by ``binning`` (``C`` channels, ``bins``).
-    Regions (if ``region`` ``[B, N]`` in ``[0, n_regions)`` is given): ``region_counts`` int32 or int64
-    ``[R, C, bins]`` += 1 per pixel at ``[region, c, bin]`` (the caller keeps int32 counts from overflowing). Labels (if ``label`` int ``[B, N]`` in
-    ``[-1, n_present)`` is given; -1: ignored pixel): for each labelled pixel ``cell_counts`` and
-    ``cell_moments`` (both int32 or both int64, ``[L, C, cells]``) get 1 and ``offset_of_bin[c, bin]``
+    Regions (if ``region`` ``[B, N]`` in ``[0, n_regions)`` is given): ``region_counts`` int32 or
+    int64 ``[R, C, bins]`` += 1 per pixel at ``[region, c, bin]`` (the caller keeps int32 counts
+    from overflowing). Labels (if ``label`` int ``[B, N]`` in ``[-1, n_present)`` is given; -1:
+    ignored pixel): for each labelled pixel ``cell_counts`` and ``cell_moments`` (both int32 or
+    both int64, ``[L, C, cells]``) get 1 and ``offset_of_bin[c, bin]``
     at ``[label_rows[label], c, cell_of_bin[c, bin]]``, and ``total`` int64 ``[C, bins]`` gets 1 at
     ``[c, bin]``. With ``rank_table`` float64 ``[C, bins]`` (and labels) it returns float64
     ``[B, P, C]``: the sum of ``rank_table[c, bin]`` over each image's pixels of each present label

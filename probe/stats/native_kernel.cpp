@@ -173,7 +173,8 @@ bool accumulate(const at::Tensor& logits,                          // float32 [B
   const bool own_regions = has_region && !with_regions;  // the regions' own scratch [R, K]
   const int64_t chunk = std::min<int64_t>(N, ROW_CHUNK);
   // Per pixel, once for every channel: its label slot, and the offset of its (region, label slot)
-  // block in the joint fine histogram (0.87 of the time of computing them per channel).
+  // block in the joint fine histogram (with the count and the rank sum in one loop below: 0.86 of
+  // the kernel's time of computing them per channel, in two loops).
   std::vector<int32_t> pixel_slot(has_label ? B * N : 0), joint_offset(joint ? B * N : 0);
   for (int64_t i = 0; i < (has_label ? B * N : 0); ++i) pixel_slot[i] = lab_all[i] + 1;
   for (int64_t i = 0; i < (joint ? B * N : 0); ++i) {
@@ -221,11 +222,11 @@ bool accumulate(const at::Tensor& logits,                          // float32 [B
         const int32_t* reg = has_region ? reg_all + b * N + from : nullptr;
         const int32_t* lab = has_label ? lab_all + b * N + from : nullptr;
         const int32_t* slot = has_label ? pixel_slot.data() + b * N + from : nullptr;
+        const int32_t* js = joint ? joint_offset.data() + b * N + from : nullptr;
         if (own_regions) {
           for (int64_t p = 0; p < n; ++p) own[reg[p] * bins + bin[p]] += 1;
         }
         if (joint && ranks) {  // one loop: each pixel's bin read once for its count and its rank
-          const int32_t* js = joint_offset.data() + b * N + from;
           for (int64_t p = 0; p < n; ++p) {
             const int32_t k = bin[p];
             fine[js[p] + k] += 1;
@@ -234,7 +235,6 @@ bool accumulate(const at::Tensor& logits,                          // float32 [B
           continue;
         }
         if (joint) {
-          const int32_t* js = joint_offset.data() + b * N + from;
           for (int64_t p = 0; p < n; ++p) fine[js[p] + bin[p]] += 1;
         } else if (has_label) {
           for (int64_t p = 0; p < n; ++p) {
