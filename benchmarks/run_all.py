@@ -16,6 +16,7 @@ import labels_scaling  # noqa: E402
 import memory  # noqa: E402
 import record_overhead  # noqa: E402
 import report_speed  # noqa: E402
+import stats_cost  # noqa: E402
 from common import print_table  # noqa: E402
 
 
@@ -24,6 +25,7 @@ def main() -> None:
           f"python {platform.python_version()}")
     rows = []
     rows += record_overhead.main([])
+    rows += stats_cost.main([])
     rows += anchors.main([])
     figures = accuracy.main([])
     rows += [{"benchmark": f"accuracy: {k}", "median": v, "min": v, "max": v,

@@ -1,10 +1,11 @@
-"""The memory benchmark's own harness can fail (issue 14).
+"""The benchmarks' own harnesses can fail (issue 14; stats_cost.py, issue 28).
 
 ``benchmarks/memory.py`` once read ``ru_maxrss``, which a child inherits across fork/vfork + exec
 from its parent: under ``make bench`` both sizes printed the parent's 5096 MB, a ratio of 1.000
 whatever ``record`` did. Its workers now report their own ``VmHWM`` increase over a baseline taken
 after their imports. These tests check that a worker which allocates shows it, one that does not
-shows nothing, and a large parent does not leak into its worker's figure.
+shows nothing, and a large parent does not leak into its worker's figure. ``stats_cost.py`` times
+the statistics replayed from captured layer inputs: they must be the statistics a recording keeps.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 pytestmark = pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="VmHWM needs Linux /proc")
@@ -71,3 +73,39 @@ class _FakeCommon:
     @staticmethod
     def print_table(rows):
         pass
+
+
+@pytest.fixture(scope="module")
+def stats_cost():
+    sys.path.insert(0, str(BENCHMARKS))  # stats_cost imports common
+    spec = importlib.util.spec_from_file_location("bench_stats_cost", BENCHMARKS / "stats_cost.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    yield module
+    sys.path.remove(str(BENCHMARKS))
+
+
+def test_replayed_statistics_equal_recorded_ones(stats_cost):
+    """The statistics replayed from captured layer inputs are those a recording of the same batches
+    keeps (so stats_cost.py times the real work), and the part timers are taken off again."""
+    from common import batches, recorder_for, shipped_or_random
+
+    model, _ = shipped_or_random("scenes-gated", "gated-scenes")
+    data = batches(16, 8)
+    recorded = recorder_for(model)
+    with recorded as recorder:
+        for b in data:
+            recorder.forward(b["image"], b["hole"], b["sketch"], b["labels"], torch.arange(len(b["image"])) % 32)
+    captured = stats_cost.capture(model, data)
+    assert [len(layers) for layers in captured] == [len(recorded.stats)] * len(data)
+    replayed = recorder_for(model)
+    originals = [getattr(owner, name) for owner, name, _ in stats_cost.PARTS]
+    parts = stats_cost.Counter()
+    assert stats_cost.replay(replayed, data, captured, parts) > 0
+    assert [getattr(owner, name) for owner, name, _ in stats_cost.PARTS] == originals
+    assert parts["kernel"] > 0 and parts["covariance"] > 0 and parts["conditions"] > 0
+    for name, stats in recorded.stats.items():
+        mine, theirs = stats.state_dict(), replayed.stats[name].state_dict()
+        assert mine.keys() == theirs.keys()
+        for key in mine:
+            assert torch.equal(mine[key], theirs[key]), (name, key)
