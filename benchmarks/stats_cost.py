@@ -5,11 +5,11 @@ batch; the statistics (``GatedLayerStats.add``) are then replayed on fresh accum
 bare ``inference_mode`` forward is timed on the same batches, at 1 and at ``--threads`` threads,
 interleaved repeat by repeat. Timers around the parts of ``add`` say where the time goes.
 
-Why: ``record_overhead.py`` measures record / bare, where the model's time varies by up to 30%
-between repeats on a shared VM. Without the model, the statistics' own time and their speedup over
-threads (against the model's) are measured more tightly: at one thread ``statistics / bare`` is
-close to what recording adds; at two threads the statistics must also scale as well as the model
-for record / bare to stay where it was at one thread.
+Why: ``record_overhead.py`` measures record / bare as one number, in which the model's time varies
+by up to 30% between repeats on a shared VM. Here the statistics' own time, its parts, and its
+speedup over threads are read apart from the model's (the VM still moves both by about 10% from
+run to run): ``statistics / bare`` is most of what recording adds to a forward, and at two threads
+the statistics must scale as well as the model for record / bare to stay where it was at one.
 
 Run: ``python benchmarks/stats_cost.py [--n 128] [--repeats 5] [--threads 2]``
 """
