@@ -108,36 +108,38 @@ class Binning:
             v += self.start.view(shape)
             v.clamp_(0, self.bins - 1)
             return v.to(torch.int32)
-        per_channel = x.transpose(0, 1).reshape(self.channels, -1)  # [C, B * ...]
-        segment = self.segment(per_channel).long()
-        v = per_channel - self.base.gather(1, segment)
-        v *= self.scale.gather(1, segment)
-        v += self.start.gather(1, segment)
+        values = x.reshape(x.shape[0], self.channels, -1)  # [B, C, M]: no transposed copy (0.6-0.95 of its time)
+        segment = self.segment(values).long()
+        v = values - _lookup(self.base, segment)
+        v *= _lookup(self.scale, segment)
+        v += _lookup(self.start, segment)
         v.clamp_(0, self.bins - 1)
-        return v.to(torch.int32).view(self.channels, x.shape[0], *x.shape[2:]).transpose(0, 1).contiguous()
+        return v.to(torch.int32).view(x.shape)
 
-    def segment(self, per_channel: Tensor) -> Tensor:
-        """uint8 ``[C, M]``: the number of inner knots ``<=`` each value of ``per_channel`` ``[C, M]``
-        (``searchsorted(inner, x, right=True)``) by whole-tensor compares. With ``n >= 8`` inner knots
-        in groups of ``g ~ sqrt(n + 1)``: first the group (one compare per group's last knot), then
-        the knots inside it (``g - 1`` compares with the knots gathered by group; past the last
-        knot NaN, which no value passes, not even +inf). The knots increase, so the count is the
+    def segment(self, values: Tensor) -> Tensor:
+        """uint8 ``[..., C, M]``: the number of inner knots ``<=`` each value of ``values`` ``[..., C, M]``
+        (``searchsorted(inner, x, right=True)`` per channel) by whole-tensor compares. With ``n >= 8``
+        inner knots in groups of ``g ~ sqrt(n + 1)``: first the group (one compare per group's last
+        knot), then the knots inside it (``g - 1`` compares with the knots gathered by group; past the
+        last knot NaN, which no value passes, not even +inf). The knots increase, so the count is the
         group's first index plus the knots passed inside it: the same counts. For the calibrated 17
         knots, 8 compares and 3 gathers instead of 17 compares, 0.66-0.74 of the time from 0.4M to
         1.6M values (one thread). Below 8 knots, one compare per knot."""
         n = self.inner.shape[1]
         if n > 255:
-            return torch.searchsorted(self.inner, per_channel, right=True)
-        count = torch.zeros(per_channel.shape, dtype=torch.uint8, device=per_channel.device)
-        above = torch.empty(per_channel.shape, dtype=torch.bool, device=per_channel.device)
+            per_channel = values.movedim(-2, 0).reshape(self.channels, -1)
+            found = torch.searchsorted(self.inner, per_channel, right=True)
+            return found.view(values.movedim(-2, 0).shape).movedim(0, -2)
+        count = torch.zeros(values.shape, dtype=torch.uint8, device=values.device)
+        above = torch.empty(values.shape, dtype=torch.bool, device=values.device)
         if n < 8:
             for knot in self.inner.unbind(1):
-                count += torch.ge(per_channel, knot.view(-1, 1), out=above)
+                count += torch.ge(values, knot.view(-1, 1), out=above)
             return count
         size = math.isqrt(n + 1)
         groups = (n + size) // size  # group j holds knots j*size .. j*size + size - 1 (its last one: the cut)
         for cut in self.inner[:, size - 1::size].unbind(1):
-            count += torch.ge(per_channel, cut.view(-1, 1), out=above)
+            count += torch.ge(values, cut.view(-1, 1), out=above)
         group = count.long()
         padded = torch.full((self.channels, groups * size), float("nan"), dtype=self.inner.dtype,
                             device=self.inner.device)
@@ -145,7 +147,7 @@ class Binning:
         within = padded.view(self.channels, groups, size)
         count *= size
         for j in range(size - 1):
-            count += torch.ge(per_channel, within[:, :, j].gather(1, group), out=above)
+            count += torch.ge(values, _lookup(within[:, :, j], group), out=above)
         return count
 
     def edges(self) -> Tensor:
@@ -201,6 +203,11 @@ class Binning:
         if "knots" in state:
             return cls(state["knots"], state["starts"], bins)
         return cls.uniform(channels, state["lo"], state["hi"], bins)
+
+
+def _lookup(table: Tensor, index: Tensor) -> Tensor:
+    """``table[c, index[..., c, m]]``: ``table`` ``[C, K]`` read at ``index`` ``[..., C, M]`` (int64)."""
+    return table.expand(*index.shape[:-1], table.shape[1]).gather(-1, index)
 
 
 def has_nan(x: Tensor) -> bool:

@@ -198,7 +198,8 @@ def _torch(logits, binning, region, region_counts, r, label, p, label_rows, cell
         total += fine.sum(0)
         add_cells(cell_counts, cell_moments, label_rows, fine, cell_of_bin, offset_of_bin)
         if rank_sums is not None:  # [B, 1 + P, C]: slot 0 takes the ignored pixels
-            ranks = rank_table.reshape(-1).take(flat.long())  # [B, C, N] (take: half the time of [] on the CPU)
+            # [B, C, N]; index_select takes the int32 indices as they are: 0.3 of take's time with .long() on the CPU
+            ranks = rank_table.reshape(-1).index_select(0, flat.reshape(-1)).view(flat.shape)
             slot = label.long() + 1
             if p < DENSE_RANK_SLOTS:  # one float64 product with the slots' one-hot [B, N, 1 + P]
                 onehot = torch.zeros(b, n, p + 1, dtype=torch.float64, device=device).scatter_(2, slot.unsqueeze(2), 1.0)
