@@ -140,3 +140,22 @@ def test_segment_is_searchsorted_on_knots_one_ulp_below_and_infinities(inner):
     x[:, inner:2 * inner] = torch.nextafter(b.inner, torch.tensor(-np.inf))
     x[:, -2], x[:, -1] = np.inf, -np.inf
     assert torch.equal(b.segment(x).long(), torch.searchsorted(b.inner, x, right=True))
+
+
+@pytest.mark.parametrize("inner", [17, 300])
+def test_bin_of_a_batch_is_the_per_channel_formula(inner):
+    """``Binning.bin`` on ``[B, C, h, w]`` (read in place, no transposed copy) gives each value the
+    bin of the formula on its own channel's row: segment by ``searchsorted``, then ``((x - base) *
+    scale) + start`` in float32 steps, clamped and truncated; also past 255 knots (searchsorted)."""
+    g = torch.Generator().manual_seed(inner)
+    channels, bins = 3, 4 * (inner + 1)
+    knots = torch.sort(torch.randn(channels, inner + 2, generator=g) * 3, 1).values.float().double()
+    b = Binning(knots, torch.arange(inner + 2).expand(channels, -1) * 4, bins)
+    x = torch.randn(5, channels, 6, 7, generator=g) * 4
+    got = b.bin(x)
+    for c in range(channels):
+        row = x[:, c].reshape(-1)
+        s = torch.searchsorted(b.inner[c], row, right=True)
+        v = ((row - b.base[c, s]) * b.scale[c, s]) + b.start[c, s]
+        expected = v.clamp(0, bins - 1).to(torch.int32).view(5, 6, 7)
+        assert torch.equal(got[:, c], expected)
