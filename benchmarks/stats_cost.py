@@ -23,6 +23,7 @@ from contextlib import contextmanager
 
 import torch
 from common import batches, print_table, recorder_for, shipped_or_random, timed, torch_threads
+from record_overhead import bare, recorded
 
 import probe.recording.context as context
 import probe.stats.histograms as histograms
@@ -63,20 +64,22 @@ def part_timers(seconds: Counter):
 
 
 def capture(model, data: list[dict]) -> list[list[tuple]]:
-    """Per batch, every gated layer's ``(name, logits, gates)`` in the order the forward pass met them."""
+    """Per batch, every gated layer's ``(name, logits, gates)`` in the order the forward pass met them
+    (a batch starts where the layers see a new batch context)."""
     captured: list[list[tuple]] = []
+    contexts: list = []
     add = layer_stats.GatedLayerStats.add
 
     def keep(stats, logits, gates, ctx):
+        if not contexts or contexts[-1] is not ctx:
+            contexts.append(ctx)
+            captured.append([])
         captured[-1].append((stats.site.name, logits.clone(), gates.clone()))
         return add(stats, logits, gates, ctx)
 
     layer_stats.GatedLayerStats.add = keep
     try:
-        with recorder_for(model) as recorder:
-            for b in data:
-                captured.append([])
-                recorder.forward(b["image"], b["hole"], b["sketch"], b["labels"], torch.arange(len(b["image"])) % 32)
+        recorded(recorder_for(model), model, data)
     finally:
         layer_stats.GatedLayerStats.add = add
     return captured
@@ -87,7 +90,8 @@ def replay(recorder, data: list[dict], captured: list[list[tuple]], parts: Count
     def run():
         with torch.inference_mode():
             for b, layers in zip(data, captured):
-                ctx = BatchContext(b["hole"], b["sketch"], b["labels"], torch.arange(len(b["image"])) % 32,
+                sketch = b["sketch"] if getattr(recorder.model, "accepts_sketch", False) else None  # as recorded()
+                ctx = BatchContext(b["hole"], sketch, b["labels"], torch.arange(len(b["image"])) % 32,
                                    recorder.n_labels, recorder.border, image=b["image"])
                 for name, logits, gates in layers:
                     recorder.stats[name].add(logits, gates, ctx)
@@ -96,12 +100,6 @@ def replay(recorder, data: list[dict], captured: list[list[tuple]], parts: Count
         return timed(run)
     with part_timers(parts):
         return timed(run)
-
-
-def bare(model, data: list[dict]) -> None:
-    with torch.inference_mode():
-        for b in data:
-            model(b["image"], b["hole"], b["sketch"])
 
 
 def main(argv=None) -> list[dict]:

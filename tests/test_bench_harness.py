@@ -89,13 +89,12 @@ def test_replayed_statistics_equal_recorded_ones(stats_cost):
     """The statistics replayed from captured layer inputs are those a recording of the same batches
     keeps (so stats_cost.py times the real work), and the part timers are taken off again."""
     from common import batches, recorder_for, shipped_or_random
+    from record_overhead import recorded as record
 
     model, _ = shipped_or_random("scenes-gated", "gated-scenes")
     data = batches(16, 8)
     recorded = recorder_for(model)
-    with recorded as recorder:
-        for b in data:
-            recorder.forward(b["image"], b["hole"], b["sketch"], b["labels"], torch.arange(len(b["image"])) % 32)
+    record(recorded, model, data)
     captured = stats_cost.capture(model, data)
     assert [len(layers) for layers in captured] == [len(recorded.stats)] * len(data)
     replayed = recorder_for(model)
