@@ -159,3 +159,11 @@ def test_bin_of_a_batch_is_the_per_channel_formula(inner):
         v = ((row - b.base[c, s]) * b.scale[c, s]) + b.start[c, s]
         expected = v.clamp(0, bins - 1).to(torch.int32).view(5, 6, 7)
         assert torch.equal(got[:, c], expected)
+
+
+def test_bin_refuses_values_of_another_channel_count():
+    """Values whose channel axis does not match the binning would be reshaped into the wrong rows."""
+    b = Binning.uniform(3, -1.0, 1.0, 8)
+    with pytest.raises(ValueError, match=r"3 channels cannot bin values of shape \[2, 6, 4\]"):
+        b.bin(torch.zeros(2, 6, 4))
+    assert b.bin(torch.zeros(2, 3, 4)).shape == (2, 3, 4)

@@ -99,6 +99,9 @@ class Binning:
     def bin(self, x: Tensor, check_nan: bool = True) -> Tensor:
         """int32 bin ``[B, C, ...]`` of each value of ``x`` ``[B, C, ...]`` (float32; NaN refused unless
         the caller has dealt with it: ``check_nan=False`` reads no device value)."""
+        if x.dim() < 2 or x.shape[1] != self.channels:
+            raise ValueError(f"a binning of {self.channels} channels cannot bin values of shape {list(x.shape)} "
+                             f"(expected [B, {self.channels}, ...])")
         if check_nan and has_nan(x):
             raise NumericalError("NaN gate values while recording; check the model's weights and inputs")
         if self.segments == 1:
