@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from probe.recording.context import BatchContext, _box_mean3, _dilate
-from probe.stats import histograms, joint
+from probe.stats import histograms, joint, native_build
 from probe.stats.binning import Binning
 from probe.stats.histograms import ConditionedHistogram
 from probe.stats.joint import JointTrivialCounts
@@ -85,6 +85,29 @@ def test_gram_equals_the_float64_products(channels):
     assert got.dtype == torch.float64
     assert channels < SYMMETRIC_GRAM or torch.equal(got, got.T)  # one block is the other's transpose
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-3)
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1), (2, 2, 7), (3, 5, 300), (16, 24, 256), (2, 97, 300), (1, 12, 5000),
+                                   (3, 4, 0)])
+def test_kernel_gram_equals_the_float64_centred_products(shape):
+    """The C++ kernel's lower-triangle Gram, centred as it reads, against numpy in float64: channel
+    counts that are not a multiple of its 3x3 tiles, pixel counts that are not a multiple of its 8
+    lanes, blocks of several images (16 x 256) and of parts of one image (5,000 pixels), no pixels.
+    Values far from 0 with a small spread (gates near 1): the centring is what keeps the error
+    small, as in the torch product of the centred copy."""
+    if not native_build.native_available() or not native_build.kernel_module().fast_gram():
+        pytest.skip("no C++ kernel, or a CPU without AVX2 and FMA (the torch product runs there)")
+    b, c, n = shape
+    g = torch.Generator().manual_seed(c * 1000 + n)
+    x = 0.9 + 0.05 * torch.rand(b, c, n, generator=g) + 0.02 * torch.randn(1, c, 1, generator=g)
+    mean = x.double().mean((0, 2)) if n else torch.zeros(c, dtype=torch.float64)
+    got = native_build.kernel_module().centred_gram(x, mean.float())
+    centred = x.double().numpy() - mean.float().double().numpy()[None, :, None]
+    expected = np.einsum("bcn,bdn->cd", centred, centred)
+    assert got.dtype == torch.float64 and torch.equal(got, got.T)
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5, atol=1e-6 * max(1.0, float(np.abs(expected).max())))
+    if n:  # the same as the torch path within float32 products
+        torch.testing.assert_close(got, _gram(x - mean.float().view(1, c, 1)), rtol=1e-4, atol=1e-4)
 
 
 def test_joint_counts_dense_and_sparse_hold_the_same_keys(monkeypatch):

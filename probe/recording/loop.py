@@ -127,9 +127,10 @@ def record(model: nn.Module, data, out: str | Path, n: int | None = None, *, set
     if resumed is None:
         check_new_run_dir(out, overwrite)  # refuse before the calibration pass, not after it
     check_memory(sites, len(data.classes), settings, tuple(data[0]["image"].shape[-2:]))
-    gated = any(site.kind == "gated" for site in sites)  # their statistics use the C++ kernel on the CPU
-    if gated:  # not built yet: built during the calibration pass, and the estimate counts what it still needs
-        native_build.start_background_build(device)
+    # every layer's statistics use the C++ kernel on the CPU (gated: the counts and the covariance, partial:
+    # the mask covariance): not built yet, it is built during the calibration pass, and the estimate counts
+    # what it still needs
+    native_build.start_background_build(device)
     began = time.perf_counter()
     recorder = build_recorder(model, sites, data, n, settings, device)
     per_image = (time.perf_counter() - began) / min(n, settings.calibration)
@@ -139,7 +140,7 @@ def record(model: nn.Module, data, out: str | Path, n: int | None = None, *, set
         iou_start = resumed["progress"]["iou_position"] or positions.start
     iou_layers = pass_layers(recorder.stats, settings.iou_pass)
     iou_images = positions.stop - iou_start if iou_layers else 0
-    build = native_build.pending_build_seconds(device) if gated else 0.0
+    build = native_build.pending_build_seconds(device)
     estimate = time_estimate(per_image, positions.stop - start, iou_images) + build
     if progress:
         print(estimate_line(positions.stop - start, per_image, build, iou_images), file=sys.stderr, flush=True)
