@@ -184,7 +184,7 @@ bool accumulate(const at::Tensor& logits,                          // float32 [B
     joint_offset[i] = static_cast<int32_t>(((with_regions ? reg_all[i] * QJ : 0) + pixel_slot[i]) * bins);
   }
   struct Scratch {
-    std::vector<int32_t> bin, fine, regions;
+    std::vector<int32_t> bin, fine, regions, fine_sum;
     std::vector<int64_t> n_cell, m_cell, total;
     std::vector<double> r_sum;
   };
@@ -282,23 +282,24 @@ bool accumulate(const at::Tensor& logits,                          // float32 [B
         for (int64_t j = 0; j < bins; ++j) out[j] += static_cast<region_t>(delta * f[j]);
       }
     }
-    int64_t* n = w.n_cell.data();  // [K]: one label's fine counts, summed over the regions
+    // int32 sums of this batch's counts (at most B * N each), widened into the int64 outputs once
+    int32_t* __restrict n = w.fine_sum.data();  // [K]: one label's fine counts, summed over the regions
+    int32_t* __restrict labelled = w.fine_sum.data() + bins;  // [K]: every label's, for `total`
+    std::fill(labelled, labelled + bins, 0);
     for (int64_t l = 1; l < Q; ++l) {
-      cell_t* cc_l = cc + (rows[l - 1] * C + c) * cells;
+      cell_t* __restrict cc_l = cc + (rows[l - 1] * C + c) * cells;
+      const int32_t* __restrict f = fine + l * bins;
       if (RJ == 1 && identity) {  // one cell per fine bin (offsets 0), one region block: plain vector adds
-        const int32_t* f = fine + l * bins;
-        for (int64_t j = 0; j < bins; ++j) {
-          tot_c[j] += delta * f[j];
-          cc_l[j] += static_cast<cell_t>(delta * f[j]);
-        }
+        for (int64_t j = 0; j < bins; ++j) cc_l[j] += static_cast<cell_t>(delta * f[j]);
+        for (int64_t j = 0; j < bins; ++j) labelled[j] += f[j];
         continue;
       }
-      std::fill(n, n + bins, 0);
-      for (int64_t r = 0; r < RJ; ++r) {
-        const int32_t* f = fine + (r * QJ + l) * bins;
-        for (int64_t j = 0; j < bins; ++j) n[j] += f[j];
+      std::copy(f, f + bins, n);
+      for (int64_t r = 1; r < RJ; ++r) {
+        const int32_t* __restrict g = fine + (r * QJ + l) * bins;
+        for (int64_t j = 0; j < bins; ++j) n[j] += g[j];
       }
-      for (int64_t j = 0; j < bins; ++j) tot_c[j] += delta * n[j];
+      for (int64_t j = 0; j < bins; ++j) labelled[j] += n[j];
       if (identity) {
         for (int64_t j = 0; j < bins; ++j) cc_l[j] += static_cast<cell_t>(delta * n[j]);
         continue;
@@ -309,14 +310,16 @@ bool accumulate(const at::Tensor& logits,                          // float32 [B
         cm_l[cob_c[j]] += static_cast<cell_t>(delta * n[j] * oob_c[j]);
       }
     }
+    for (int64_t j = 0; j < bins; ++j) tot_c[j] += delta * labelled[j];
     return true;
   };
   auto scratch = [&]() {
     Scratch w;
     w.bin.resize(chunk);
     w.fine.resize(joint ? RJ * QJ * bins : 0);
+    w.fine_sum.resize(joint ? 2 * bins : 0);
     w.regions.resize(own_regions ? R * bins : 0);
-    w.n_cell.resize(has_label ? (joint ? bins : Q * cells) : 0);
+    w.n_cell.resize(has_label && !joint ? Q * cells : 0);
     w.m_cell.resize(has_label && !joint ? Q * cells : 0);
     w.total.resize(has_label && !joint ? bins : 0);
     w.r_sum.resize(has_rank ? 4 * Q : 0);
