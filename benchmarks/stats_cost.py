@@ -10,6 +10,7 @@ by up to 30% between repeats on a shared VM. Here the statistics' own time, its 
 speedup over threads are read apart from the model's (the VM still moves both by about 10% from
 run to run): ``statistics / bare`` is most of what recording adds to a forward, and at two threads
 the statistics must scale as well as the model for record / bare to stay where it was at one.
+Last, the covariance's product alone: the C++ kernel's ``centred_gram`` over the torch product.
 
 Run: ``python benchmarks/stats_cost.py [--n 128] [--repeats 5] [--threads 2]``
 """
@@ -139,7 +140,39 @@ def main(argv=None) -> list[dict]:
         speedups = [a / b for a, b in zip(values[1], values[args.threads])]
         rows.append({"benchmark": f"speedup 1 -> {args.threads} threads: {label}",
                      "median": statistics.median(speedups), "min": min(speedups), "max": max(speedups), "target": ""})
+    rows += gram_rows(captured[0], counts, args.repeats)
     print_table(rows)
+    return rows
+
+
+def gram_rows(layers: list[tuple], counts: tuple, repeats: int) -> list[dict]:
+    """The covariance's product on one batch of every layer's gates: the C++ kernel's
+    ``centred_gram`` against the torch product of the centred copy (``_gram``), interleaved call by
+    call at each thread count; one row per thread count: the ratio of the medians summed over the
+    layers, and the smallest and largest layer's. None where the kernel's product does not run (no
+    kernel, no AVX2 and FMA)."""
+    if not layer_stats.fast_gram(torch.device("cpu")):
+        return []
+    kernel = layer_stats.kernel_module()
+    rows = []
+    for t in counts:
+        torch_threads(t)
+        totals, ratios = {"kernel": 0.0, "torch": 0.0}, []
+        for _, _, gates in layers:
+            flat = gates.flatten(2)
+            mean = flat.double().mean((0, 2)).float()
+            calls = {"kernel": lambda: kernel.centred_gram(flat, mean),
+                     "torch": lambda: layer_stats._gram(flat - mean.view(1, -1, 1))}
+            seconds = {name: [] for name in calls}
+            for _ in range(4 * repeats):
+                for name, call in calls.items():
+                    seconds[name].append(timed(call))
+            medians = {name: statistics.median(seconds[name]) for name in calls}
+            ratios.append(medians["kernel"] / medians["torch"])
+            for name in calls:
+                totals[name] += medians[name]
+        rows.append({"benchmark": f"covariance product, kernel / torch, {t} thread(s)",
+                     "median": totals["kernel"] / totals["torch"], "min": min(ratios), "max": max(ratios), "target": ""})
     return rows
 
 

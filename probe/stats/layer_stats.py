@@ -127,12 +127,18 @@ SYMMETRIC_GRAM = 64  # from this many channels the Gram matrix is computed as th
 def centred_gram(x: Tensor, mean: Tensor) -> Tensor:
     """float64 ``[C, C]``: ``sum_b (x[b] - mean) @ (x[b] - mean).T`` of ``x`` float32 ``[B, C, N]``
     about ``mean`` float32 ``[C]``. On the CPU with the C++ kernel and AVX2 + FMA it is the kernel's
-    ``centred_gram``: the lower triangle only, centred as it reads (0.57-0.62 of the time of the
-    centred copy and :func:`_gram` on ``scenes-gated``'s gates, ``benchmarks/stats_cost.py``);
-    elsewhere :func:`_gram` of the centred copy."""
-    if path(x.device) == "native" and kernel_module().fast_gram():
+    ``centred_gram``: the lower triangle only, centred as it reads (0.65 of the time of the centred
+    copy and :func:`_gram` at one thread, 0.73 at two, on one batch of ``scenes-gated``'s gates:
+    ``benchmarks/stats_cost.py``); elsewhere :func:`_gram` of the centred copy."""
+    if fast_gram(x.device):
         return kernel_module().centred_gram(x.contiguous(), mean.contiguous())
     return _gram(x - mean.view(1, -1, 1))
+
+
+def fast_gram(device: torch.device) -> bool:
+    """Whether the C++ kernel's ``centred_gram`` runs for tensors on ``device``: the CPU, the kernel
+    built, and a CPU with AVX2 and FMA."""
+    return path(device) == "native" and kernel_module().fast_gram()
 
 
 def _gram(x: Tensor) -> Tensor:

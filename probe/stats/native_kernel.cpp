@@ -1,7 +1,7 @@
 // One pass over a gated layer's logit map: bin every logit and count it into the region histogram
-// and the label cells, and sum a per-bin rank by image and label (the gate sums are a matrix
-// product, in Python). Also the centred Gram matrix of a batch of channel maps (`centred_gram`, for
-// the channel covariance; its torch reference is probe.stats.layer_stats._gram). The reference with the
+// and the label cells, and sum a per-bin rank by image and label. Also two products over the pixels
+// of a batch of channel maps (at the end): their centred Gram matrix (`centred_gram`, the channel
+// covariance; the gate sums by region and label are a matrix product, in Python). The reference with the
 // same semantics, the argument checks and the build flags (-O3 -ffp-contract=off -fopenmp) are in
 // probe/stats/native.py. Shapes: B images, C channels, N pixels, K bins, R regions, P present labels,
 // L label rows, `cells` cells per channel; every tensor is contiguous.
@@ -380,77 +380,66 @@ bool accumulate_gate_batch(const at::Tensor& logits, const at::Tensor& inner, co
 
 // ---------------------------------------------------------------------------------------------- Gram
 // out[i, j] = sum over images b and pixels p of (x[b, i, p] - mean[i]) (x[b, j, p] - mean[j]), float64
-// [C, C], for x float32 [B, C, N]. Only the lower triangle is computed (about half the multiply-adds
-// of a full product), in tiles of 3 x 3 channels: 9 accumulators of 8 pixels each, fed by 6 loads
-// and 6 centring subtractions per 9 multiply-adds. The pixels are taken in blocks of about
-// GRAM_BLOCK_FLOATS floats of every channel row (so that the rows stay in the cache while each tile
-// reads them), summed in float32 within a block (fewer than 2 * GRAM_SPAN_MAX pixels, 512 a lane)
-// and in float64 across blocks. AVX2 and FMA only: `fast_gram()` says whether this CPU has them (else the
-// caller uses its torch product).
-constexpr int64_t GRAM_TILE = 3;
-constexpr int64_t GRAM_BLOCK_FLOATS = 32768;
-constexpr int64_t GRAM_SPAN_MAX = 2048;
+// [C, C], for x float32 [B, C, N] (the channel covariance; torch reference:
+// probe.stats.layer_stats._gram). Only the tiles of 3 x 3 channels on and below the diagonal: about
+// half the multiply-adds of a full product. A tile has 9 accumulators of 8 pixels each, fed by 6
+// loads and 6 centring subtractions per 9 multiply-adds. The pixels are taken in blocks of about
+// BLOCK_FLOATS floats of every channel row, from one or more images, so that the rows stay in the
+// cache while each tile reads them; summed in float32 within a block (fewer than 2 * SPAN_MAX
+// pixels, 512 a lane) and in float64 across blocks. AVX2 and FMA only: `fast_gram()` says
+// whether this CPU has them (else the caller uses its torch product).
+constexpr int64_t TILE = 3;
+constexpr int64_t BLOCK_FLOATS = 32768;
+constexpr int64_t SPAN_MAX = 2048;
 
 struct Segment {
-  int64_t offset, n;  // pixels [offset, offset + n) of one image: channel row i starts at x + offset + i * N
+  int64_t offset, n;  // pixels [offset, offset + n) of the tile's rows
 };
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-// Add the tiles [first, last) of one block of segments to their float64 accumulators acc[tile][9][8].
-__attribute__((target("avx2,fma"))) void gram_tiles(const float* x, int64_t C, int64_t N, const float* mean,
-                                                    const std::vector<Segment>& block, const int32_t* tile_i,
-                                                    const int32_t* tile_j, int64_t first, int64_t last,
-                                                    double* acc) {
-  for (int64_t t = first; t < last; ++t) {
-    int64_t ri[3], rj[3];  // the tile's rows (repeated past the last channel; those entries are not read off)
-    __m256 mi[3], mj[3];
-    for (int u = 0; u < 3; ++u) {
-      ri[u] = std::min<int64_t>(tile_i[t] * GRAM_TILE + u, C - 1);
-      rj[u] = std::min<int64_t>(tile_j[t] * GRAM_TILE + u, C - 1);
-      mi[u] = _mm256_set1_ps(mean[ri[u]]);
-      mj[u] = _mm256_set1_ps(mean[rj[u]]);
+// acc[u * 3 + v][lane] (float64 [9][8]) += sum over the segments of (a[u][p] - ma[u]) (b[v][p] - mb[v]).
+__attribute__((target("avx2,fma"))) void tile_products(const float* const a[3], const float* const b[3],
+                                                       const float ma[3], const float mb[3], const Segment* segments,
+                                                       int64_t n_segments, double* acc) {
+  const __m256 ma0 = _mm256_set1_ps(ma[0]), ma1 = _mm256_set1_ps(ma[1]), ma2 = _mm256_set1_ps(ma[2]);
+  const __m256 mb0 = _mm256_set1_ps(mb[0]), mb1 = _mm256_set1_ps(mb[1]), mb2 = _mm256_set1_ps(mb[2]);
+  __m256 c00 = _mm256_setzero_ps(), c01 = c00, c02 = c00, c10 = c00, c11 = c00, c12 = c00, c20 = c00, c21 = c00,
+         c22 = c00;
+  float tail[9] = {0};
+  for (int64_t s = 0; s < n_segments; ++s) {
+    const int64_t o = segments[s].offset, n = segments[s].n, n8 = n / 8 * 8;
+    const float *a0 = a[0] + o, *a1 = a[1] + o, *a2 = a[2] + o, *b0 = b[0] + o, *b1 = b[1] + o, *b2 = b[2] + o;
+    for (int64_t p = 0; p < n8; p += 8) {
+      const __m256 x0 = _mm256_sub_ps(_mm256_loadu_ps(a0 + p), ma0);
+      const __m256 x1 = _mm256_sub_ps(_mm256_loadu_ps(a1 + p), ma1);
+      const __m256 x2 = _mm256_sub_ps(_mm256_loadu_ps(a2 + p), ma2);
+      __m256 y = _mm256_sub_ps(_mm256_loadu_ps(b0 + p), mb0);
+      c00 = _mm256_fmadd_ps(x0, y, c00);
+      c10 = _mm256_fmadd_ps(x1, y, c10);
+      c20 = _mm256_fmadd_ps(x2, y, c20);
+      y = _mm256_sub_ps(_mm256_loadu_ps(b1 + p), mb1);
+      c01 = _mm256_fmadd_ps(x0, y, c01);
+      c11 = _mm256_fmadd_ps(x1, y, c11);
+      c21 = _mm256_fmadd_ps(x2, y, c21);
+      y = _mm256_sub_ps(_mm256_loadu_ps(b2 + p), mb2);
+      c02 = _mm256_fmadd_ps(x0, y, c02);
+      c12 = _mm256_fmadd_ps(x1, y, c12);
+      c22 = _mm256_fmadd_ps(x2, y, c22);
     }
-    __m256 c00 = _mm256_setzero_ps(), c01 = c00, c02 = c00, c10 = c00, c11 = c00, c12 = c00, c20 = c00, c21 = c00,
-           c22 = c00;
-    float tail[9] = {0};
-    for (const Segment& seg : block) {
-      const float* base = x + seg.offset;
-      const float *xi0 = base + ri[0] * N, *xi1 = base + ri[1] * N, *xi2 = base + ri[2] * N;
-      const float *xj0 = base + rj[0] * N, *xj1 = base + rj[1] * N, *xj2 = base + rj[2] * N;
-      const int64_t n8 = seg.n / 8 * 8;
-      for (int64_t p = 0; p < n8; p += 8) {
-        const __m256 a0 = _mm256_sub_ps(_mm256_loadu_ps(xi0 + p), mi[0]);
-        const __m256 a1 = _mm256_sub_ps(_mm256_loadu_ps(xi1 + p), mi[1]);
-        const __m256 a2 = _mm256_sub_ps(_mm256_loadu_ps(xi2 + p), mi[2]);
-        __m256 b = _mm256_sub_ps(_mm256_loadu_ps(xj0 + p), mj[0]);
-        c00 = _mm256_fmadd_ps(a0, b, c00);
-        c10 = _mm256_fmadd_ps(a1, b, c10);
-        c20 = _mm256_fmadd_ps(a2, b, c20);
-        b = _mm256_sub_ps(_mm256_loadu_ps(xj1 + p), mj[1]);
-        c01 = _mm256_fmadd_ps(a0, b, c01);
-        c11 = _mm256_fmadd_ps(a1, b, c11);
-        c21 = _mm256_fmadd_ps(a2, b, c21);
-        b = _mm256_sub_ps(_mm256_loadu_ps(xj2 + p), mj[2]);
-        c02 = _mm256_fmadd_ps(a0, b, c02);
-        c12 = _mm256_fmadd_ps(a1, b, c12);
-        c22 = _mm256_fmadd_ps(a2, b, c22);
-      }
-      const float* xi[3] = {xi0, xi1, xi2};
-      const float* xj[3] = {xj0, xj1, xj2};
-      for (int64_t p = n8; p < seg.n; ++p) {
-        for (int u = 0; u < 3; ++u) {
-          for (int v = 0; v < 3; ++v) tail[u * 3 + v] += (xi[u][p] - mean[ri[u]]) * (xj[v][p] - mean[rj[v]]);
-        }
+    for (int64_t p = n8; p < n; ++p) {
+      for (int u = 0; u < 3; ++u) {
+        for (int v = 0; v < 3; ++v) tail[u * 3 + v] += (a[u][o + p] - ma[u]) * (b[v][o + p] - mb[v]);
       }
     }
-    const __m256 c[9] = {c00, c01, c02, c10, c11, c12, c20, c21, c22};
-    double* a = acc + t * 72;
-    for (int e = 0; e < 9; ++e) {
-      __m256d low = _mm256_cvtps_pd(_mm256_castps256_ps128(c[e])), high = _mm256_cvtps_pd(_mm256_extractf128_ps(c[e], 1));
-      _mm256_storeu_pd(a + e * 8, _mm256_add_pd(_mm256_loadu_pd(a + e * 8), low));
-      _mm256_storeu_pd(a + e * 8 + 4, _mm256_add_pd(_mm256_loadu_pd(a + e * 8 + 4), high));
-      a[e * 8] += tail[e];
-    }
+  }
+  const __m256 c[9] = {c00, c01, c02, c10, c11, c12, c20, c21, c22};
+  for (int e = 0; e < 9; ++e) {
+    double* lanes = acc + e * 8;
+    const __m256d low = _mm256_cvtps_pd(_mm256_castps256_ps128(c[e]));
+    const __m256d high = _mm256_cvtps_pd(_mm256_extractf128_ps(c[e], 1));
+    _mm256_storeu_pd(lanes, _mm256_add_pd(_mm256_loadu_pd(lanes), low));
+    _mm256_storeu_pd(lanes + 4, _mm256_add_pd(_mm256_loadu_pd(lanes + 4), high));
+    lanes[0] += tail[e];
   }
 }
 
@@ -459,21 +448,37 @@ bool fast_gram() {
   return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 }
 #else
-void gram_tiles(const float*, int64_t, int64_t, const float*, const std::vector<Segment>&, const int32_t*,
-                const int32_t*, int64_t, int64_t, double*) {}
+void tile_products(const float* const*, const float* const*, const float*, const float*, const Segment*, int64_t,
+                   double*) {}
 bool fast_gram() { return false; }
 #endif
 
+// The sum of a tile entry's 8 float64 lanes.
+inline double lanes_sum(const double* a) { return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7])); }
+
+// Pixels [0, n) in segments of at most `span` (rows of one image).
+std::vector<Segment> pixel_blocks(int64_t n, int64_t span) {
+  std::vector<Segment> out;
+  for (int64_t from = 0; from < n; from += span) out.push_back({from, std::min(span, n - from)});
+  return out;
+}
+
+void check_maps(const at::Tensor& x, const char* name) {
+  TORCH_CHECK(fast_gram(), "the products need a CPU with AVX2 and FMA (see fast_gram)");
+  TORCH_CHECK(x.dim() == 3 && x.scalar_type() == at::kFloat && x.device().is_cpu() &&
+                  (x.numel() == 0 || ((x.size(2) == 1 || x.stride(2) == 1) && (x.size(1) == 1 || x.stride(1) == x.size(2)))),
+              name, " must be a float32 CPU tensor [B, rows, N] with contiguous rows of N pixels");
+}
+
 at::Tensor centred_gram(const at::Tensor& x, const at::Tensor& mean) {
-  TORCH_CHECK(fast_gram(), "centred_gram needs a CPU with AVX2 and FMA (see fast_gram)");
-  TORCH_CHECK(x.dim() == 3 && x.scalar_type() == at::kFloat && x.is_contiguous() && !x.is_cuda(),
-              "x must be a contiguous float32 CPU tensor [B, C, N]");
+  check_maps(x, "x");
+  TORCH_CHECK(x.is_contiguous(), "x must be contiguous");
   const int64_t B = x.size(0), C = x.size(1), N = x.size(2);
   TORCH_CHECK(mean.scalar_type() == at::kFloat && mean.is_contiguous() && mean.numel() == C,
               "mean must be a contiguous float32 tensor of the C channels");
   auto out = torch::zeros({C, C}, x.options().dtype(at::kDouble));
   if (C == 0 || B * N == 0) return out;
-  const int64_t tiles = (C + GRAM_TILE - 1) / GRAM_TILE;
+  const int64_t tiles = (C + TILE - 1) / TILE;
   std::vector<int32_t> tile_i, tile_j;  // the tiles on and below the diagonal
   for (int32_t i = 0; i < tiles; ++i) {
     for (int32_t j = 0; j <= i; ++j) {
@@ -482,39 +487,50 @@ at::Tensor centred_gram(const at::Tensor& x, const at::Tensor& mean) {
     }
   }
   const int64_t T = static_cast<int64_t>(tile_i.size());
-  const int64_t span = std::clamp<int64_t>(GRAM_BLOCK_FLOATS / C / 8 * 8, 64, GRAM_SPAN_MAX);
-  // segments of one or more images, at least `span` pixels a block (but the last), fewer than 2 * span
+  // blocks of segments of one or more images (offsets from image 0's rows): at least `span` pixels a
+  // block (but the last), fewer than 2 * span
+  const int64_t span = std::clamp<int64_t>(BLOCK_FLOATS / C / 8 * 8, 64, SPAN_MAX);
   std::vector<std::vector<Segment>> blocks(1);
   int64_t filled = 0;
   for (int64_t b = 0; b < B; ++b) {
-    for (int64_t from = 0; from < N; from += span) {
+    for (const Segment& part : pixel_blocks(N, span)) {
       if (filled >= span) {
         blocks.emplace_back();
         filled = 0;
       }
-      const int64_t n = std::min(span, N - from);
-      blocks.back().push_back({b * C * N + from, n});
-      filled += n;
+      blocks.back().push_back({b * C * N + part.offset, part.n});
+      filled += part.n;
     }
   }
   std::vector<double> acc(T * 72, 0.0);
   const float* xp = x.data_ptr<float>();
   const float* mp = mean.data_ptr<float>();
-  // each thread owns a range of tiles (and their accumulators); ~32k multiply-adds a task at least
+  // each thread owns a range of tiles and their accumulators; at least ~32k multiply-adds a task
   const int64_t grain = std::max<int64_t>(1, 32768 / (9 * B * N));
   at::parallel_for(0, T, grain, [&](int64_t first, int64_t last) {
-    for (const auto& block : blocks) gram_tiles(xp, C, N, mp, block, tile_i.data(), tile_j.data(), first, last, acc.data());
+    for (const auto& block : blocks) {
+      for (int64_t t = first; t < last; ++t) {
+        const float* a[3];
+        const float* b[3];
+        float ma[3], mb[3];
+        for (int u = 0; u < 3; ++u) {  // rows past the last channel repeat it; their entries are not read off
+          const int64_t i = std::min<int64_t>(tile_i[t] * TILE + u, C - 1), j = std::min<int64_t>(tile_j[t] * TILE + u, C - 1);
+          a[u] = xp + i * N;
+          b[u] = xp + j * N;
+          ma[u] = mp[i];
+          mb[u] = mp[j];
+        }
+        tile_products(a, b, ma, mb, block.data(), static_cast<int64_t>(block.size()), acc.data() + t * 72);
+      }
+    }
   });
   double* o = out.data_ptr<double>();
   for (int64_t t = 0; t < T; ++t) {
-    for (int64_t u = 0; u < GRAM_TILE; ++u) {
-      for (int64_t v = 0; v < GRAM_TILE; ++v) {
-        const int64_t i = tile_i[t] * GRAM_TILE + u, j = tile_j[t] * GRAM_TILE + v;
+    for (int64_t u = 0; u < TILE; ++u) {
+      for (int64_t v = 0; v < TILE; ++v) {
+        const int64_t i = tile_i[t] * TILE + u, j = tile_j[t] * TILE + v;
         if (i >= C || j > i) continue;
-        const double* a = acc.data() + t * 72 + (u * GRAM_TILE + v) * 8;
-        const double sum = ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
-        o[i * C + j] = sum;
-        o[j * C + i] = sum;
+        o[i * C + j] = o[j * C + i] = lanes_sum(acc.data() + t * 72 + (u * TILE + v) * 8);
       }
     }
   }
