@@ -1,7 +1,7 @@
 // One pass over a gated layer's logit map: bin every logit and count it into the region histogram
-// and the label cells, and sum a per-bin rank by image and label. Also two products over the pixels
-// of a batch of channel maps (at the end): their centred Gram matrix (`centred_gram`, the channel
-// covariance; the gate sums by region and label are a matrix product, in Python). The reference with the
+// and the label cells, and sum a per-bin rank by image and label (the gate sums by region and label
+// are a matrix product, in Python). Also, at the end, the centred Gram matrix of a batch of channel
+// maps (`centred_gram`: the channel covariance). The reference with the
 // same semantics, the argument checks and the build flags (-O3 -ffp-contract=off -fopenmp) are in
 // probe/stats/native.py. Shapes: B images, C channels, N pixels, K bins, R regions, P present labels,
 // L label rows, `cells` cells per channel; every tensor is contiguous.
@@ -456,23 +456,10 @@ bool fast_gram() { return false; }
 // The sum of a tile entry's 8 float64 lanes.
 inline double lanes_sum(const double* a) { return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7])); }
 
-// Pixels [0, n) in segments of at most `span` (rows of one image).
-std::vector<Segment> pixel_blocks(int64_t n, int64_t span) {
-  std::vector<Segment> out;
-  for (int64_t from = 0; from < n; from += span) out.push_back({from, std::min(span, n - from)});
-  return out;
-}
-
-void check_maps(const at::Tensor& x, const char* name) {
-  TORCH_CHECK(fast_gram(), "the products need a CPU with AVX2 and FMA (see fast_gram)");
-  TORCH_CHECK(x.dim() == 3 && x.scalar_type() == at::kFloat && x.device().is_cpu() &&
-                  (x.numel() == 0 || ((x.size(2) == 1 || x.stride(2) == 1) && (x.size(1) == 1 || x.stride(1) == x.size(2)))),
-              name, " must be a float32 CPU tensor [B, rows, N] with contiguous rows of N pixels");
-}
-
 at::Tensor centred_gram(const at::Tensor& x, const at::Tensor& mean) {
-  check_maps(x, "x");
-  TORCH_CHECK(x.is_contiguous(), "x must be contiguous");
+  TORCH_CHECK(fast_gram(), "centred_gram needs a CPU with AVX2 and FMA (see fast_gram)");
+  TORCH_CHECK(x.dim() == 3 && x.scalar_type() == at::kFloat && x.device().is_cpu() && x.is_contiguous(),
+              "x must be a contiguous float32 CPU tensor [B, C, N]");
   const int64_t B = x.size(0), C = x.size(1), N = x.size(2);
   TORCH_CHECK(mean.scalar_type() == at::kFloat && mean.is_contiguous() && mean.numel() == C,
               "mean must be a contiguous float32 tensor of the C channels");
@@ -493,13 +480,14 @@ at::Tensor centred_gram(const at::Tensor& x, const at::Tensor& mean) {
   std::vector<std::vector<Segment>> blocks(1);
   int64_t filled = 0;
   for (int64_t b = 0; b < B; ++b) {
-    for (const Segment& part : pixel_blocks(N, span)) {
+    for (int64_t from = 0; from < N; from += span) {
       if (filled >= span) {
         blocks.emplace_back();
         filled = 0;
       }
-      blocks.back().push_back({b * C * N + part.offset, part.n});
-      filled += part.n;
+      const int64_t n = std::min(span, N - from);
+      blocks.back().push_back({b * C * N + from, n});
+      filled += n;
     }
   }
   std::vector<double> acc(T * 72, 0.0);
