@@ -162,7 +162,7 @@ def gram_rows(layers: list[tuple], counts: tuple, repeats: int) -> list[dict]:
             flat = gates.flatten(2)
             mean = flat.double().mean((0, 2)).float()
             calls = {"kernel": lambda: kernel.centred_gram(flat, mean),
-                     "torch": lambda: layer_stats._gram(flat - mean.view(1, -1, 1))}
+                     "torch": lambda: layer_stats.torch_centred_gram(flat, mean)}
             seconds = {name: [] for name in calls}
             for _ in range(4 * repeats):
                 for name, call in calls.items():

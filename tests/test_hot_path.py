@@ -14,7 +14,7 @@ from probe.stats import histograms, joint, native_build
 from probe.stats.binning import Binning
 from probe.stats.histograms import ConditionedHistogram
 from probe.stats.joint import JointTrivialCounts
-from probe.stats.layer_stats import SYMMETRIC_GRAM, _gram
+from probe.stats.layer_stats import SYMMETRIC_GRAM, _gram, torch_centred_gram
 from probe.stats.native import accumulate_gate_batch
 from probe.stats.regions import BORDER, FAR, HOLE_PLAIN, HOLE_SKETCH
 
@@ -107,7 +107,7 @@ def test_kernel_gram_equals_the_float64_centred_products(shape):
     assert got.dtype == torch.float64 and torch.equal(got, got.T)
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5, atol=1e-6 * max(1.0, float(np.abs(expected).max())))
     if n:  # the same as the torch path within float32 products
-        torch.testing.assert_close(got, _gram(x - mean.float().view(1, c, 1)), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(got, torch_centred_gram(x, mean.float()), rtol=1e-4, atol=1e-4)
 
 
 def test_joint_counts_dense_and_sparse_hold_the_same_keys(monkeypatch):

@@ -132,6 +132,11 @@ def centred_gram(x: Tensor, mean: Tensor) -> Tensor:
     ``benchmarks/stats_cost.py``); elsewhere :func:`_gram` of the centred copy."""
     if fast_gram(x.device):
         return kernel_module().centred_gram(x.contiguous(), mean.contiguous())
+    return torch_centred_gram(x, mean)
+
+
+def torch_centred_gram(x: Tensor, mean: Tensor) -> Tensor:
+    """:func:`centred_gram` by torch: :func:`_gram` of the centred copy (any device)."""
     return _gram(x - mean.view(1, -1, 1))
 
 

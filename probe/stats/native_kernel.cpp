@@ -13,7 +13,9 @@
 
 #include <ATen/Parallel.h>
 
-#include <immintrin.h>
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>  // the Gram's tiles; elsewhere fast_gram() is false and the torch product runs
+#endif
 
 #include <algorithm>
 #include <atomic>
