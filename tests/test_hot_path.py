@@ -88,11 +88,12 @@ def test_gram_equals_the_float64_products(channels):
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 1), (2, 2, 7), (3, 5, 300), (16, 24, 256), (2, 97, 300), (1, 12, 5000),
-                                   (3, 4, 0)])
+                                   (3, 4, 0), (16, 48, 256), (1, 50, 5000)])
 def test_kernel_gram_equals_the_float64_centred_products(shape):
-    """The C++ kernel's lower-triangle Gram, centred as it reads, against numpy in float64: channel
-    counts that are not a multiple of its 3x3 tiles, pixel counts that are not a multiple of its 8
-    lanes, blocks of several images (16 x 256) and of parts of one image (5,000 pixels), no pixels.
+    """The C++ kernel's lower-triangle Gram, centred as it reads (below 48 channels) or from a
+    centred copy of each block (from 48 on), against numpy in float64: channel counts that are not
+    a multiple of its 3x3 or 3x4 tiles, pixel counts that are not a multiple of its 8 lanes, blocks
+    of several images (16 x 256) and of parts of one image (5,000 pixels), no pixels.
     Values far from 0 with a small spread (gates near 1): the centring is what keeps the error
     small, as in the torch product of the centred copy."""
     if not native_build.native_available() or not native_build.kernel_module().fast_gram():

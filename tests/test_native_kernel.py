@@ -420,8 +420,8 @@ def test_is_built_follows_the_cached_library_and_its_age(monkeypatch, tmp_path):
     library = tmp_path / name / f"{name}.so"
     library.write_bytes(b"")
     assert native_build.is_built()
-    old = native_build.SOURCE.stat().st_mtime - 10
-    os.utime(library, (old, old))  # older than the source: loading it would compile
+    old = min(source.stat().st_mtime for source in native_build.SOURCES) - 10
+    os.utime(library, (old, old))  # older than the sources: loading it would compile
     assert not native_build.is_built()
 
 

@@ -39,6 +39,7 @@ import torch
 from torch import Tensor
 
 from ..errors import RunError
+from .native_build import native_module
 
 LEVELS = 4  # per feature
 N_FEATURES = 6  # TRIVIAL_FEATURES of probe.stats.layer_stats, in that order
@@ -51,13 +52,16 @@ DENSE_KEYS = 1 << 25  # off the CPU, up to this many (group, cell, label) keys a
 DENSE_KEYS_CPU = 1 << 21  # on the CPU (16 MB of int64: 32 groups x 4096 cells x 16 labels)
 
 
+def _variance_edges(device) -> Tensor:
+    return torch.tensor(VARIANCE_EDGES, dtype=torch.float32, device=device)
+
+
 def joint_cells(features: Tensor) -> Tensor:
     """int64 ``[B, N]``: the joint cell in ``[0, CELLS)`` of each pixel of ``features``
     ``[B, 6, N]`` (or ``[B, 6, h, w]``; colours, variance, row, column as ``TRIVIAL_FEATURES``)."""
     x = features.flatten(2).float()
     digits = (x * LEVELS).floor_().clamp_(0, LEVELS - 1)  # [B, 6, N], small whole numbers in float32
-    edges = torch.tensor(VARIANCE_EDGES, dtype=torch.float32, device=x.device)
-    digits[:, 3] = torch.bucketize(x[:, 3].contiguous(), edges, right=True)  # the edges at or below it
+    digits[:, 3] = torch.bucketize(x[:, 3].contiguous(), _variance_edges(x.device), right=True)  # edges at or below
     place = LEVELS ** torch.arange(N_FEATURES - 1, -1, -1, dtype=torch.float32, device=x.device)
     return torch.matmul(place, digits).long()  # [B, N], exact: every sum is a whole number below 2**24
 
@@ -79,12 +83,27 @@ class JointTrivialCounts:
         self._pending_n = 0
         self._dense: Tensor | None = None
 
-    def add(self, features: Tensor, labels: Tensor, group: Tensor) -> None:
-        """``features`` ``[B, 6, N]``, ``labels`` ``[B, N]`` int (negative: ignored), ``group`` ``[B]``."""
+    def add(self, features: Tensor, labels: Tensor, group: Tensor, present: Tensor | None = None) -> None:
+        """``features`` ``[B, 6, N]``, ``labels`` ``[B, N]`` int (negative: ignored), ``group`` ``[B]``;
+        with ``present`` ``[P]`` (int64 label ids) ``labels`` are positions in it (a batch's compact
+        labels). On the CPU with the C++ kernel the dense counts are one call (``joint_counts``)."""
+        size = self.groups * CELLS * self.labels
+        dense = size <= (DENSE_KEYS_CPU if features.device.type == "cpu" else DENSE_KEYS)
+        native = native_module(features.device) if dense else None
+        if native is not None:
+            if self._dense is None:
+                self._dense = torch.zeros(size, dtype=torch.int64, device=features.device)
+            ids = torch.arange(self.labels, device=features.device) if present is None else present
+            native.joint_counts(self._dense, features.reshape(len(features), N_FEATURES, -1).float().contiguous(),
+                                labels.to(torch.int32).reshape(len(features), -1).contiguous(), ids.long().contiguous(),
+                                group.long().contiguous(), _variance_edges(features.device), LEVELS, self.labels)
+            return
+        if present is not None:
+            labels = torch.where(labels >= 0, present[labels.long().clamp(min=0)], -1) if len(present) else \
+                torch.full_like(labels, -1, dtype=torch.int64)
         cell = joint_cells(features)
         keys = (group.long().view(-1, 1) * CELLS + cell) * self.labels + labels.long()
-        size = self.groups * CELLS * self.labels
-        if size <= (DENSE_KEYS_CPU if keys.device.type == "cpu" else DENSE_KEYS):
+        if dense:
             if self._dense is None:
                 self._dense = torch.zeros(size, dtype=torch.int64, device=keys.device)
             labelled = labels >= 0

@@ -21,7 +21,7 @@ from .binning import Binning
 from .histograms import INT32_SAFE, ConditionedHistogram, LabelCellHistogram
 from .joint import JointTrivialCounts
 from .native import accumulate_gate_batch
-from .native_build import kernel_module, path
+from .native_build import kernel_module, native_module, path
 from .regions import REGIONS
 
 STATE_VERSION = 8  # 1: PartialLayerStats packed its scalars into one positional tensor (migrated on load);
@@ -230,9 +230,7 @@ class GatedLayerStats:
             self.trivial.before_add(cond.labelled)
             accumulate_gate_batch(features, self.trivial.binning, check_ids=False, nonfinite=ctx.nonfinite,
                                   **self.trivial.targets(cond.compact, cond.present))
-            labels = torch.where(cond.compact >= 0, cond.present[cond.compact.long().clamp(min=0)], -1) \
-                if len(cond.present) else torch.full_like(cond.compact, -1, dtype=torch.int64)
-            self.joint.add(features, labels, ctx.group)
+            self.joint.add(features, cond.compact, ctx.group, present=cond.present)
 
     def merge(self, other: "GatedLayerStats") -> None:
         self.regions.merge(other.regions)
@@ -353,26 +351,40 @@ class LayerConditions:
 def _layer_conditions(ctx, size: tuple[int, int]) -> LayerConditions:
     """:class:`LayerConditions` at ``size``, cached on ``ctx``. Labels are taken at the centre
     pixel of each cell, the rule of :meth:`probe.recording.context.BatchContext.label_ids` (checked
-    against it in the tests)."""
+    against it in the tests). On the CPU with the C++ kernel, one call (``cell_conditions``) computes
+    what :func:`_torch_conditions` does with about fifty small operations, with the same results;
+    it declines hole or sketch masks that are not 0/1 (their area means are torch's)."""
     key = ("gated-layer-conditions", size)
     cache = ctx._cache
     if key not in cache:
-        labels = ctx.labels_at(size)  # [B, N]
-        device = labels.device
-        if ctx.n_labels <= DENSE_LABELS:  # few classes: all of them, every batch
+        device = ctx.labels.device
+        dense = ctx.n_labels <= DENSE_LABELS
+        if dense:  # few classes: all of them, every batch
             present = torch.arange(ctx.n_labels, dtype=torch.int64, device=device)
         else:
-            present = torch.unique(labels)
+            present = torch.unique(ctx.labels_at(size))
             present = present[present >= 0]
         remap = torch.full((ctx.n_labels + 1,), -1, dtype=torch.int64, device=device)
         remap[present + 1] = torch.arange(len(present), dtype=torch.int64, device=device)
-        compact = remap[labels + 1]
-        region = ctx.regions(size).flatten(1)
-        cache[key] = LayerConditions(
-            region.to(torch.int32), present, compact.to(torch.int32), _per_image_counts(region, len(REGIONS)),
-            _per_image_counts(compact, len(present)), compact.numel(), _onehot_rows(region, compact, len(present)),
-            ctx.n_labels <= DENSE_LABELS)
+        native = native_module(device)
+        parts = native.cell_conditions(ctx.hole.float().contiguous(), ctx.sketch.float().contiguous(),
+                                       ctx.labels.long().contiguous(), size[0], size[1], ctx.border, remap,
+                                       len(present)) if native is not None else []
+        region, compact, region_pixels, label_pixels, onehot_t = parts or _torch_conditions(ctx, size, remap, present)
+        cache[key] = LayerConditions(region, present, compact, region_pixels, label_pixels, compact.numel(), onehot_t,
+                                     dense)
     return cache[key]
+
+
+def _torch_conditions(ctx, size: tuple[int, int], remap: Tensor, present: Tensor) -> tuple[Tensor, ...]:
+    """``(region, compact, region_pixels, label_pixels, onehot_t)`` of :class:`LayerConditions` at
+    ``size`` from ``ctx``'s regions and labels at that size (``remap`` ``[n_labels + 1]``: label + 1
+    -> its position in ``present``, -1 for the others)."""
+    labels = ctx.labels_at(size)  # [B, N]
+    compact = remap[labels + 1]
+    region = ctx.regions(size).flatten(1)
+    return (region.to(torch.int32), compact.to(torch.int32), _per_image_counts(region, len(REGIONS)),
+            _per_image_counts(compact, len(present)), _onehot_rows(region, compact, len(present)))
 
 
 class IouCounts:

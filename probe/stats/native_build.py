@@ -1,4 +1,5 @@
-"""Building and loading the C++ statistics kernel (``native_kernel.cpp``) of :mod:`probe.stats.native`.
+"""Building and loading the C++ statistics kernel (``native_kernel.cpp``, with the per-batch work
+around it in ``native_batch.cpp``) of :mod:`probe.stats.native`.
 
 The kernel is compiled with :func:`torch.utils.cpp_extension.load` into torch's extension folder
 (``TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions/py3X_cpu``), under a name keyed by a
@@ -29,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-SOURCE = Path(__file__).with_name("native_kernel.cpp")
+SOURCES = (Path(__file__).with_name("native_kernel.cpp"), Path(__file__).with_name("native_batch.cpp"))
 CFLAGS = ("-O3", "-ffp-contract=off", "-fopenmp")  # no FMA contraction; OpenMP for at::parallel_for
 LDFLAGS = ("-fopenmp",)  # resolves to the libgomp torch has loaded already: one thread pool
 BUILD_SECONDS = 50.0  # expected build time before one was timed on this machine (g++ -O3, 2-core VM: 35-55 s)
@@ -41,11 +42,12 @@ _state: dict = {"tried": False, "module": None, "build_s": None, "said": False, 
 
 # ---------------------------------------------------------------------------------------------- where
 def extension_name() -> str:
-    """The extension's name: a hash of the source, its resolved path, the flags and the torch version.
+    """The extension's name: a hash of the sources, their resolved paths, the flags and the torch version.
 
-    The path is in it because torch writes the source's path into the build's ``build.ninja``: two
+    The paths are in it because torch writes the sources' paths into the build's ``build.ninja``: two
     copies of the package (two clones) under one name would each rebuild the other's build."""
-    key = SOURCE.read_bytes() + repr((str(SOURCE.resolve()), CFLAGS, LDFLAGS, torch.__version__)).encode()
+    key = b"".join(s.read_bytes() for s in SOURCES) + repr(
+        ([str(s.resolve()) for s in SOURCES], CFLAGS, LDFLAGS, torch.__version__)).encode()
     return "gateprobe_stats_" + hashlib.sha256(key).hexdigest()[:12]
 
 
@@ -73,9 +75,10 @@ def library_path() -> Path:
 
 
 def is_built() -> bool:
-    """Whether the cached build is there and not older than the source (loading it compiles nothing)."""
+    """Whether the cached build is there and not older than any source (loading it compiles nothing)."""
     try:
-        return library_path().stat().st_mtime >= SOURCE.stat().st_mtime
+        built = library_path().stat().st_mtime
+        return all(built >= source.stat().st_mtime for source in SOURCES)
     except OSError:
         return False
 
@@ -145,7 +148,7 @@ def _build():
     try:
         with warnings.catch_warnings():  # e.g. the compiler-ABI notice: quiet unless it fails
             warnings.simplefilter("ignore")
-            module = cpp_extension.load(name=extension_name(), sources=[str(SOURCE)], extra_cflags=list(CFLAGS),
+            module = cpp_extension.load(name=extension_name(), sources=[str(s) for s in SOURCES], extra_cflags=list(CFLAGS),
                                         extra_ldflags=list(LDFLAGS), verbose=False)
     finally:
         os.environ["PATH"] = old_path
@@ -268,8 +271,15 @@ def build_seconds() -> float | None:
 
 def path(device: torch.device | str | None = None) -> str:
     """``"native"`` or ``"torch"``: the path :func:`accumulate_gate_batch` takes for tensors on ``device``."""
-    device = torch.device("cpu" if device is None else device)
-    return "native" if device.type == "cpu" and native_available() else "torch"
+    return "native" if native_module(torch.device("cpu" if device is None else device)) is not None else "torch"
+
+
+def native_module(device: torch.device):
+    """The kernel's module when tensors on ``device`` take the native path (:func:`path`), else None:
+    the per-call check of the small operations that have a C++ form (no ``torch.device`` built)."""
+    if device.type != "cpu" or disabled():
+        return None
+    return kernel_module()
 
 
 # ---------------------------------------------------------------------------------------------- command
