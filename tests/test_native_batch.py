@@ -1,6 +1,7 @@
 """The C++ per-batch work (``native_batch.cpp``) against its torch references, bit for bit: the
 conditions at a layer resolution (regions by area mean, sketch by max, border dilation, labels at
-the cell centres, pixel counts, one-hot rows) and the dense joint trivial counts. Sizes include
+the cell centres, pixel counts, one-hot rows), the trivial features and the dense joint trivial
+counts. Sizes include
 non-integer pooling windows, a layer larger than the image, and one-cell maps."""
 from __future__ import annotations
 
@@ -70,6 +71,26 @@ def test_a_label_past_the_classes_is_one_clear_error(kernel):
     ctx.labels[0, 3, 3] = 9
     with pytest.raises(RuntimeError, match="label id 9 is past the 4 classes"):
         kernel.cell_conditions(ctx.hole, ctx.sketch, ctx.labels, 16, 16, 2, remap_of(torch.arange(4), 4), 4)
+
+
+FEATURE_SIZES = [((64, 64), (64, 64)), ((64, 64), (32, 32)), ((64, 64), (16, 16)), ((50, 37), (16, 9)),
+                 ((8, 8), (12, 12)), ((9, 5), (1, 1)), ((16, 16), (1, 16)), ((5, 7), (2, 3))]
+
+
+@pytest.mark.parametrize("image,size", FEATURE_SIZES)
+def test_trivial_features_equal_the_torch_features(kernel, monkeypatch, image, size):
+    """Pooled colours, the 3x3 luminance variance (edges and corners included) and the positions,
+    bit for bit: both then bin and count them the same."""
+    g = torch.Generator().manual_seed(size[0] * 100 + image[1])
+    pixels = torch.rand(3, 3, *image, generator=g)
+    pixels[0, :, :2, :2] = torch.tensor([0.0, 1.0, 0.3]).view(3, 1, 1)  # flat corners: variance near 0 (clamped)
+    native = BatchContext(torch.zeros(3, 1, *image), None, torch.zeros(3, *image, dtype=torch.int64),
+                          torch.arange(3), 2, image=pixels).trivial_features(size)
+    monkeypatch.setenv("GATEPROBE_NATIVE", "0")
+    expected = BatchContext(torch.zeros(3, 1, *image), None, torch.zeros(3, *image, dtype=torch.int64),
+                            torch.arange(3), 2, image=pixels).trivial_features(size)
+    assert native.shape == expected.shape == (3, 6, *size)
+    assert torch.equal(native, expected), (native - expected).abs().amax((0, 2, 3))
 
 
 def features_with_edges(seed: int, b: int = 4, n: int = 300) -> torch.Tensor:

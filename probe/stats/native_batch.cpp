@@ -5,6 +5,8 @@
 // * cell_conditions: a batch's regions and labels brought to one layer resolution, with their pixel
 //   counts and one-hot rows (torch reference: probe.stats.layer_stats._torch_conditions over
 //   probe.recording.context.BatchContext);
+// * trivial_features: the colour, texture and position features at one resolution (torch reference:
+//   probe.recording.context.BatchContext.trivial_features);
 // * joint_counts: the dense counts of (image group, joint trivial cell, label)
 //   (torch reference: probe.stats.joint.JointTrivialCounts.add).
 //
@@ -162,6 +164,82 @@ std::vector<at::Tensor> cell_conditions(const at::Tensor& hole,    // float32 [B
   return {region, compact, region_pixels, label_pixels, onehot};
 }
 
+// The six trivial features of each cell at h x w (BatchContext.trivial_features: the cell's mean R,
+// G and B (adaptive average pooling: the window's float32 sum in row order, / kh / kw; the image
+// itself at its own size; torch's 1 x 1 pooling is a mean summed in another order: the caller keeps
+// that size), the variance of the luminance ((R + G + B) / 3) over the cell's 3 x 3
+// neighbourhood inside the map (E[lum^2] - E[lum]^2, clamped at 0; each mean a sum along the
+// columns, then along the rows, over the cells inside, / their count), its row and its column
+// ((i + 0.5) / n)), with the float32 operations of the torch code in the same order.
+at::Tensor trivial_features(const at::Tensor& image, int64_t h, int64_t w) {  // float32 [B, 3, H, W] -> [B, 6, h, w]
+  TORCH_CHECK(image.scalar_type() == at::kFloat && image.is_contiguous() && image.dim() == 4 && image.size(1) == 3 &&
+              h > 0 && w > 0, "image must be a contiguous float32 [B, 3, H, W], h and w positive");
+  const int64_t B = image.size(0), H = image.size(2), W = image.size(3), N = h * w;
+  at::Tensor out = at::empty({B, 6, h, w}, image.options());
+  const float* ip = image.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  const Axis rows(H, h), columns(W, w);
+  const bool same = H == h && W == w;
+  std::vector<float> lum(2 * N), along(2 * N), inside_h(h), inside_w(w);
+  for (int64_t i = 0; i < h; ++i) inside_h[i] = 3.0f - (i == 0) - (i == h - 1);
+  for (int64_t i = 0; i < w; ++i) inside_w[i] = 3.0f - (i == 0) - (i == w - 1);
+  for (int64_t b = 0; b < B; ++b) {
+    float* f = op + b * 6 * N;
+    for (int64_t c = 0; c < 3; ++c) {
+      const float* x = ip + (b * 3 + c) * H * W;
+      float* colour = f + c * N;
+      if (same) {
+        std::copy(x, x + N, colour);
+        continue;
+      }
+      for (int64_t y = 0; y < h; ++y) {
+        const float kh = static_cast<float>(rows.end[y] - rows.start[y]);
+        for (int64_t xx = 0; xx < w; ++xx) {
+          float sum = 0.0f;
+          for (int64_t i = rows.start[y]; i < rows.end[y]; ++i) {
+            for (int64_t j = columns.start[xx]; j < columns.end[xx]; ++j) sum += x[i * W + j];
+          }
+          colour[y * w + xx] = sum / kh / static_cast<float>(columns.end[xx] - columns.start[xx]);
+        }
+      }
+    }
+    for (int64_t i = 0; i < N; ++i) {
+      const float l = ((f[i] + f[N + i]) + f[2 * N + i]) / 3.0f;
+      lum[i] = l;
+      lum[N + i] = l * l;
+    }
+    for (int64_t m = 0; m < 2; ++m) {  // the 3 x 3 sums: along each column (over the rows), then along each row
+      const float* src = lum.data() + m * N;
+      float* dst = along.data() + m * N;
+      for (int64_t y = 0; y < h; ++y) {
+        for (int64_t x = 0; x < w; ++x) {
+          float v = src[y * w + x];
+          if (y > 0) v += src[(y - 1) * w + x];
+          if (y + 1 < h) v += src[(y + 1) * w + x];
+          dst[y * w + x] = v;
+        }
+      }
+    }
+    for (int64_t y = 0; y < h; ++y) {
+      for (int64_t x = 0; x < w; ++x) {
+        float mean[2];
+        for (int64_t m = 0; m < 2; ++m) {
+          const float* t = along.data() + m * N + y * w;
+          float v = t[x];
+          if (x > 0) v += t[x - 1];
+          if (x + 1 < w) v += t[x + 1];
+          mean[m] = v / (inside_h[y] * inside_w[x]);
+        }
+        const float variance = mean[1] - mean[0] * mean[0];
+        f[3 * N + y * w + x] = variance < 0.0f ? 0.0f : variance;
+        f[4 * N + y * w + x] = (static_cast<float>(y) + 0.5f) / static_cast<float>(h);
+        f[5 * N + y * w + x] = (static_cast<float>(x) + 0.5f) / static_cast<float>(w);
+      }
+    }
+  }
+  return out;
+}
+
 // dense[(group[b] * cells + cell) * L + label] += 1 for every labelled pixel, where cell is the
 // joint cell of the pixel's six trivial features (each cut into `levels`: floor(x * levels) clamped
 // for colours and position, the number of `variance_edges` <= x for the variance; the digits read
@@ -232,6 +310,8 @@ void joint_counts(at::Tensor& dense,              // int64 [G * cells * L]
 void register_batch_functions(pybind11::module_& m) {
   m.def("cell_conditions", &cell_conditions,
         "regions, compact labels, pixel counts and one-hot rows of a batch at one resolution (empty if a mask is not 0/1)",
+        py::call_guard<py::gil_scoped_release>());
+  m.def("trivial_features", &trivial_features, "the six trivial features [B, 6, h, w] of an image batch at h x w",
         py::call_guard<py::gil_scoped_release>());
   m.def("joint_counts", &joint_counts, "dense joint trivial counts of one batch", py::call_guard<py::gil_scoped_release>());
 }
