@@ -93,6 +93,17 @@ def test_trivial_features_equal_the_torch_features(kernel, monkeypatch, image, s
     assert torch.equal(native, expected), (native - expected).abs().amax((0, 2, 3))
 
 
+def test_trivial_features_of_a_grey_image_are_the_torch_ones(kernel, monkeypatch):
+    """One channel: the torch code broadcasts it to R, G and B; the C++ call takes RGB only and leaves it to torch."""
+    grey = torch.rand(2, 1, 20, 20, generator=torch.Generator().manual_seed(9))
+    context = lambda: BatchContext(torch.zeros(2, 1, 20, 20), None, torch.zeros(2, 20, 20, dtype=torch.int64),  # noqa: E731
+                                   torch.arange(2), 2, image=grey)
+    native = context().trivial_features((8, 8))
+    monkeypatch.setenv("GATEPROBE_NATIVE", "0")
+    assert torch.equal(native, context().trivial_features((8, 8)))
+    assert torch.equal(native[:, 0], native[:, 2])
+
+
 def features_with_edges(seed: int, b: int = 4, n: int = 300) -> torch.Tensor:
     """Trivial features with values on the level edges, past both ends, and on the variance edges."""
     g = torch.Generator().manual_seed(seed)

@@ -84,9 +84,9 @@ class BatchContext:
         if self.image is None:
             return None
         key = ("trivial", size)
-        # one C++ call, the same values (tests/test_native_batch.py); not at 1 x 1, where torch's pooling is a mean
-        # whose sum runs in another order
-        native = native_module(self.image.device) if tuple(size) != (1, 1) else None
+        # one C++ call, the same values (tests/test_native_batch.py), for RGB images; not at 1 x 1, where torch's
+        # pooling is a mean whose sum runs in another order
+        native = native_module(self.image.device) if tuple(size) != (1, 1) and self.image.shape[1] == 3 else None
         if key not in self._cache and native is not None:
             self._cache[key] = native.trivial_features(self.image.float().contiguous(), size[0], size[1])
         if key not in self._cache:
