@@ -864,6 +864,34 @@ def test_a_model_that_raises_leaves_no_hooks_and_no_usable_run(tmp_path, after):
         probe.load_run(tmp_path / "run")
 
 
+class StrayLabel(SquareHoles):
+    """:class:`SquareHoles` with two classes, whose item ``at`` carries the label id ``value`` in one pixel."""
+
+    classes = ("background", "square")
+
+    def __init__(self, n, at, value):
+        super().__init__([8] * n)
+        self.at, self.value = at, value
+
+    def __getitem__(self, i):
+        item = super().__getitem__(i)
+        if i == self.at:
+            item["labels"][3, 5] = self.value
+        return item
+
+
+@pytest.mark.parametrize("at, value", [(1, 2), (9, 7), (9, -2)])  # 1: calibration; 9: while recording
+def test_a_label_id_that_is_no_class_is_one_clear_error(tmp_path, at, value):
+    data = StrayLabel(12, at, value)
+    with pytest.raises(probe.DataError, match=f"item {at}: label id {value} is not one of the dataset's 2 classes"):
+        record(TinyMixed(), data, tmp_path / "run", batch_size=4, progress=False, calibration=4)
+    if at < 4:  # refused before anything was written
+        assert not (tmp_path / "run").exists()
+    else:
+        with pytest.raises(RunError, match="--resume"):
+            probe.load_run(tmp_path / "run")
+
+
 def test_recorder_forward_outside_its_context_is_refused():
     model = TinyMixed()
     recorder = Recorder(model, find_sites(model), n_labels=8)

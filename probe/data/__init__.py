@@ -18,18 +18,35 @@ from .scenes import CLASSES, HELDOUT_SEED, TRAIN_SEED, Scenes, heldout_items, re
 from .sketch import label_boundaries, sketch_from_labels
 
 
-def collate(items: list[dict]) -> dict:
+def collate(items: list[dict], n_classes: int | None = None) -> dict:
     """Stack items into a batch: ``image`` ``[B,3,H,W]``, ``hole``/``sketch`` ``[B,1,H,W]``,
-    ``labels`` ``[B,H,W]``, ``index`` ``[B]``."""
+    ``labels`` ``[B,H,W]``, ``index`` ``[B]``. With ``n_classes``, every label id must be a class
+    (``0 .. n_classes - 1``) or :data:`IGNORE`."""
     try:
         batch = {k: torch.stack([it[k] for it in items]) for k in ("image", "hole", "sketch", "labels")}
     except RuntimeError:
         sizes = sorted({tuple(it["image"].shape[-2:]) for it in items})
-        names = [it.get("name", it["index"]) for it in items]
-        raise DataError(f"images of different sizes {sizes} in one batch (items {names[:4]}); pass --size S to "
-                        "resize and crop every image to S x S") from None
+        raise DataError(f"images of different sizes {sizes} in one batch (items {_names(items)[:4]}); pass "
+                        "--size S to resize and crop every image to S x S") from None
+    if n_classes is not None:
+        _check_label_ids(batch["labels"], n_classes, items)
     batch["index"] = torch.tensor([it["index"] for it in items], device="cpu")
     return batch
+
+
+def _names(items: list[dict]) -> list:
+    return [it.get("name", it["index"]) for it in items]
+
+
+def _check_label_ids(labels, n_classes: int, items: list[dict]) -> None:
+    """Refuse label ids ``labels`` ``[B,H,W]`` that are neither a class nor :data:`IGNORE`, naming the item."""
+    bad = (labels < IGNORE) | (labels >= n_classes)
+    if bad.any():
+        image = int(bad.flatten(1).any(1).nonzero()[0])
+        value = int(labels[image][bad[image]][0])
+        raise DataError(f"item {_names(items)[image]}: label id {value} is not one of the dataset's {n_classes} "
+                        f"classes (ids 0-{n_classes - 1}, or {IGNORE} for an ignored pixel); fix its label map "
+                        "or the dataset's class list")
 
 
 IMAGE_FORMATS = {"folder": FolderDataset, **FORMATS}

@@ -211,7 +211,8 @@ def build_recorder(model: nn.Module, sites: list, data, n: int, settings: Record
     same batches of ``settings.batch_size``, for every shard)."""
     device = model_device(model) if device is None else device
     first, size = range(min(n, settings.calibration)), settings.batch_size
-    batches = [batch_to(collate([data[i] for i in first[j:j + size]]), device) for j in range(0, len(first), size)]
+    batches = [batch_to(collate([data[i] for i in first[j:j + size]], len(data.classes)), device)
+               for j in range(0, len(first), size)]
     with autocast(device, settings.dtype):
         binnings = calibrate_binnings(model, sites, batches, settings.sketch, settings.bins, settings.quantile)
     return Recorder(model, sites, len(data.classes), settings, binnings=binnings, device=device)
@@ -225,7 +226,7 @@ def batches(data, positions: range, n: int, settings: RecordSettings, device: to
     batch_size = settings.batch_size
     for start in range(positions.start, positions.stop, batch_size):
         batch_positions = range(start, min(start + batch_size, positions.stop))
-        batch = batch_to(collate([data[i] for i in batch_positions]), device)
+        batch = batch_to(collate([data[i] for i in batch_positions], len(data.classes)), device)
         group = torch.tensor([settings.group_of(p, n) for p in batch_positions], dtype=torch.int64, device=device)
         yield batch_positions, batch, group
 
