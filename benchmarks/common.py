@@ -1,6 +1,7 @@
 """Shared helpers for the benchmark scripts: pre-collated batches, models, timing, tables."""
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from pathlib import Path
@@ -52,16 +53,35 @@ def summary(values: list[float]) -> str:
     return f"{statistics.median(values):.3f} (min {min(values):.3f}, max {max(values):.3f})"
 
 
+def median_interval(values: list[float], level: float = 0.95) -> tuple[float, float, float]:
+    """``(lo, hi, coverage)``: a distribution-free interval for the median of ``values`` (independent
+    draws, as the pair ratios of interleaved repeats are taken to be). It is the pair of order
+    statistics ``x(k)``, ``x(n + 1 - k)`` with the largest ``k`` whose coverage, ``1 - 2 P(Bin(n, 1/2)
+    < k)``, is at least ``level``; with too few values for that, ``[min, max]`` and its coverage
+    ``1 - 2^(1 - n)`` (0.94 for 5 values)."""
+    ordered, n = sorted(values), len(values)
+    below = [sum(math.comb(n, i) for i in range(k)) / 2 ** n for k in range(n // 2 + 2)]  # P(Bin < k)
+    k = max([j for j in range(1, (n + 1) // 2 + 1) if 1 - 2 * below[j] >= level], default=1)
+    return ordered[k - 1], ordered[n - k], 1 - 2 * below[k]
+
+
 def ratio_row(name: str, numerators: list[float], denominators: list[float], target: str = "") -> dict:
+    """The median of the pair ratios ``numerators[i] / denominators[i]``, their range, and the
+    median's interval (:func:`median_interval`)."""
     ratios = [a / b for a, b in zip(numerators, denominators)]
+    lo, hi, coverage = median_interval(ratios)
     return {"benchmark": name, "median": statistics.median(ratios), "min": min(ratios), "max": max(ratios),
-            "target": target}
+            "interval": (lo, hi, coverage), "target": target}
 
 
 def print_table(rows: list[dict]) -> None:
-    print(f"{'benchmark':<58} {'median':>8} {'min':>8} {'max':>8}  target")
+    """One line a row: median, min, max, the median's interval where the row has one (with its
+    coverage), and the target."""
+    print(f"{'benchmark':<58} {'median':>8} {'min':>8} {'max':>8}  {'median interval':<22} target")
     for r in rows:
-        print(f"{r['benchmark']:<58} {r['median']:8.3f} {r['min']:8.3f} {r['max']:8.3f}  {r['target']}")
+        lo, hi, coverage = r.get("interval") or (None, None, None)
+        interval = f"{lo:.3f}-{hi:.3f} ({coverage:.0%})" if coverage is not None else ""
+        print(f"{r['benchmark']:<58} {r['median']:8.3f} {r['min']:8.3f} {r['max']:8.3f}  {interval:<22} {r['target']}")
 
 
 def torch_threads(n: int = 2) -> None:

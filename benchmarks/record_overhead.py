@@ -4,7 +4,13 @@ interleaved repeat by repeat so both sides see the same allocator state and mach
 model is measured with the C++ kernel and with the pure-torch path (``GATEPROBE_NATIVE=0``: no
 compiler, or a GPU), each against its own interleaved bare forwards.
 
-Run: ``python benchmarks/record_overhead.py [--repeats 5] [--n 256] [--threads 2]``
+Each row is the median of the repeats' pair ratios (record / bare of one repeat), its range, and a
+distribution-free interval for that median (``common.median_interval``: with 5 repeats it is the
+range, which holds the median with probability 0.94; 11 repeats give about 0.99 from the second
+smallest to the second largest ratio). On a shared VM the model's own time moves by up to 30% from
+repeat to repeat: judge a target by that interval, not by one median.
+
+Run: ``python benchmarks/record_overhead.py [--repeats 5] [--n 256] [--threads 2] [--models ...]``
 """
 from __future__ import annotations
 
@@ -31,17 +37,21 @@ def recorded(recorder, model, data):
 
 
 def measure(model, data, repeats: int) -> tuple[list[float], list[float]]:
-    """Interleaved repeats; each recorded repeat starts from fresh accumulators. The calibration
-    forward pass (32 images, once per run whatever its size) is built outside the timer and
-    reported by main() separately."""
+    """Interleaved repeats, the order of the pair alternating (bare first in even repeats, record
+    first in odd ones) so that neither side always follows the other; each recorded repeat starts
+    from fresh accumulators. The calibration forward pass (32 images, once per run whatever its
+    size) is built outside the timer."""
     size = data[0]["image"].shape[-1]
     bare(model, data[:1])
     recorded(recorder_for(model, size), model, data[:1])  # warm-up both paths
     t_bare, t_rec = [], []
-    for _ in range(repeats):
+    for repeat in range(repeats):
         recorder = recorder_for(model, size)
-        t_bare.append(timed(lambda: bare(model, data)))
-        t_rec.append(timed(lambda: recorded(recorder, model, data)))
+        for side in ("bare", "record") if repeat % 2 == 0 else ("record", "bare"):
+            if side == "bare":
+                t_bare.append(timed(lambda: bare(model, data)))
+            else:
+                t_rec.append(timed(lambda: recorded(recorder, model, data)))
     return t_rec, t_bare
 
 
@@ -62,6 +72,23 @@ def statistics_path(name: str):
 TARGETS = {"native": "<= 1.25", "torch": "<= 2.0"}
 
 
+def shipped_case(name: str, registry: str):
+    """A shipped 64x64 model's case: ``(model, label, shape, batches)`` of ``--n`` images in batches of 16."""
+    return lambda args: (*shipped_or_random(name, registry), "64x64, batch 16", batches(args.n, 16))
+
+
+def deepfill_case(args):
+    """DeepFill v2 at its published size (cnum 48, 4.05 M parameters), random weights, 256x256 in batches of 4."""
+    from probe.models.ported.deepfillv2 import DeepFillV2
+
+    torch.manual_seed(0)
+    return DeepFillV2().eval(), "DeepFill v2 (random)", "256x256, batch 4", batches(args.n_large, 4, size=256)
+
+
+MODELS = {"scenes-gated": shipped_case("scenes-gated", "gated-scenes"),
+          "scenes-pconv": shipped_case("scenes-pconv", "pconv-scenes"), "deepfill": deepfill_case}
+
+
 def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=5)
@@ -69,15 +96,11 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--n-large", type=int, default=16, help="images per repeat (256x256 DeepFill v2 size)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     parser.add_argument("--paths", nargs="+", default=["native", "torch"], choices=["native", "torch"])
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS),
+                        help="which models to measure (default: all three)")
     args = parser.parse_args(argv)
     torch_threads(args.threads)
-    from probe.models.ported.deepfillv2 import DeepFillV2
-
-    torch.manual_seed(0)
-    deepfill = DeepFillV2().eval()  # the published size (cnum 48, 4.05 M parameters), random weights
-    cases = [(*shipped_or_random(name, registry), "64x64, batch 16", batches(args.n, 16))
-             for name, registry in (("scenes-gated", "gated-scenes"), ("scenes-pconv", "pconv-scenes"))]
-    cases.append((deepfill, "DeepFill v2 (random)", "256x256, batch 4", batches(args.n_large, 4, size=256)))
+    cases = [MODELS[name](args) for name in args.models]
     rows = []
     for model, label, shape, data in cases:
         for name in args.paths:

@@ -108,3 +108,43 @@ def test_replayed_statistics_equal_recorded_ones(stats_cost):
         assert mine.keys() == theirs.keys()
         for key in mine:
             assert torch.equal(mine[key], theirs[key]), (name, key)
+
+
+@pytest.fixture()
+def common(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    monkeypatch.delitem(sys.modules, "common", raising=False)
+    import common as module
+    return module
+
+
+@pytest.mark.parametrize("n", [3, 5, 6, 11, 20, 41])
+def test_the_median_interval_is_the_order_statistic_interval_scipy_gives(common, n):
+    """The interval of a median from ``n`` values: the widest coverage check against scipy's binomial,
+    on values in a shuffled order, and the documented fallback to [min, max] for few values."""
+    from scipy.stats import binom
+
+    values = list(np.random.default_rng(n).permutation(np.arange(n) * 1.5 + 10))
+    lo, hi, coverage = common.median_interval(values)
+    ks = [k for k in range(1, (n + 1) // 2 + 1) if 1 - 2 * binom.cdf(k - 1, n, 0.5) >= 0.95]
+    k = max(ks) if ks else 1
+    ordered = sorted(values)
+    assert (lo, hi) == (ordered[k - 1], ordered[n - k])
+    assert coverage == pytest.approx(1 - 2 * binom.cdf(k - 1, n, 0.5), abs=1e-12)
+    if n <= 5:  # too few for 95%: the whole range, with what it covers (0.9375 for 5)
+        assert (lo, hi) == (min(values), max(values)) and coverage == pytest.approx(1 - 2 ** (1 - n))
+    else:
+        assert coverage >= 0.95
+        assert lo > min(values) or n < 9  # from 9 values on, the interval lies inside the range
+
+
+def test_the_median_interval_covers_the_median_as_often_as_it_says(common):
+    """Simulated: draws of 11 from a skewed distribution; the interval holds the true median in about
+    its stated share of 4,000 trials."""
+    rng = np.random.default_rng(0)
+    true_median = np.log(2)  # of the exponential distribution with rate 1
+    hits, coverage = 0, None
+    for _ in range(4000):
+        lo, hi, coverage = common.median_interval(list(rng.exponential(size=11)))
+        hits += lo <= true_median <= hi
+    assert hits / 4000 == pytest.approx(coverage, abs=0.01)
