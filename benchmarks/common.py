@@ -29,17 +29,23 @@ def shipped_or_random(name: str, registry: str):
     return resolve_model(registry, random_init=True), f"{registry} (random init)"
 
 
-def recorder_for(model, size: int = 64):
+def recorder_for(model, size: int = 64, like=None):
     """A Recorder with record()'s default statistics (calibrated 512-bin histograms, 32 image
-    groups, border 2, sketch when the model takes one) over every gated/partial layer."""
+    groups, border 2, sketch when the model takes one) over every gated/partial layer. With
+    ``like`` (a recorder this function made for the same model and size), fresh accumulators with
+    its calibrated binnings, without running the calibration pass again."""
     from probe.adapters import find_sites
     from probe.recording.loop import build_recorder
-    from probe.stats.histograms import DEFAULT_BINS
-
+    from probe.recording.recorder import Recorder
     from probe.rundir.settings import RecordSettings
+    from probe.stats.histograms import DEFAULT_BINS
+    from probe.stats.layer_stats import GatedLayerStats
 
     settings = RecordSettings(calibration=32, sketch=bool(getattr(model, "accepts_sketch", False)), bins=DEFAULT_BINS,
                               groups=32, border=2, batch_size=16)
+    if like is not None:
+        binnings = {name: s.regions.binning for name, s in like.stats.items() if isinstance(s, GatedLayerStats)}
+        return Recorder(model, like.sites, like.n_labels, settings, binnings=binnings, device=like.device)
     return build_recorder(model, find_sites(model), Scenes(size=size, n=32, seed=1), 32, settings)
 
 

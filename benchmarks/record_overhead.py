@@ -39,14 +39,13 @@ def recorded(recorder, model, data):
 def measure(model, data, repeats: int) -> tuple[list[float], list[float]]:
     """Interleaved repeats, the order of the pair alternating (bare first in even repeats, record
     first in odd ones) so that neither side always follows the other; each recorded repeat starts
-    from fresh accumulators. The calibration forward pass (32 images, once per run whatever its
-    size) is built outside the timer."""
-    size = data[0]["image"].shape[-1]
+    from fresh accumulators with the binnings of one calibration pass (32 images, outside the timer)."""
+    calibrated = recorder_for(model, data[0]["image"].shape[-1])
     bare(model, data[:1])
-    recorded(recorder_for(model, size), model, data[:1])  # warm-up both paths
+    recorded(calibrated, model, data[:1])  # warm-up both paths
     t_bare, t_rec = [], []
     for repeat in range(repeats):
-        recorder = recorder_for(model, size)
+        recorder = recorder_for(model, like=calibrated)
         for side in ("bare", "record") if repeat % 2 == 0 else ("record", "bare"):
             if side == "bare":
                 t_bare.append(timed(lambda: bare(model, data)))

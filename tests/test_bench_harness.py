@@ -148,3 +148,22 @@ def test_the_median_interval_covers_the_median_as_often_as_it_says(common):
         lo, hi, coverage = common.median_interval(list(rng.exponential(size=11)))
         hits += lo <= true_median <= hi
     assert hits / 4000 == pytest.approx(coverage, abs=0.01)
+
+
+def test_a_recorder_like_a_calibrated_one_keeps_the_same_statistics(stats_cost):
+    """record_overhead.py calibrates once and starts each repeat from ``recorder_for(model, like=...)``:
+    a recording with it keeps the state of a recording with a freshly calibrated recorder."""
+    from common import batches, recorder_for, shipped_or_random
+    from record_overhead import recorded as record
+
+    model, _ = shipped_or_random("scenes-gated", "gated-scenes")
+    data = batches(8, 4)
+    calibrated = recorder_for(model)
+    again = recorder_for(model, like=calibrated)
+    assert again is not calibrated and again.stats.keys() == calibrated.stats.keys()
+    for recorder in (calibrated, again):
+        record(recorder, model, data)
+    for name, stats in calibrated.stats.items():
+        mine, theirs = stats.state_dict(), again.stats[name].state_dict()
+        assert mine.keys() == theirs.keys()
+        assert all(torch.equal(mine[key], theirs[key]) for key in mine), name
