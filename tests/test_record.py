@@ -892,6 +892,34 @@ def test_a_label_id_that_is_no_class_is_one_clear_error(tmp_path, at, value):
             probe.load_run(tmp_path / "run")
 
 
+class TypedLabels(StrayLabel):
+    """:class:`StrayLabel` without a stray id, its labels (0 outside the square, 1 inside) of ``dtype``."""
+
+    def __init__(self, n, dtype):
+        super().__init__(n, at=-1, value=0)
+        self.dtype = dtype
+
+    def __getitem__(self, i):
+        item = super().__getitem__(i)
+        item["labels"] = item["hole"][0].to(self.dtype)
+        return item
+
+
+def test_labels_of_any_integer_type_record_as_int64_and_float_labels_are_refused(tmp_path):
+    model, states = TinyMixed(), {}
+    for dtype in (torch.int64, torch.uint8, torch.int32):
+        states[dtype] = load_stats(record(model, TypedLabels(8, dtype), tmp_path / str(dtype), batch_size=4,
+                                          progress=False, calibration=4))
+    reference = states[torch.int64]
+    for dtype in (torch.uint8, torch.int32):
+        for name, stats in states[dtype].items():
+            mine, theirs = stats.state_dict(), reference[name].state_dict()
+            assert all(torch.equal(mine[k], theirs[k]) for k in mine), (dtype, name)
+    with pytest.raises(probe.DataError, match="labels of torch.float32; a dataset's labels must be integer"):
+        record(model, TypedLabels(8, torch.float32), tmp_path / "float", batch_size=4, progress=False, calibration=4)
+    assert not (tmp_path / "float").exists()
+
+
 def test_recorder_forward_outside_its_context_is_refused():
     model = TinyMixed()
     recorder = Recorder(model, find_sites(model), n_labels=8)

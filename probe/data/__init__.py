@@ -20,8 +20,8 @@ from .sketch import label_boundaries, sketch_from_labels
 
 def collate(items: list[dict], n_classes: int | None = None) -> dict:
     """Stack items into a batch: ``image`` ``[B,3,H,W]``, ``hole``/``sketch`` ``[B,1,H,W]``,
-    ``labels`` ``[B,H,W]``, ``index`` ``[B]``. With ``n_classes``, every label id must be a class
-    (``0 .. n_classes - 1``) or :data:`IGNORE`."""
+    ``labels`` ``[B,H,W]``, ``index`` ``[B]``. With ``n_classes``, the labels must be integers (made
+    int64) and every label id a class (``0 .. n_classes - 1``) or :data:`IGNORE`."""
     try:
         batch = {k: torch.stack([it[k] for it in items]) for k in ("image", "hole", "sketch", "labels")}
     except RuntimeError:
@@ -29,7 +29,7 @@ def collate(items: list[dict], n_classes: int | None = None) -> dict:
         raise DataError(f"images of different sizes {sizes} in one batch (items {_names(items)[:4]}); pass "
                         "--size S to resize and crop every image to S x S") from None
     if n_classes is not None:
-        _check_label_ids(batch["labels"], n_classes, items)
+        batch["labels"] = _checked_label_ids(batch["labels"], n_classes, items)
     batch["index"] = torch.tensor([it["index"] for it in items], device="cpu")
     return batch
 
@@ -38,8 +38,13 @@ def _names(items: list[dict]) -> list:
     return [it.get("name", it["index"]) for it in items]
 
 
-def _check_label_ids(labels, n_classes: int, items: list[dict]) -> None:
-    """Refuse label ids ``labels`` ``[B,H,W]`` that are neither a class nor :data:`IGNORE`, naming the item."""
+def _checked_label_ids(labels, n_classes: int, items: list[dict]):
+    """``labels`` ``[B,H,W]`` as int64, refused if they are not integers or if an id is neither a class
+    nor :data:`IGNORE` (naming the item)."""
+    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
+        raise DataError(f"items {_names(items)[:4]}: labels of {labels.dtype}; a dataset's labels must be integer "
+                        f"class ids per pixel (int64, {IGNORE} for an ignored pixel)")
+    labels = labels.long()
     bad = (labels < IGNORE) | (labels >= n_classes)
     if bad.any():
         image = int(bad.flatten(1).any(1).nonzero()[0])
@@ -47,6 +52,7 @@ def _check_label_ids(labels, n_classes: int, items: list[dict]) -> None:
         raise DataError(f"item {_names(items)[image]}: label id {value} is not one of the dataset's {n_classes} "
                         f"classes (ids 0-{n_classes - 1}, or {IGNORE} for an ignored pixel); fix its label map "
                         "or the dataset's class list")
+    return labels
 
 
 IMAGE_FORMATS = {"folder": FolderDataset, **FORMATS}
