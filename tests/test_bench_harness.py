@@ -120,8 +120,8 @@ def common(monkeypatch):
 
 @pytest.mark.parametrize("n", [3, 5, 6, 11, 20, 41])
 def test_the_median_interval_is_the_order_statistic_interval_scipy_gives(common, n):
-    """The interval of a median from ``n`` values: the widest coverage check against scipy's binomial,
-    on values in a shuffled order, and the documented fallback to [min, max] for few values."""
+    """The interval of a median from ``n`` values (shuffled) is the pair of order statistics that
+    scipy's binomial gives for 95%, with scipy's coverage; with too few values, [min, max]."""
     from scipy.stats import binom
 
     values = list(np.random.default_rng(n).permutation(np.arange(n) * 1.5 + 10))
