@@ -890,6 +890,12 @@ def test_a_label_id_that_is_no_class_is_one_clear_error(tmp_path, at, value):
     else:
         with pytest.raises(RunError, match="--resume"):
             probe.load_run(tmp_path / "run")
+    # over a complete run with overwrite=True, the refused recording leaves that run as it was
+    kept = record(TinyMixed(), StrayLabel(8, -1, 0), tmp_path / "kept", batch_size=4, progress=False, calibration=4)
+    before = {p.name: p.read_bytes() for p in kept.path.iterdir() if p.is_file()}
+    with pytest.raises(probe.DataError, match=f"item {at}: label id {value}"):
+        record(TinyMixed(), data, tmp_path / "kept", batch_size=4, progress=False, calibration=4, overwrite=True)
+    assert {p.name: p.read_bytes() for p in probe.load_run(tmp_path / "kept").path.iterdir() if p.is_file()} == before
 
 
 class TypedLabels(StrayLabel):
